@@ -1,0 +1,73 @@
+# Every target that runs code depends on .venv, so `make test` / `make demo` work from a fresh clone.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+export DS_ACCELERATOR ?= cpu
+export PYTHONPATH := $(CURDIR)
+export TOKENIZERS_PARALLELISM ?= false
+export WANDB_MODE ?= offline
+
+# Offline default locations (all git-ignored).
+DATA ?= data
+PREPARED ?= $(DATA)/prepared
+TESTSET ?= $(DATA)/testset
+RUN ?= runs/train
+MODEL ?= runs/demo/train
+
+.PHONY: setup test test-slow test-faults lint demo prep train eval bench bench-prep bench-train bench-kernels bench-eval ablation clean
+
+setup: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.txt
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/pip install -q -r requirements.txt
+	touch $(VENV_STAMP)
+
+lint: setup
+	.venv/bin/ruff check .
+
+test: setup
+	.venv/bin/ruff check .
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow and not faults" tests
+
+test-slow: setup
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "slow" tests
+
+test-faults: setup
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "faults" tests
+
+prep: setup
+	$(PY) -m data_prep.offline --out $(DATA)
+
+train: setup
+	.venv/bin/deepspeed --num_gpus 2 pipeline/train.py --data $(PREPARED) --output-dir $(RUN) \
+		--model tiny --ds-config ds_configs/zero2_cpu_fp32.json --max-steps 200 --save-every 50
+
+eval: setup
+	$(PY) -m eval --model $(MODEL) --flores $(TESTSET) --split devtest --langs all --out runs/eval
+
+demo: setup
+	$(PY) scripts/demo.py
+
+ablation: setup
+	$(PY) scripts/ablation.py
+
+bench: bench-prep bench-train bench-kernels bench-eval
+
+bench-prep: setup
+	$(PY) -m data_prep.bench
+
+bench-train: setup
+	$(PY) -m pipeline.bench_step
+
+bench-kernels: setup
+	$(PY) kernels/bench/bench_block_diag_attention.py
+	$(PY) kernels/bench/bench_koleo.py
+
+bench-eval: setup
+	$(PY) -m eval.bench
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
