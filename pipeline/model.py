@@ -1,0 +1,287 @@
+"""MEXMA model: a stock HF `XLMRobertaModel` encoder plus the cross-unmasking head, run on packed batches.
+
+Single-device code that knows nothing of DeepSpeed. The encoder and the head are unmodified HF modules whose
+attention goes through the registered "mexma_block_diag" function (pipeline/attention.py), so weights keep
+HF names and export is `model.encoder.save_pretrained`.
+
+What follows the original (facebookresearch/mexma `model.py`, run with `--number_of_linear_layers 0
+--initialization_method torch_default`):
+- head = `XLMRobertaEncoder(XLMRobertaConfig(num_hidden_layers=6, num_attention_heads=8, hidden_size=H))`:
+  default FFN 3072, hidden dropout 0.1, layer_norm_eps 1e-12, torch default init, attention dropout off;
+- vocabulary projection = one `nn.Linear(H, V)` whose weight is the encoder's word embeddings and whose bias
+  is its own: no dense + gelu + LayerNorm transform as in HF's `XLMRobertaLMHead`;
+- the encoder is `XLMRobertaForMaskedLM(...).roberta`, i.e. without the pooler;
+- mlm = (CE_src + CE_trg) / 2, each a mean over that side's masked tokens; cls = MSE; koleo = mean of both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from transformers import XLMRobertaConfig, XLMRobertaModel
+from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEncoder
+
+from pipeline import losses
+from pipeline.attention import ATTN_IMPLEMENTATION, BACKENDS, kernels_forced_ref, resolve_backend, varlen_layout
+from pipeline.collate import IGNORE_INDEX
+
+# Encoder shapes: layers, hidden, heads, FFN. large = xlm-roberta-large, base = xlm-roberta-base.
+PRESETS = {
+    "tiny": {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
+    "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+    "large": {"num_hidden_layers": 24, "hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096},
+}
+HEAD_INITS = ("torch_default", "normal")
+_SHAPE_OVERRIDES = {  # ModelConfig field -> XLMRobertaConfig field, for presets only
+    "num_layers": "num_hidden_layers",
+    "hidden_size": "hidden_size",
+    "num_heads": "num_attention_heads",
+    "ffn_size": "intermediate_size",
+}
+
+
+@dataclass
+class ModelConfig:
+    """Model and loss settings; every field has a default (the reference recipe's where it has one)."""
+
+    model: str = "tiny"  # preset name (tiny, base, large; random init) or a local HF dir / hub name (real weights)
+    num_layers: int | None = None  # preset override: encoder layers
+    hidden_size: int | None = None  # preset override: hidden size
+    num_heads: int | None = None  # preset override: attention heads
+    ffn_size: int | None = None  # preset override: encoder FFN width
+    max_positions: int = 514  # preset position table (XLM-R: 512 tokens + padding_idx + 1)
+    hidden_dropout: float | None = None  # encoder hidden dropout; None keeps the preset's / checkpoint's (0.1)
+    attention_dropout: float = 0.0  # encoder and head; the reference turns it off
+    head_layers: int = 6  # cross-unmasking head depth (reference --number_of_transformer_layers_in_head)
+    head_heads: int = 8  # head attention heads (reference --number_of_transformer_attention_heads_in_head)
+    head_ffn: int = 3072  # head FFN width (the reference's default XLMRobertaConfig)
+    head_dropout: float = 0.1  # head hidden dropout
+    head_init: str = "torch_default"  # head init: torch_default (reference) or normal (HF, std 0.02)
+    mlm_weight: float = 1.0  # w_mlm
+    cls_weight: float = 1.0  # w_cls
+    koleo_weight: float = 0.01  # w_koleo
+    koleo_eps: float = 1e-8  # KoLeo's eps inside the log
+    koleo_global: bool = False  # KoLeo over the all-gathered global batch instead of each rank's batch
+    attention: str = "auto"  # auto (kernel on CUDA, sdpa on CPU), kernel, sdpa, ref; MEXMA_KERNELS=ref forces ref
+    kernels: bool = True  # False: KoLeo through its PyTorch reference too (as MEXMA_KERNELS=ref)
+    gradient_checkpointing: bool = False  # recompute encoder and head layers in backward
+    ce_chunk_bytes: int = losses.DEFAULT_CHUNK_BYTES  # byte budget of one fp32 (rows, V) logits block
+
+    def validate(self) -> ModelConfig:
+        """Raise ValueError naming the field on any bad value; returns self."""
+        for name in ("num_layers", "hidden_size", "num_heads", "ffn_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"ModelConfig.{name} must be a positive int or None, got {value!r}")
+        for name in ("head_layers", "head_heads", "head_ffn", "max_positions", "ce_chunk_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("attention_dropout", "head_dropout", "hidden_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"ModelConfig.{name} must lie in [0, 1), got {value!r}")
+        for name in ("mlm_weight", "cls_weight", "koleo_weight", "koleo_eps"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"ModelConfig.{name} must be finite and >= 0, got {value!r}")
+        if self.attention not in BACKENDS:
+            raise ValueError(f"ModelConfig.attention must be one of {BACKENDS}, got {self.attention!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"ModelConfig.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+        if self.attention_dropout > 0 and self.attention in ("kernel", "ref"):
+            raise ValueError(f"ModelConfig.attention_dropout must be 0 with attention={self.attention!r}")
+        if not self.model:
+            raise ValueError("ModelConfig.model must name a preset (tiny, base, large) or a model path")
+        overrides = [n for n in _SHAPE_OVERRIDES if getattr(self, n) is not None]
+        if overrides and self.model not in PRESETS:
+            raise ValueError(
+                f"ModelConfig.{overrides[0]} only applies to presets {list(PRESETS)}, not to model={self.model!r}"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data).validate()
+
+
+def encoder_config(cfg: ModelConfig, vocab_size: int, pad_id: int = 1) -> XLMRobertaConfig:
+    """XLMRobertaConfig for a preset (+ overrides), with XLM-R's special ids and our attention function."""
+    shape = dict(PRESETS[cfg.model])
+    shape.update({hf: getattr(cfg, ours) for ours, hf in _SHAPE_OVERRIDES.items() if getattr(cfg, ours) is not None})
+    if shape["hidden_size"] % shape["num_attention_heads"]:
+        raise ValueError(
+            f"hidden_size {shape['hidden_size']} is not a multiple of heads "
+            f"{shape['num_attention_heads']} (ModelConfig.hidden_size / num_heads)"
+        )
+    hidden_dropout = 0.1 if cfg.hidden_dropout is None else cfg.hidden_dropout
+    return XLMRobertaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=cfg.max_positions,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=pad_id,
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_dropout_prob=hidden_dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
+        **shape,
+    )
+
+
+def build_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int = 1) -> XLMRobertaModel:
+    """Random-init preset or pretrained weights; no pooler (the original used XLMRobertaForMaskedLM.roberta)."""
+    if cfg.model in PRESETS:
+        config = encoder_config(cfg, vocab_size, pad_id)
+        config._attn_implementation = ATTN_IMPLEMENTATION
+        return XLMRobertaModel(config, add_pooling_layer=False)
+    overrides = {"attention_probs_dropout_prob": cfg.attention_dropout}
+    if cfg.hidden_dropout is not None:
+        overrides["hidden_dropout_prob"] = cfg.hidden_dropout
+    encoder = XLMRobertaModel.from_pretrained(cfg.model, add_pooling_layer=False, **overrides)
+    encoder.config._attn_implementation = ATTN_IMPLEMENTATION
+    if encoder.config.vocab_size != vocab_size:
+        raise ValueError(
+            f"model {cfg.model!r} has vocab_size {encoder.config.vocab_size} but the data's "
+            f"tokenizer has {vocab_size}: use the model's own tokenizer (ModelConfig.model)"
+        )
+    if encoder.config.pad_token_id != pad_id:
+        raise ValueError(f"model {cfg.model!r} has pad_token_id {encoder.config.pad_token_id}, data has {pad_id}")
+    return encoder
+
+
+def build_head(cfg: ModelConfig, hidden_size: int) -> XLMRobertaEncoder:
+    """The cross-unmasking head: stock XLM-R layers taking hidden states directly (no embeddings)."""
+    if hidden_size % cfg.head_heads:
+        raise ValueError(f"ModelConfig.head_heads={cfg.head_heads} does not divide hidden size {hidden_size}")
+    config = XLMRobertaConfig(
+        num_hidden_layers=cfg.head_layers,
+        num_attention_heads=cfg.head_heads,
+        hidden_size=hidden_size,
+        intermediate_size=cfg.head_ffn,
+        hidden_dropout_prob=cfg.head_dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
+        is_decoder=False,
+    )
+    config._attn_implementation = ATTN_IMPLEMENTATION
+    head = XLMRobertaEncoder(config)
+    if cfg.head_init == "normal":  # HF's BERT init; "torch_default" keeps nn.Linear / nn.LayerNorm defaults
+        for module in head.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=config.initializer_range)
+                nn.init.zeros_(module.bias)
+    return head
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, pad_id: int = 1) -> MexmaModel:
+    """Encoder + head + tied vocabulary projection for a tokenizer of vocab_size ids."""
+    cfg.validate()
+    encoder = build_encoder(cfg, vocab_size, pad_id)
+    model = MexmaModel(cfg, encoder, build_head(cfg, encoder.config.hidden_size))
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+class MexmaModel(nn.Module):
+    """forward(**packed_batch) -> losses and the clean CLS embeddings (contract 3 in DESIGN)."""
+
+    def __init__(self, cfg: ModelConfig, encoder: XLMRobertaModel, head: XLMRobertaEncoder):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.head = head
+        vocab_size, hidden = encoder.get_input_embeddings().weight.shape
+        # Own bias of the tied projection, nn.Linear(H, V)'s default init as in the original: U(-1/sqrt(H), +).
+        bound = 1.0 / math.sqrt(hidden)
+        self.vocab_bias = nn.Parameter(torch.empty(vocab_size).uniform_(-bound, bound))
+
+    @property
+    def vocab_weight(self) -> torch.Tensor:
+        return self.encoder.get_input_embeddings().weight  # (V, H), tied
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Non-reentrant activation checkpointing of every encoder and head layer."""
+        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        ckpt = lambda fn, *args, **kwargs: torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        for layer in self.head.layer:
+            layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, ckpt
+
+    def _attn_kwargs(self, cu_seqlens: torch.Tensor, max_seqlen: int) -> dict:
+        backend = resolve_backend(self.cfg.attention, cu_seqlens.device)
+        kwargs = {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen, "attention_backend": backend}
+        if backend == "sdpa":  # token -> padded-grid map, built once per call instead of once per layer
+            kwargs["varlen_layout"] = varlen_layout(cu_seqlens)
+        return kwargs
+
+    def encode_packed(self, input_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
+        """(T,) packed ids -> (T, H) last hidden states, one encoder call with block-diagonal attention."""
+        out = self.encoder(
+            input_ids=input_ids[None], position_ids=position_ids[None], **self._attn_kwargs(cu_seqlens, max_seqlen)
+        )
+        return out.last_hidden_state[0]
+
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, labels, n_pairs, **extra) -> dict:
+        """Packed batch -> {loss, mlm_loss, cls_loss, koleo_loss, src_cls, trg_cls, n_masked, ...}.
+
+        Extra batch keys (bookkeeping a data loader may add) are ignored.
+        """
+        b = int(n_pairs)
+        if cu_seqlens.numel() != 4 * b + 1:
+            raise ValueError(f"cu_seqlens has {cu_seqlens.numel()} entries, expected 4 * n_pairs + 1 = {4 * b + 1}")
+        hidden = self.encode_packed(input_ids, position_ids, cu_seqlens, int(max_seqlen))  # (T, H)
+        starts = cu_seqlens[:-1].long()  # (4B,) CLS positions
+        cls = hidden[starts]  # (4B, H): masked src, masked trg, clean src, clean trg
+        src_cls, trg_cls = cls[2 * b : 3 * b], cls[3 * b :]
+        mlm, parts = self._unmasking_loss(hidden, labels, cu_seqlens[: 2 * b + 1], src_cls, trg_cls, int(max_seqlen))
+        cls_loss = losses.cls_alignment_loss(src_cls, trg_cls)
+        use_kernel = self.cfg.kernels and not kernels_forced_ref() and self.cfg.attention != "ref"
+        koleo = 0.5 * sum(
+            losses.koleo(losses.gather_for_koleo(x, self.cfg.koleo_global), self.cfg.koleo_eps, use_kernel)
+            for x in (src_cls, trg_cls)
+        )
+        loss = self.cfg.mlm_weight * mlm + self.cfg.cls_weight * cls_loss + self.cfg.koleo_weight * koleo
+        return {
+            "loss": loss,
+            "mlm_loss": mlm,
+            "cls_loss": cls_loss,
+            "koleo_loss": koleo,
+            "src_cls": src_cls,
+            "trg_cls": trg_cls,
+            **parts,
+        }
+
+    def _unmasking_loss(self, hidden, labels, head_cu, src_cls, trg_cls, max_seqlen):
+        """Cross-unmasking over both directions in one packed head call -> (mlm loss, logging parts).
+
+        Masked src tokens see the clean trg CLS in their CLS slot and vice versa; the head runs on the 2B masked
+        views (the first head_cu[-1] tokens), the projection only at masked positions.
+        """
+        b, n_tok = src_cls.shape[0], int(head_cu[-1])
+        other_cls = torch.cat([trg_cls, src_cls], dim=0)  # (2B, H): masked src <- clean trg, masked trg <- src
+        head_in = hidden[:n_tok].index_copy(0, head_cu[:-1].long(), other_cls)  # (T_m, H), out of place
+        head_out = self.head(head_in[None], **self._attn_kwargs(head_cu, max_seqlen)).last_hidden_state[0]
+        pos = (labels[:n_tok] != IGNORE_INDEX).nonzero().squeeze(1)  # (N,) masked positions
+        is_src = pos < head_cu[b]
+        n_src, n_trg = int(is_src.sum()), int(pos.numel() - is_src.sum())
+        # mean over each side's masked tokens, then the mean of the two sides (an empty side contributes 0)
+        weight = torch.where(is_src, 0.5 / max(n_src, 1), 0.5 / max(n_trg, 1)).float()
+        rows = losses.chunk_rows(self.vocab_weight.shape[0], self.cfg.ce_chunk_bytes)
+        mlm, ce = losses.linear_cross_entropy(
+            head_out[pos], self.vocab_weight, self.vocab_bias, labels[pos], weight, rows
+        )
+        parts = {
+            "n_masked": int(pos.numel()),
+            "src_mlm_loss": ce[is_src].sum().detach() / max(n_src, 1),
+            "trg_mlm_loss": ce[~is_src].sum().detach() / max(n_trg, 1),
+        }
+        return mlm, parts
