@@ -56,7 +56,7 @@ def block_diag_attention_ref(q, k, v, cu_seqlens, max_seqlen=None, softmax_scale
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O, LSE, CU_SEQLENS, BLOCK_SEQ, BLOCK_START,
+    Q, K, V, Out, LSE, CU_SEQLENS, BLOCK_SEQ, BLOCK_START,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
     qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -97,14 +97,14 @@ def _attn_fwd_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_ij
     acc = acc / l_i[:, None]
-    o_ptrs = O + (seq_start + offs_m)[:, None] * stride_ot + pid_h * stride_oh + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    o_ptrs = Out + (seq_start + offs_m)[:, None] * stride_ot + pid_h * stride_oh + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     tl.store(LSE + pid_h * stride_lh + seq_start + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
 
 
 @triton.jit
 def _attn_bwd_delta_kernel(
-    O, DO, DELTA, n_tokens,
+    Out, DO, DELTA, n_tokens,
     stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -115,7 +115,7 @@ def _attn_bwd_delta_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < n_tokens)[:, None] & (offs_d < HEAD_DIM)[None, :]
     rows = offs_m.to(tl.int64)[:, None]
-    o = tl.load(O + rows * stride_ot + pid_h * stride_oh + offs_d[None, :], mask=mask, other=0.0)
+    o = tl.load(Out + rows * stride_ot + pid_h * stride_oh + offs_d[None, :], mask=mask, other=0.0)
     do = tl.load(DO + rows * stride_dot + pid_h * stride_doh + offs_d[None, :], mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + pid_h * stride_lh + offs_m, delta, mask=offs_m < n_tokens)
