@@ -330,10 +330,8 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen):
     if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must share one (total_tokens, n_heads, head_dim) shape, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")  # fmt: skip
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"q, k, v must share one dtype among fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.shape[-1] > _MAX_HEAD_DIM:
-        raise ValueError(f"head_dim {q.shape[-1]} > {_MAX_HEAD_DIM} is not supported by the Triton kernel")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must be int32 (n_seqs + 1,), got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
     if cu_seqlens.device != q.device:
@@ -357,5 +355,9 @@ def block_diag_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=None):
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     if not _use_triton(q) or q.shape[0] == 0:
         return block_diag_attention_ref(q, k, v, cu_seqlens, max_seqlen, scale)
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"block_diag_attention: the kernel takes fp16/bf16/fp32, got {q.dtype} (MEXMA_KERNELS=ref)")
+    if q.shape[-1] > _MAX_HEAD_DIM:
+        raise ValueError(f"block_diag_attention: head_dim {q.shape[-1]} > {_MAX_HEAD_DIM} (MEXMA_KERNELS=ref)")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     return BlockDiagAttentionFunction.apply(q, k, v, cu_seqlens, float(scale))
