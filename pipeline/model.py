@@ -211,7 +211,7 @@ class MexmaModel(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         """Non-reentrant activation checkpointing of every encoder and head layer."""
-        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         ckpt = lambda fn, *args, **kwargs: torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
         for layer in self.head.layer:
             layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, ckpt
