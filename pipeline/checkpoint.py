@@ -1,0 +1,227 @@
+"""Checkpoints that are complete or ignored: DeepSpeed files + per-rank client state + a completion record.
+
+Layout (OUTPUT/checkpoints/):
+    step_00000050/mp_rank_00_model_states.pt           DeepSpeed: full module weights (ZeRO-2), engine counters
+    step_00000050/zero_pp_rank_{r}_mp_rank_00_optim_states.pt   DeepSpeed: rank r's optimizer partition
+    step_00000050/client_rank{r:05d}.pt                ours: sampler position, RNG states, collator, counters
+    step_00000050/COMPLETE.json                        ours: written last, {file: {size, sha256}} of the above
+    latest                                             tag of the newest complete checkpoint (DeepSpeed's format)
+
+Commit protocol: every rank writes its files; all ranks agree that nobody failed (all-reduce); rank 0 hashes the
+files into COMPLETE.json and only then replaces `latest` (tmp file + os.replace, atomic on POSIX). A kill at any
+point leaves `latest` on the previous complete checkpoint. On resume the marked checkpoint is verified against its
+COMPLETE.json; a truncated or corrupted one is skipped with a warning in favour of the newest one that verifies.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipeline.data import sha256_file
+
+log = logging.getLogger(__name__)
+TAG_RE = re.compile(r"^step_(\d{8})$")
+COMPLETE = "COMPLETE.json"
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """Saving failed (disk full, I/O error); the message says which checkpoint survives."""
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `path` so that readers see either the old or the complete new content (tmp + fsync + os.replace)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_ok(ok: bool) -> bool:
+    """True when every rank reports ok (MIN all-reduce); one collective, so no rank hangs on a failed peer."""
+    if not _dist():
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _barrier() -> None:
+    if _dist():
+        dist.barrier()
+
+
+def _broadcast(obj):
+    if not _dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class CheckpointManager:
+    """Save / verify / resume / prune checkpoints under OUTPUT/checkpoints (see the module docstring)."""
+
+    def __init__(self, output_dir: str | Path, keep: int = 3, verify: str = "sha256", rank: int = 0):
+        self.root = Path(output_dir) / "checkpoints"
+        self.keep, self.verify_mode, self.rank = keep, verify, rank
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- listing -------------------------------------------------------------------------------------------------
+    def tags(self) -> list[str]:
+        """Checkpoint directories, newest step first (complete or not)."""
+        found = [p.name for p in self.root.iterdir() if p.is_dir() and TAG_RE.match(p.name)]
+        return sorted(found, reverse=True)
+
+    def latest_marked(self) -> str | None:
+        path = self.root / LATEST
+        return path.read_text().strip() if path.is_file() else None
+
+    def verify(self, tag: str) -> str | None:
+        """None when `tag` matches its COMPLETE.json, else the reason it does not."""
+        ckpt = self.root / tag
+        try:
+            record = json.loads((ckpt / COMPLETE).read_text())
+        except FileNotFoundError:
+            return f"{ckpt / COMPLETE} missing (the save never finished)"
+        except (json.JSONDecodeError, OSError) as e:
+            return f"{ckpt / COMPLETE} unreadable: {e}"
+        for name, meta in record.get("files", {}).items():
+            path = ckpt / name
+            if not path.is_file():
+                return f"{path} missing"
+            if path.stat().st_size != meta["size"]:
+                return f"{path} has {path.stat().st_size} bytes, {meta['size']} recorded (truncated?)"
+            if self.verify_mode == "sha256" and sha256_file(path) != meta["sha256"]:
+                return f"{path} sha256 differs from {COMPLETE} (corrupted)"
+        return None
+
+    def find_resume(self) -> str | None:
+        """Rank 0 picks the newest checkpoint that verifies (the marked one first) and tells every rank."""
+        choice = None
+        if self.rank == 0:
+            marked = self.latest_marked()
+            candidates = ([marked] if marked else []) + [t for t in self.tags() if t != marked]
+            for tag in candidates:
+                reason = self.verify(tag)
+                if reason is None:
+                    choice = tag
+                    break
+                log.warning("checkpoint %s is not usable: %s; falling back to an older one", tag, reason)
+        return _broadcast(choice)
+
+    # -- saving --------------------------------------------------------------------------------------------------
+    def save(self, engine, step: int, client_state: dict) -> str:
+        """Save a checkpoint of `step` on every rank; raise CheckpointError (previous one intact) on failure."""
+        tag = tag_for(step)
+        if self.latest_marked() == tag:
+            return tag  # already saved at this step (e.g. --save-every hit the last step)
+        ckpt = self.root / tag
+        if self.rank == 0 and ckpt.exists():
+            shutil.rmtree(ckpt)  # leftovers of a save that was killed: never mixed with new files
+        _barrier()
+        error = self._write(engine, tag, client_state)
+        if not _all_ok(error is None):
+            self._abort(ckpt, error)
+        _barrier()
+        if self.rank == 0:
+            self._commit(tag, step)
+            self.prune()
+        _barrier()
+        return tag
+
+    def _write(self, engine, tag: str, client_state: dict) -> BaseException | None:
+        try:
+            self._check_space()
+            engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": client_state.get("step")},
+                                   save_latest=False)
+            data = _torch_bytes(client_state)
+            write_atomic(self.root / tag / f"client_rank{self.rank:05d}.pt", data)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("... write failed")
+            return e
+        return None
+
+    def _check_space(self) -> None:
+        """Refuse to start a save that cannot fit: the last complete checkpoint's size + 5% must be free."""
+        marked = self.latest_marked()
+        if marked is None or not (self.root / marked).is_dir():
+            return
+        need = sum(p.stat().st_size for p in (self.root / marked).iterdir() if p.is_file())
+        free = shutil.disk_usage(self.root).free
+        if free < need * 1.05:
+            raise CheckpointError(f"no space left for a checkpoint in {self.root}: the last one ({marked}) took "
+                                  f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; {marked} is intact. Free "
+                                  "space (or lower --keep-checkpoints) and relaunch the same command to resume")
+
+    def _abort(self, ckpt: Path, error: BaseException | None) -> None:
+        _barrier()
+        if self.rank == 0 and ckpt.exists():
+            shutil.rmtree(ckpt, ignore_errors=True)
+        if isinstance(error, CheckpointError):
+            raise error
+        full = isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in str(error)
+        what = "no space left on the device" if full else f"I/O error: {error or 'on another rank'}"
+        kept = self.latest_marked()
+        kept_msg = f"the previous complete checkpoint {kept} is intact" if kept else "no earlier checkpoint exists"
+        raise CheckpointError(f"saving {ckpt} failed ({what}); the partial files were removed and {kept_msg}. "
+                              "Free space / fix the disk and relaunch the same command to resume") from error
+
+    def _commit(self, tag: str, step: int) -> None:
+        """Rank 0: COMPLETE.json (sizes + sha256), then the `latest` marker; both atomic."""
+        ckpt = self.root / tag
+        files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                 for p in sorted(ckpt.iterdir()) if p.is_file() and p.name != COMPLETE}
+        record = {"tag": tag, "step": step, "time": time.time(), "files": files}
+        write_atomic(ckpt / COMPLETE, json.dumps(record, indent=1).encode())
+        write_atomic(self.root / LATEST, tag.encode())
+
+    def prune(self) -> None:
+        """Rank 0: keep the newest `keep` complete checkpoints (never the marked one); drop older and broken ones."""
+        marked = self.latest_marked()
+        complete = [t for t in self.tags() if (self.root / t / COMPLETE).is_file()]
+        keep = set(complete[: self.keep]) | {marked}
+        for tag in self.tags():
+            newer_than_marked = marked is not None and tag > marked
+            if tag not in keep and not newer_than_marked:
+                shutil.rmtree(self.root / tag, ignore_errors=True)
+
+    # -- loading -------------------------------------------------------------------------------------------------
+    def load(self, engine, tag: str) -> dict:
+        """Restore engine (module, optimizer, scheduler) and return this rank's client state."""
+        path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
+                                         load_lr_scheduler_states=True)
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load {self.root / tag}")
+        client = self.root / tag / f"client_rank{self.rank:05d}.pt"
+        if not client.is_file():
+            raise CheckpointError(f"{client} missing: the checkpoint was written by fewer ranks than this run has; "
+                                  "relaunch with the same number of processes")
+        return torch.load(client, map_location="cpu", weights_only=False)
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()

@@ -1,0 +1,260 @@
+"""The one place that wraps the single-device model: activation checkpointing + `deepspeed.initialize`.
+
+`Trainer` owns the run: data, engine, checkpoints, the step loop. One optimizer step = `gradient_accumulation_steps`
+micro batches per rank; DeepSpeed averages gradients over micro batches and ranks, clips (gradient_clipping) and
+steps AdamW, then our LambdaLR schedule (linear warmup from lr x warmup_start_factor to lr over
+round(warmup_fraction x max_steps) steps, then cosine to lr x min_lr_ratio: torchvision's LinearLR + CosineAnnealingLR
+as the reference used; DeepSpeed's WarmupCosineLR would spend the first step at lr 0).
+
+Non-finite loss: a micro batch whose loss is NaN/inf back-propagates NaN into every gradient instead, so DeepSpeed's
+ZeRO overflow check (global grad norm non-finite, agreed by all ranks) skips the whole optimizer step and clears the
+gradients; the lr schedule does not advance. After --max-bad-steps skipped steps in a row the run stops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+from pipeline import data as D
+from pipeline.checkpoint import CheckpointManager
+from pipeline.collate import MexmaCollator
+from pipeline.config import TrainConfig, resolve_ds_config
+from pipeline.metrics import MetricsLogger, log
+from pipeline.model import build_model
+from pipeline.validate import Validator
+
+
+class TrainingStoppedError(RuntimeError):
+    """The run cannot go on (too many non-finite steps); the message says why."""
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the launcher's process group (deepspeed / torchrun set RANK etc.), or form a 1-rank group for `python`."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:  # a free port for the 1-process group
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(os.environ.get("MASTER_PORT", port)))
+    if not dist.is_initialized():
+        accel = get_accelerator()
+        backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
+        deepspeed.init_distributed(dist_backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+class WarmupCosine:
+    """LR factor at scheduler step s: linear f0 -> 1 over W steps, then cosine 1 -> min over T - W steps."""
+
+    def __init__(self, total_steps: int, warmup_fraction: float, start_factor: float, min_ratio: float):
+        self.total, self.warmup = total_steps, round(warmup_fraction * total_steps)
+        self.start, self.min = start_factor, min_ratio
+
+    def __call__(self, s: int) -> float:
+        if s < self.warmup:
+            return self.start + (1.0 - self.start) * s / self.warmup
+        progress = min(1.0, (s - self.warmup) / max(1, self.total - self.warmup))
+        return self.min + (1.0 - self.min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict, max_steps: int):
+    """Activation checkpointing (if asked) + deepspeed.initialize with our LR schedule -> engine."""
+    if cfg.model.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    o = cfg.optim
+    schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
+    return engine
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Data + engine + checkpoints + logging for one run (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, ds_config: dict):
+        self.cfg = cfg
+        self.rank, self.world = init_distributed()
+        self._seed(cfg.run.seed)
+        self.out = Path(cfg.run.output_dir)
+        self.ds_config = resolve_ds_config(cfg, ds_config, self.world)
+        self.gas = self.ds_config["gradient_accumulation_steps"]
+        self._load_data()
+        self.max_steps = cfg.run.max_steps or max(1, int(cfg.run.epochs * len(self.sampler) / self.gas))
+        model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)  # applied in build_engine only
+        model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
+        self.engine = build_engine(cfg, model, self.ds_config, self.max_steps)
+        torch.manual_seed(cfg.run.seed + 1 + self.rank)  # dropout: same init everywhere, distinct masks per rank
+        self.collator = MexmaCollator(self.specials, self.vocab_size, cfg.data.src_mask_prob, cfg.data.trg_mask_prob,
+                                      seed=cfg.run.seed + self.rank)
+        self.ckpt = CheckpointManager(self.out, keep=cfg.run.keep_checkpoints, rank=self.rank)
+        self.metrics = MetricsLogger(self.out, self.rank, cfg.run.wandb, cfg.run.wandb_project, cfg.run.run_name,
+                                     dataclasses.asdict(cfg), cfg.run.log_every)
+        self.step, self.skipped_total, self.bad_in_row, self.elapsed_before = 0, 0, 0, 0.0
+
+    def _seed(self, seed: int) -> None:
+        """Same init on every rank (seed), different dropout streams per rank afterwards (seed + rank)."""
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _load_data(self) -> None:
+        c = self.cfg.data
+        self.manifest = D.load_manifest(c.path)
+        if self.rank == 0:
+            D.verify_shards(c.path, self.manifest, c.verify)
+        dist.barrier()
+        self.specials = D.special_ids(self.manifest)
+        self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
+        self.train_ds = D.load_split(c.path, "train", self.manifest)
+        lengths = D.pair_lengths(self.train_ds, c.max_length)
+        micro = self.ds_config["train_micro_batch_size_per_gpu"]
+        self.sampler = D.DistributedBatchSampler(
+            lengths, batch_pairs=0 if c.batch_tokens else micro, batch_tokens=c.batch_tokens,
+            bucket_batches=c.bucket_batches, seed=self.cfg.run.seed, rank=self.rank, world_size=self.world)
+        valid = D.load_split(c.path, "valid", self.manifest) if (Path(c.path) / "valid").is_dir() else None
+        self.validator = None if valid is None or self.cfg.run.valid_every < 0 else Validator(
+            valid, D.pair_lengths(valid, c.max_length), batch_pairs=micro, n_batches=c.valid_batches,
+            max_length=c.max_length, special_ids=self.specials, vocab_size=self.vocab_size,
+            src_mask_prob=c.src_mask_prob, trg_mask_prob=c.trg_mask_prob, seed=self.cfg.run.seed, rank=self.rank,
+            world_size=self.world)
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def client_state(self) -> dict:
+        return {"step": self.step, "sampler": self.sampler.state_dict(), "collator": self.collator.state_dict(),
+                "rng": rng_state(), "skipped_total": self.skipped_total, "bad_in_row": self.bad_in_row,
+                "elapsed_s": self.elapsed_before + time.time() - self.t_start}
+
+    def resume(self) -> None:
+        tag = self.ckpt.find_resume() if self.cfg.run.resume else None
+        if tag is None:
+            self.metrics.truncate_after(0)
+            return
+        state = self.ckpt.load(self.engine, tag)
+        self.step, self.skipped_total, self.bad_in_row = state["step"], state["skipped_total"], state["bad_in_row"]
+        self.elapsed_before = state.get("elapsed_s", 0.0)
+        self.sampler.load_state_dict(state["sampler"])
+        self.collator.load_state_dict(state["collator"])
+        set_rng_state(state["rng"])
+        self.metrics.truncate_after(self.step)
+        log.info("resumed from %s (step %d, epoch %d)", self.ckpt.root / tag, self.step, self.sampler.state.epoch)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def train(self) -> int:
+        """Run to max_steps (or the wall-clock budget); returns the last step. Checkpoints at the end."""
+        self.t_start = time.time()
+        self.resume()
+        if self.step >= self.max_steps:
+            log.info("%s already holds a finished run (step %d of %d); --no-resume starts over",
+                     self.out, self.step, self.max_steps)
+            return self.step
+        budget_s = self.cfg.run.max_minutes * 60
+        while self.step < self.max_steps:
+            record = self.train_step()
+            self.metrics.write(record)
+            self.metrics.progress(record, self.max_steps)
+            if self.bad_in_row >= self.cfg.run.max_bad_steps:
+                raise TrainingStoppedError(f"{self.bad_in_row} optimizer steps in a row had a non-finite loss (limit "
+                                      f"--max-bad-steps {self.cfg.run.max_bad_steps}) at step {self.step}; lower --lr "
+                                      "or check the data. The last complete checkpoint is kept")
+            every = self.cfg.run.valid_every
+            if every > 0 and self.step % every == 0:
+                self.validate()
+            if self.cfg.run.save_every and self.step % self.cfg.run.save_every == 0:
+                self.ckpt.save(self.engine, self.step, self.client_state())
+            if budget_s and self._agree(time.time() - self.t_start > budget_s):
+                log.info("wall-clock budget --max-minutes %s spent at step %d", self.cfg.run.max_minutes, self.step)
+                break
+        if self.cfg.run.valid_every == 0 or (self.cfg.run.valid_every > 0 and self.step % self.cfg.run.valid_every):
+            self.validate()
+        self.ckpt.save(self.engine, self.step, self.client_state())
+        self.metrics.close()
+        return self.step
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's decision for everyone (clocks differ slightly per rank)."""
+        t = torch.tensor([1 if flag else 0])
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def train_step(self) -> dict:
+        """One optimizer step over gas micro batches -> its metrics record."""
+        t0 = time.time()
+        lr = self.engine.get_lr()[0]
+        skipped_before = self.engine.skipped_steps
+        sums = torch.zeros(7, dtype=torch.float64)  # loss, mlm, cls, koleo, tokens, pairs, n_masked
+        for _ in range(self.gas):
+            sums += self._micro_step()
+        dist.all_reduce(sums)
+        self.step += 1
+        skipped = self.engine.skipped_steps > skipped_before
+        self.skipped_total += int(skipped)
+        self.bad_in_row = self.bad_in_row + 1 if skipped else 0
+        dt = time.time() - t0
+        n = self.gas * self.world
+        grad_norm = self.engine.get_global_grad_norm()
+        return {"split": "train", "step": self.step, "epoch": self.sampler.state.epoch,
+                "loss": sums[0].item() / n, "mlm_loss": sums[1].item() / n, "cls_loss": sums[2].item() / n,
+                "koleo_loss": sums[3].item() / n, "lr": lr,
+                "grad_norm": float("inf") if skipped or grad_norm is None else float(grad_norm),
+                "tokens_per_s": sums[4].item() / dt, "pairs_per_s": sums[5].item() / dt, "tokens": int(sums[4]),
+                "pairs": int(sums[5]), "n_masked": int(sums[6]), "skipped": skipped,
+                "skipped_total": self.skipped_total, "time": time.time(),
+                "elapsed_s": self.elapsed_before + time.time() - self.t_start}
+
+    def _micro_step(self) -> torch.Tensor:
+        idx = self.sampler.next_batch()
+        batch = self.collator(D.fetch_rows(self.train_ds, idx, self.cfg.data.max_length))
+        batch = {k: v.to(self.engine.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out = self.engine(**batch)
+        loss = out["loss"]
+        if torch.isfinite(loss):
+            self.engine.backward(loss)
+        else:  # NaN into every gradient: ZeRO's overflow check then skips the step on all ranks
+            self.engine.backward(sum(p.sum() for p in self.engine.module.parameters()) * float("nan"))
+        self.engine.step()
+        parts = [float(out[k]) for k in ("loss", "mlm_loss", "cls_loss", "koleo_loss")]
+        return torch.tensor(parts + [batch["input_ids"].numel(), batch["n_pairs"], int(out["n_masked"])],
+                            dtype=torch.float64)
+
+    def validate(self) -> None:
+        if self.validator is None:
+            return
+        result = self.validator.run(self.engine)
+        if result is None:
+            return
+        result.update(split="valid", step=self.step, time=time.time(),
+                      elapsed_s=self.elapsed_before + time.time() - self.t_start)
+        self.metrics.write(result)
+        if self.rank == 0:
+            log.info("valid step %d | loss %.4f mlm %.4f cls %.4f koleo %.4f | mining acc src->trg %.3f trg->src %.3f",
+                     self.step, result["loss"], result["mlm_loss"], result["cls_loss"], result["koleo_loss"],
+                     result["acc_src2trg"], result["acc_trg2src"])

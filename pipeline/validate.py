@@ -1,0 +1,70 @@
+"""Validation on the held-out split: the training losses and in-batch bitext mining accuracy both ways.
+
+Mining: within each validation batch of B pairs, source i is counted correct when the target with the highest
+cosine similarity to its clean CLS embedding is target i (src->trg), and the same from the targets (trg->src); the
+chance level is 1/B. Masking uses its own fixed-seed collator, so every evaluation of a run sees the same masks.
+Sums are all-reduced, so the numbers cover every rank's share of the split.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pipeline.collate import MexmaCollator
+from pipeline.data import DistributedBatchSampler, fetch_rows
+
+VALID_SEED_OFFSET = 1_000_003  # masking seed of validation = run seed + this (distinct from training's stream)
+LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
+
+
+def mining_correct(src: torch.Tensor, trg: torch.Tensor) -> tuple[int, int]:
+    """src, trg: (B, H) aligned rows -> (#rows whose nearest target is its own, same for targets), by cosine."""
+    sim = F.normalize(src.float(), dim=-1) @ F.normalize(trg.float(), dim=-1).T  # (B, B)
+    gold = torch.arange(sim.shape[0])
+    return int((sim.argmax(dim=1) == gold).sum()), int((sim.argmax(dim=0) == gold).sum())
+
+
+class Validator:
+    """Fixed validation batches of this rank: batch_pairs per batch, n_batches over all ranks (0 = all)."""
+
+    def __init__(self, ds, lengths, *, batch_pairs: int, n_batches: int, max_length: int, special_ids: dict,
+                 vocab_size: int, src_mask_prob: float, trg_mask_prob: float, seed: int, rank: int, world_size: int):
+        pairs = min(batch_pairs, len(ds) // world_size)
+        self.ds, self.max_length = ds, max_length
+        self.batches = []
+        if pairs >= 2:  # mining needs at least two candidates
+            sampler = DistributedBatchSampler(lengths, batch_pairs=pairs, seed=seed, rank=rank, world_size=world_size,
+                                              shuffle=False)
+            self.batches = sampler.epoch_batches(0)
+            if n_batches:
+                self.batches = self.batches[: max(1, n_batches // world_size)]
+        self.collator_args = dict(special_ids=special_ids, vocab_size=vocab_size, src_mask_prob=src_mask_prob,
+                                  trg_mask_prob=trg_mask_prob, seed=seed + VALID_SEED_OFFSET)
+
+    @torch.no_grad()
+    def run(self, engine) -> dict | None:
+        """-> {loss, mlm_loss, cls_loss, koleo_loss (means over batches), acc_src2trg, acc_trg2src, pairs}."""
+        if not self.batches:
+            return None
+        collator = MexmaCollator(**self.collator_args)
+        engine.eval()
+        sums = torch.zeros(len(LOSS_KEYS) + 4, dtype=torch.float64)  # losses..., n_batches, ok_s2t, ok_t2s, pairs
+        for idx in self.batches:
+            batch = collator(fetch_rows(self.ds, idx, self.max_length))
+            out = engine(**{k: _to(v, engine.device) for k, v in batch.items()})
+            s2t, t2s = mining_correct(out["src_cls"].cpu(), out["trg_cls"].cpu())
+            losses = [float(out[k]) for k in LOSS_KEYS]
+            sums += torch.tensor(losses + [1, s2t, t2s, len(idx)], dtype=torch.float64)
+        engine.train()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        n, pairs = sums[len(LOSS_KEYS)].item(), sums[-1].item()
+        result = {k: sums[i].item() / n for i, k in enumerate(LOSS_KEYS)}
+        result.update(acc_src2trg=sums[-3].item() / pairs, acc_trg2src=sums[-2].item() / pairs, pairs=int(pairs))
+        return result
+
+
+def _to(v, device):
+    return v.to(device) if isinstance(v, torch.Tensor) else v
