@@ -1,0 +1,105 @@
+"""`python -m data_prep`: build a prepared dataset directory (see docs/data_prep.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .prepare import PrepConfig, prepare
+from .readers import UNKNOWN_LANG, SourceError
+from .sources import FORMATS, ReadOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="FORMAT:PATH",
+        help=f"input corpus, repeatable; FORMAT one of {', '.join(FORMATS)}",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="pretrained HF tokenizer (local path or hub name)")
+    tok.add_argument(
+        "--train-tokenizer",
+        type=int,
+        metavar="VOCAB_SIZE",
+        help="train a SentencePiece-Unigram tokenizer with this many ids on the kept text",
+    )
+    p.add_argument(
+        "--tokenizer-max-sentences",
+        type=int,
+        default=2_000_000,
+        help="sentences used to train the tokenizer (the first kept ones)",
+    )
+    p.add_argument("--max-tokens", type=int, default=200, help="max ids per side incl. <s> and </s>; longer truncated")
+    p.add_argument("--max-chars", type=int, default=1000, help="skip pairs with a side longer than this (characters)")
+    p.add_argument("--max-ratio", type=float, default=6.0, help="skip pairs whose character-length ratio exceeds this")
+    p.add_argument("--valid-fraction", type=float, default=0.01, help="share of unique pairs held out, by pair hash")
+    p.add_argument("--min-valid", type=int, default=8, help="minimum valid pairs (smallest hashes)")
+    p.add_argument("--max-pairs", type=int, help="stop after reading this many records")
+    p.add_argument(
+        "--exclude-flores",
+        metavar="DIR",
+        help="FLORES-layout test set whose sentences (any language) must not occur in training",
+    )
+    p.add_argument("--src-lang", default=UNKNOWN_LANG, help="src language where a source does not name it")
+    p.add_argument("--trg-lang", default=UNKNOWN_LANG, help="trg language where a source does not name it")
+    p.add_argument("--flores-split", default="dev", help="split read from flores: sources")
+    p.add_argument("--flores-langs", default="", help="comma-separated languages of flores: sources (default all)")
+    p.add_argument("--gettext-domains", default="", help="comma-separated catalogue names of gettext: sources")
+    p.add_argument("--workers", type=int, default=0, help="tokenisation processes (0: all cores)")
+    p.add_argument("--chunk-rows", type=int, default=20_000, help="pairs per tokenisation task")
+    p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PrepConfig:
+    split = lambda s: tuple(x for x in s.split(",") if x)
+    read = ReadOptions(
+        args.src_lang, args.trg_lang, args.flores_split, split(args.flores_langs), split(args.gettext_domains)
+    )
+    return PrepConfig(
+        sources=args.source,
+        out=args.out,
+        tokenizer=args.tokenizer,
+        train_tokenizer=args.train_tokenizer,
+        tokenizer_max_sentences=args.tokenizer_max_sentences,
+        max_tokens=args.max_tokens,
+        max_chars=args.max_chars,
+        max_ratio=args.max_ratio,
+        valid_fraction=args.valid_fraction,
+        min_valid=args.min_valid,
+        max_pairs=args.max_pairs,
+        exclude_flores=args.exclude_flores,
+        read=read,
+        workers=args.workers,
+        chunk_rows=args.chunk_rows,
+        force=args.force,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        manifest = prepare(config_from_args(args))
+    except (SourceError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    c = manifest["counts"]
+    print(
+        f"{args.out}: read {c['read']}, kept {c['kept']}, skipped {sum(c['skipped'].values())} "
+        f"{c['skipped']}; rows {manifest['rows']}; vocab {manifest['tokenizer']['vocab_size']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""`prepare(cfg)`: read -> clean -> spool -> dedup/split -> tokenizer -> parallel encode -> Arrow + manifest.
+
+Passes over the data (memory stays flat: nothing holds the corpus):
+1. stream every source through the cleaner into the on-disk spool (spool.py), counting every skip;
+2. dedup + held-out split from the spool's key column (8 B a pair);
+3. train the tokenizer on the spool's kept text (or copy a pretrained one);
+4. tokenise the spool in parallel (encode.py) and save `train/`, `valid/` with `datasets`;
+5. write `manifest.json` last: its presence marks a complete directory.
+
+Re-running with the same inputs (sha256) and arguments finds the same fingerprint in the manifest
+and does nothing unless `force`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import encode, output, spool
+from .clean import DUPLICATE, Cleaner
+from .records import Skip
+from .sources import ReadOptions, Source
+from .tokenizer import TokenizerInfo, backend_json, save_pretrained_copy, train_unigram
+
+log = logging.getLogger("data_prep")
+FORMAT_VERSION = 1  # bump when the output of the same inputs changes
+_LOGGED_SKIPS = {"invalid_utf8", "malformed"}  # reasons worth a warning with file:line (first 20)
+
+
+@dataclass
+class PrepConfig:
+    """Arguments of `python -m data_prep` (one field per flag; see `--help`)."""
+
+    sources: list[str]
+    """`FORMAT:PATH` specs (--source)."""
+    out: str
+    """Output directory (--out)."""
+    tokenizer: str | None = None
+    """Pretrained tokenizer path or hub name (--tokenizer)."""
+    train_tokenizer: int | None = None
+    """Vocabulary size of a Unigram tokenizer trained on the kept text (--train-tokenizer)."""
+    tokenizer_max_sentences: int = 2_000_000
+    """Sentences (first kept, in spool order) used to train the tokenizer (--tokenizer-max-sentences)."""
+    max_tokens: int = 200
+    """Maximum ids per side including <s> and </s> (--max-tokens); longer sides are truncated and counted."""
+    max_chars: int = 1000
+    """Pairs with a side longer than this many characters are skipped (--max-chars)."""
+    max_ratio: float = 6.0
+    """Pairs whose longer side has more than this many times the characters of the other are skipped."""
+    valid_fraction: float = 0.01
+    """Share of unique pairs held out for `valid/`, chosen by pair hash (--valid-fraction)."""
+    min_valid: int = 8
+    """At least this many valid pairs (the smallest hashes) when the fraction gives fewer (--min-valid)."""
+    max_pairs: int | None = None
+    """Stop reading after this many records (--max-pairs); the manifest says so."""
+    exclude_flores: str | None = None
+    """A FLORES-layout dir whose sentences (any language, any split) must not occur in training (--exclude-flores)."""
+    read: ReadOptions = field(default_factory=ReadOptions)
+    workers: int = 0
+    """Tokenisation processes (--workers; 0: all cores)."""
+    chunk_rows: int = 20_000
+    """Spool rows per tokenisation task (--chunk-rows)."""
+    force: bool = False
+    """Rebuild even when the manifest fingerprint matches (--force)."""
+
+    def check(self) -> None:
+        if (self.tokenizer is None) == (self.train_tokenizer is None):
+            raise ValueError("give exactly one of --tokenizer NAME_OR_PATH and --train-tokenizer VOCAB_SIZE")
+        if not self.sources:
+            raise ValueError("give at least one --source FORMAT:PATH")
+        if self.max_tokens < 3:
+            raise ValueError(f"--max-tokens {self.max_tokens}: need room for <s>, one token and </s>")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"--valid-fraction {self.valid_fraction}: must be in [0, 1)")
+        if self.max_ratio < 1.0 or self.max_chars < 1:
+            raise ValueError(f"--max-ratio {self.max_ratio} must be >= 1 and --max-chars {self.max_chars} >= 1")
+
+    def args_json(self) -> dict:
+        """The arguments that decide the output (not `workers`, `force`: the output does not depend on them)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("workers", "force", "out")}
+
+
+def prepare(cfg: PrepConfig) -> dict:
+    """Build (or confirm up to date) the prepared directory `cfg.out`; returns the manifest."""
+    cfg.check()
+    out = Path(cfg.out)
+    sources = [Source.parse(s) for s in cfg.sources]
+    inputs = _input_entries(sources, cfg)
+    fingerprint = _fingerprint(cfg, inputs)
+    old = _up_to_date(out, fingerprint)
+    if old is not None and not cfg.force:
+        log.info("%s is up to date (fingerprint %s); nothing to do (--force rebuilds)", out, fingerprint[:12])
+        return old
+    _clear(out)
+    work = out / ".work"
+    work.mkdir(parents=True)
+    counts, cleaner, truncated_reads = _spool_sources(sources, cfg, work / "spool.arrow")
+    table = spool.open_spool(work / "spool.arrow")
+    splits = spool.assign_splits(table.column("key").to_numpy(), cfg.valid_fraction, cfg.min_valid)
+    counts["skipped"][DUPLICATE] = int((splits == spool.DROP).sum())
+    counts["kept"] = counts["spooled"] - counts["skipped"][DUPLICATE]
+    np.save(work / "splits.npy", splits)
+    tok = _tokenizer(cfg, table, splits, out / "tokenizer")
+    stats = _encode(cfg, table.num_rows, work, out, tok)
+    manifest = _manifest(cfg, fingerprint, inputs, tok, counts, cleaner, stats, out, truncated_reads)
+    del table
+    shutil.rmtree(work)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    log.info("wrote %s: %d train + %d valid pairs", out, manifest["rows"]["train"], manifest["rows"]["valid"])
+    return manifest
+
+
+def _input_entries(sources: list[Source], cfg: PrepConfig) -> list[dict]:
+    entries = []
+    for src in sources:
+        for path in src.files(cfg.read):
+            entries.append(
+                {
+                    "source": f"{src.fmt}:{src.path}",
+                    "path": str(path),
+                    "size": path.stat().st_size,
+                    "sha256": output.file_sha256(path),
+                }
+            )
+    if cfg.exclude_flores:
+        for path in sorted(p for p in Path(cfg.exclude_flores).rglob("*") if p.is_file()):
+            entries.append(
+                {
+                    "source": "exclude",
+                    "path": str(path),
+                    "size": path.stat().st_size,
+                    "sha256": output.file_sha256(path),
+                }
+            )
+    return entries
+
+
+def _fingerprint(cfg: PrepConfig, inputs: list[dict]) -> str:
+    blob = {"version": FORMAT_VERSION, "args": cfg.args_json(), "inputs": [(e["source"], e["sha256"]) for e in inputs]}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _up_to_date(out: Path, fingerprint: str) -> dict | None:
+    """The existing manifest if it has this fingerprint and every shard it lists is present."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("fingerprint") != fingerprint:
+        return None
+    if not all((out / s["file"]).is_file() for s in manifest.get("shards", [])):
+        return None
+    return manifest
+
+
+def _clear(out: Path) -> None:
+    """Remove a previous build; refuse to wipe a non-empty folder that is not a prepared dir."""
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists() and not (out / ".work").exists():
+        raise FileExistsError(f"--out {out}: exists, is not empty and has no manifest.json; refusing to overwrite")
+    (out / "manifest.json").unlink(missing_ok=True)  # first: a half-rebuilt dir is never taken as complete
+    for name in ("train", "valid", "tokenizer", ".work"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _held_out_keys(folder: str | None) -> frozenset[str]:
+    """`overlap_key` of every line of every file under a FLORES-layout folder (all languages, splits)."""
+    from .clean import overlap_key
+
+    if not folder:
+        return frozenset()
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--exclude-flores {folder}: not a directory")
+    keys = set()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".dev", ".devtest")):
+        keys.update(k for k in map(overlap_key, path.read_text(encoding="utf-8").splitlines()) if k)
+    return frozenset(keys)
+
+
+def _spool_sources(sources: list[Source], cfg: PrepConfig, path: Path) -> tuple[dict, Cleaner, bool]:
+    """Pass 1: every record read, counted and either skipped by reason or appended to the spool."""
+    from tqdm import tqdm
+
+    cleaner = Cleaner(cfg.max_chars, cfg.max_ratio, _held_out_keys(cfg.exclude_flores))
+    counts: dict = {"read": 0, "skipped": Counter(), "by_source": {}}
+    writer = spool.SpoolWriter(path)
+    stopped = False
+    for src in sources:
+        name, before = f"{src.fmt}:{src.path}", Counter(counts["skipped"])
+        read_before, spooled_before = counts["read"], writer.rows
+        with tqdm(desc=f"read {name}", unit=" rec", disable=None, mininterval=1.0) as bar:
+            for rec in src.records(cfg.read):
+                if cfg.max_pairs is not None and counts["read"] >= cfg.max_pairs:
+                    stopped = True
+                    break
+                counts["read"] += 1
+                bar.update()
+                reason = _take(rec, cleaner, writer)
+                if reason:
+                    counts["skipped"][reason] += 1
+        counts["by_source"][name] = {
+            "read": counts["read"] - read_before,
+            "spooled": writer.rows - spooled_before,
+            "skipped": dict(counts["skipped"] - before),
+        }
+        if stopped:
+            log.warning("--max-pairs %d reached in %s; later records and sources were not read", cfg.max_pairs, name)
+            break
+    writer.close()
+    counts["spooled"] = writer.rows
+    return counts, cleaner, stopped
+
+
+def _take(rec, cleaner: Cleaner, writer: spool.SpoolWriter) -> str | None:
+    """Spool a record or return its skip reason (readers' malformed lines are logged with file:line)."""
+    if isinstance(rec, Skip):
+        cleaner.note(rec.reason, rec.where)
+        if rec.reason in _LOGGED_SKIPS and len(cleaner.examples[rec.reason]) < cleaner.max_examples:
+            log.warning("skipped %s: %s %s", rec.where, rec.reason, rec.detail)
+        return rec.reason
+    result = cleaner.check(rec)
+    if isinstance(result, str):
+        return result
+    writer.add(result)
+    return None
+
+
+def _tokenizer(cfg: PrepConfig, table, splits: np.ndarray, tok_dir: Path) -> TokenizerInfo:
+    if cfg.tokenizer is not None:
+        return save_pretrained_copy(cfg.tokenizer, tok_dir)
+    n_kept = int((splits != spool.DROP).sum())
+    if n_kept == 0:
+        raise ValueError("no pair survived cleaning; nothing to train a tokenizer on (see the skip counts above)")
+    log.info(
+        "training a %d-id unigram tokenizer on up to %d sentences",
+        cfg.train_tokenizer,
+        min(2 * n_kept, cfg.tokenizer_max_sentences),
+    )
+    texts = spool.iter_texts(table, splits, cfg.tokenizer_max_sentences)
+    info = train_unigram(texts, cfg.train_tokenizer, tok_dir, show_progress=log.isEnabledFor(logging.INFO))
+    if info.vocab_size < cfg.train_tokenizer:
+        log.warning("--train-tokenizer %d: the text supports only %d ids", cfg.train_tokenizer, info.vocab_size)
+    return info
+
+
+def _encode(cfg: PrepConfig, n_rows: int, work: Path, out: Path, tok: TokenizerInfo) -> list[encode.ChunkStats]:
+    from tqdm import tqdm
+
+    chunks = work / "chunks"
+    chunks.mkdir()
+    job = encode.EncodeJob(
+        backend_json(out / "tokenizer"),
+        work / "spool.arrow",
+        work / "splits.npy",
+        chunks,
+        cfg.max_tokens,
+        tok.special_ids["bos"],
+        tok.special_ids["eos"],
+    )
+    workers = cfg.workers or os.cpu_count() or 1
+    n_chunks = -(-n_rows // cfg.chunk_rows)
+    with tqdm(total=n_chunks, desc=f"tokenise ({workers} proc)", unit=" chunk", disable=None) as bar:
+        stats = encode.encode_spool(job, n_rows, cfg.chunk_rows, workers, on_chunk=lambda _: bar.update())
+    for name in encode.SPLIT_NAMES.values():
+        files = [encode.chunk_path(chunks, name, s.index) for s in stats if s.rows.get(name)]
+        output.save_split(files, out / name)
+    return stats
+
+
+def _manifest(cfg, fingerprint, inputs, tok, counts, cleaner, stats, out, stopped) -> dict:
+    hist = {
+        side: sum((s.length_hist[side] for s in stats if side in s.length_hist), np.zeros(cfg.max_tokens + 1))
+        for side in ("src", "trg")
+    }
+    shards = output.shard_entries(out, "train") + output.shard_entries(out, "valid")
+    return {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "args": cfg.args_json(),
+        "inputs": inputs,
+        "tokenizer": tok.to_json(),
+        "max_tokens": cfg.max_tokens,
+        "counts": {
+            "read": counts["read"],
+            "kept": counts["kept"],
+            "skipped": dict(sorted(counts["skipped"].items())),
+            "by_source": counts["by_source"],
+        },
+        "stopped_at_max_pairs": stopped,
+        "rows": {name: sum(s.rows.get(name, 0) for s in stats) for name in encode.SPLIT_NAMES.values()},
+        "truncated": {side: sum(s.truncated.get(side, 0) for s in stats) for side in ("src", "trg")},
+        "token_lengths": {side: output.length_stats(h.astype(np.int64)) for side, h in hist.items()},
+        "language_pairs": _language_pairs(out),
+        "skip_examples": {k: cleaner.examples[k] for k in sorted(cleaner.examples)},
+        "shards": shards,
+        "versions": _versions(),
+    }
+
+
+def _language_pairs(out: Path) -> dict[str, int]:
+    import datasets
+
+    pairs: Counter = Counter()
+    for name in encode.SPLIT_NAMES.values():
+        table = datasets.load_from_disk(str(out / name)).data.table.select(["src_lang", "trg_lang"])
+        grouped = table.group_by(["src_lang", "trg_lang"]).aggregate([([], "count_all")]).to_pylist()
+        pairs.update({f"{g['src_lang']}-{g['trg_lang']}": g["count_all"] for g in grouped})
+    return dict(sorted(pairs.items()))
+
+
+def _versions() -> dict[str, str]:
+    import datasets
+    import pyarrow
+    import tokenizers
+    import transformers
+
+    return {m.__name__: m.__version__ for m in (datasets, pyarrow, tokenizers, transformers)}

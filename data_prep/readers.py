@@ -1,0 +1,234 @@
+"""Streaming readers: one generator per corpus format, each yielding `Pair` or `Skip` records.
+
+Readers never load a file whole: text files are read line by line in binary and decoded per line, so
+invalid UTF-8 is reported with its file and line and the run goes on. A file that cannot be used at all
+(missing, no `src`/`trg` header) raises `SourceError` naming the file.
+
+Formats (`--source FORMAT:PATH`):
+- `tsv`: header line with `src` and `trg` (optional `src_lang`, `trg_lang`), tab-separated, no quoting.
+- `csv`: the same columns, RFC 4180 quoting (the original MEXMA `--train_data_file`).
+- `jsonl`: one object per line with `src`, `trg` (optional `src_lang`, `trg_lang`).
+- `moses`: `PREFIX.L1-L2` reads `PREFIX.L1-L2.L1` (src) and `PREFIX.L1-L2.L2` (trg), the OPUS Moses
+  layout; or two files `PATH_SRC,PATH_TRG` whose last suffixes name the languages (`a.fr,a.en`).
+- `hf`: a `datasets.save_to_disk` directory (a `Dataset`, or a `DatasetDict` with a `train` split).
+- `flores`: a FLORES-200 directory; pairs X -> `eng_Latn` (see `flores_records`).
+- `gettext`: message catalogues, see `gettext_reader.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from .langcodes import ENGLISH, to_flores
+from .records import INVALID_UTF8, MALFORMED, Pair, Record, Skip
+
+UNKNOWN_LANG = "und_Zzzz"  # ISO 639 "undetermined" + ISO 15924 "unknown script"
+_COLUMNS = ("src", "trg", "src_lang", "trg_lang")
+
+
+class SourceError(ValueError):
+    """An input that cannot be read at all (the message names the file and the flag)."""
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line without the newline) for every line of a file."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, raw.rstrip(b"\r\n")
+
+
+def _decode(raw: bytes, where: str) -> str | Skip:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Skip(INVALID_UTF8, where, f"byte {e.start}: {raw[e.start : e.start + 4]!r}")
+
+
+def _header_index(fields: list[str], path: Path) -> dict[str, int]:
+    names = [f.strip().lstrip("\ufeff") for f in fields]
+    missing = [c for c in ("src", "trg") if c not in names]
+    if missing:
+        raise SourceError(
+            f"{path}:1: header {names} lacks column(s) {missing}; expected src, trg[, src_lang, trg_lang]"
+        )
+    return {c: names.index(c) for c in _COLUMNS if c in names}
+
+
+def _row_pair(fields: list[str], index: dict[str, int], langs: tuple[str, str], where: str) -> Record:
+    if len(fields) < len(index) or any(i >= len(fields) for i in index.values()):
+        return Skip(MALFORMED, where, f"{len(fields)} field(s), header has {len(index)}")
+    src_lang = fields[index["src_lang"]].strip() if "src_lang" in index else langs[0]
+    trg_lang = fields[index["trg_lang"]].strip() if "trg_lang" in index else langs[1]
+    return Pair(fields[index["src"]], fields[index["trg"]], src_lang or langs[0], trg_lang or langs[1], where)
+
+
+def tsv_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
+    """Tab-separated lines after a header; a line with too few fields is `malformed`."""
+    index: dict[str, int] | None = None
+    for lineno, raw in _lines(path):
+        where = f"{path}:{lineno}"
+        text = _decode(raw, where)
+        if index is None:
+            if isinstance(text, Skip):
+                raise SourceError(f"{where}: header is not valid UTF-8")
+            index = _header_index(text.split("\t"), path)
+            continue
+        yield text if isinstance(text, Skip) else _row_pair(text.split("\t"), index, langs, where)
+    if index is None:
+        raise SourceError(f"{path}: empty file, expected a header line with src and trg")
+
+
+def csv_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
+    """RFC 4180 CSV; bytes that are not UTF-8 survive as surrogates and are reported per record."""
+    csv.field_size_limit(sys.maxsize)
+    with open(path, "rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.reader(text)
+        try:
+            index = _header_index(next(reader), path)
+        except StopIteration:
+            raise SourceError(f"{path}: empty file, expected a header line with src and trg") from None
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield Skip(MALFORMED, f"{path}:{reader.line_num}", str(e))
+                continue
+            where = f"{path}:{reader.line_num}"
+            if any(_has_surrogate(f) for f in fields):
+                yield Skip(INVALID_UTF8, where, "undecodable bytes")
+            elif fields:
+                yield _row_pair(fields, index, langs, where)
+            else:
+                yield Skip(MALFORMED, where, "blank line")
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def jsonl_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
+    """One JSON object per line; anything else (bad JSON, missing or non-string src/trg) is `malformed`."""
+    for lineno, raw in _lines(path):
+        where = f"{path}:{lineno}"
+        text = _decode(raw, where)
+        if isinstance(text, Skip):
+            yield text
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield Skip(MALFORMED, where, f"JSON: {e.msg}")
+            continue
+        yield _object_pair(obj, langs, where)
+
+
+def _object_pair(obj: object, langs: tuple[str, str], where: str) -> Record:
+    if not isinstance(obj, dict):
+        return Skip(MALFORMED, where, f"expected an object, got {type(obj).__name__}")
+    fields = {c: obj.get(c) for c in _COLUMNS}
+    bad = [c for c in ("src", "trg") if not isinstance(fields[c], str)]
+    bad += [c for c in ("src_lang", "trg_lang") if fields[c] is not None and not isinstance(fields[c], str)]
+    if bad:
+        return Skip(MALFORMED, where, f"missing or non-string field(s) {bad}")
+    return Pair(fields["src"], fields["trg"], fields["src_lang"] or langs[0], fields["trg_lang"] or langs[1], where)
+
+
+def moses_paths(spec: str) -> tuple[Path, Path, str, str]:
+    """(src file, trg file, src lang, trg lang) for `PREFIX.L1-L2` or `SRC_PATH,TRG_PATH`."""
+    if "," in spec:
+        src, trg = (Path(p) for p in spec.split(",", 1))
+        codes = (src.suffix.lstrip("."), trg.suffix.lstrip("."))
+    else:
+        pair = Path(spec).suffix.lstrip(".")
+        if pair.count("-") != 1:
+            raise SourceError(f"moses:{spec}: expected PREFIX.L1-L2 (e.g. Europarl.en-fr) or SRC_PATH,TRG_PATH")
+        codes = tuple(pair.split("-"))
+        src, trg = Path(f"{spec}.{codes[0]}"), Path(f"{spec}.{codes[1]}")
+    langs = tuple(to_flores(c) or UNKNOWN_LANG for c in codes)
+    return src, trg, langs[0], langs[1]
+
+
+def moses_records(spec: str) -> Iterator[Record]:
+    """Line i of the src file with line i of the trg file; extra lines in either are `malformed`."""
+    src_path, trg_path, src_lang, trg_lang = moses_paths(spec)
+    src_it, trg_it = _lines(src_path), _lines(trg_path)
+    while True:
+        s, t = next(src_it, None), next(trg_it, None)
+        if s is None and t is None:
+            return
+        if s is None or t is None:
+            lineno, path = (t[0], trg_path) if s is None else (s[0], src_path)
+            yield Skip(MALFORMED, f"{path}:{lineno}", "no aligned line in the other file")
+            continue
+        where = f"{src_path}:{s[0]}"
+        src, trg = _decode(s[1], where), _decode(t[1], f"{trg_path}:{t[0]}")
+        if isinstance(src, Skip) or isinstance(trg, Skip):
+            yield src if isinstance(src, Skip) else trg
+        else:
+            yield Pair(src, trg, src_lang, trg_lang, where)
+
+
+def hf_records(path: Path, langs: tuple[str, str], batch_size: int = 4096) -> Iterator[Record]:
+    """Rows of a saved `Dataset` (or the `train` split of a `DatasetDict`), memory-mapped, in batches."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError as e:
+        raise SourceError(f"hf:{path}: not a datasets.save_to_disk directory ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise SourceError(f"hf:{path}: DatasetDict has splits {list(ds)}, expected 'train'")
+        ds = ds["train"]
+    missing = [c for c in ("src", "trg") if c not in ds.column_names]
+    if missing:
+        raise SourceError(f"hf:{path}: columns {ds.column_names} lack {missing}")
+    cols = [c for c in _COLUMNS if c in ds.column_names]
+    for start in range(0, len(ds), batch_size):
+        batch = ds.select_columns(cols)[start : start + batch_size]
+        for i in range(len(batch["src"])):
+            obj = {c: batch[c][i] for c in cols}
+            yield _object_pair(obj, langs, f"{path} row {start + i}")
+
+
+def flores_records(root: Path, split: str, langs: list[str] | None) -> Iterator[Record]:
+    """FLORES-200 layout `ROOT/{split}/{lang}.{split}`: pairs (line i of X, line i of eng_Latn).
+
+    `langs` None or empty takes every language file but English. Files of different line counts raise.
+    """
+    files = flores_files(root, split, langs)
+    english = [t.decode("utf-8", errors="surrogateescape") for _, t in _lines(files.pop(ENGLISH))]
+    for lang, path in files.items():
+        n = 0
+        for n, raw in _lines(path):
+            where = f"{path}:{n}"
+            text = _decode(raw, where)
+            if n > len(english):
+                yield Skip(MALFORMED, where, f"no line {n} in {ENGLISH}.{split}")
+            elif isinstance(text, Skip) or _has_surrogate(english[n - 1]):
+                yield text if isinstance(text, Skip) else Skip(INVALID_UTF8, f"{ENGLISH}.{split}:{n}")
+            else:
+                yield Pair(text, english[n - 1], lang, ENGLISH, where)
+        for missing in range(n + 1, len(english) + 1):
+            yield Skip(MALFORMED, f"{path}:{missing}", f"file ends before line {missing} of {ENGLISH}.{split}")
+
+
+def flores_files(root: Path, split: str, langs: list[str] | None) -> dict[str, Path]:
+    """{lang: path} for the chosen languages plus `eng_Latn`; raises naming the missing file."""
+    folder = root / split
+    if not folder.is_dir():
+        raise SourceError(f"flores:{root}: no folder {folder} (split chosen with --flores-split)")
+    found = {p.name[: -len(split) - 1]: p for p in sorted(folder.glob(f"*.{split}"))}
+    wanted = langs or [lang for lang in found if lang != ENGLISH]
+    missing = [lang for lang in [*wanted, ENGLISH] if lang not in found]
+    if missing:
+        raise SourceError(f"flores:{root}: no file {folder}/{{{','.join(missing)}}}.{split} (see --flores-langs)")
+    return {**{lang: found[lang] for lang in wanted if lang != ENGLISH}, ENGLISH: found[ENGLISH]}

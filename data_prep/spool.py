@@ -1,0 +1,98 @@
+"""The spool: cleaned pairs streamed to one Arrow IPC file on disk, so later passes (tokenizer
+training, parallel tokenisation) memory-map it instead of holding the corpus in RAM.
+
+Each row carries a 64-bit key, blake2b-8 of `src \\0 trg`. Exact duplicates are found from the key
+column alone (8 bytes a row: 5M pairs -> 40 MB), and the same key decides the held-out split, so a
+pair and its duplicates always land on the same side and the split does not depend on input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .records import Pair
+
+SCHEMA = pa.schema(
+    [
+        ("src", pa.string()),
+        ("trg", pa.string()),
+        ("src_lang", pa.string()),
+        ("trg_lang", pa.string()),
+        ("key", pa.uint64()),
+    ]
+)
+DROP, TRAIN, VALID = -1, 0, 1
+
+
+def pair_key(src: str, trg: str) -> int:
+    digest = hashlib.blake2b(f"{src}\0{trg}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class SpoolWriter:
+    """Buffers `batch_rows` pairs, then appends them as one record batch to `path`."""
+
+    def __init__(self, path: Path, batch_rows: int = 8192):
+        self._writer = pa.ipc.new_file(str(path), SCHEMA)
+        self._cols: list[list] = [[] for _ in SCHEMA.names]
+        self._batch_rows = batch_rows
+        self.rows = 0
+
+    def add(self, pair: Pair) -> None:
+        for col, value in zip(self._cols, (*pair[:4], pair_key(pair.src, pair.trg))):
+            col.append(value)
+        self.rows += 1
+        if len(self._cols[0]) >= self._batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._cols[0]:
+            self._writer.write_batch(pa.record_batch(self._cols, schema=SCHEMA))
+            self._cols = [[] for _ in SCHEMA.names]
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+def open_spool(path: Path) -> pa.Table:
+    """The spool as a memory-mapped table (no copy into RAM)."""
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def assign_splits(keys: np.ndarray, valid_fraction: float, min_valid: int) -> np.ndarray:
+    """int8 per row: DROP for repeats of an earlier row's key, else TRAIN or VALID.
+
+    A pair is VALID when key < valid_fraction * 2**64 (a hash threshold: stable under added data);
+    if that yields fewer than `min_valid` pairs, the unique pairs with the smallest keys are moved over.
+    """
+    splits = np.full(len(keys), DROP, dtype=np.int8)
+    _, first = np.unique(keys, return_index=True)  # first occurrence of each key, in key order
+    splits[first] = TRAIN
+    threshold = np.uint64(min(int(valid_fraction * 2.0**64), 2**64 - 1))
+    valid = first[keys[first] < threshold]
+    if len(valid) < min_valid:
+        valid = first[: min(min_valid, max(len(first) - 1, 0))]  # `first` is sorted by key; keep 1 train pair
+    splits[valid] = VALID
+    return splits
+
+
+def iter_texts(table: pa.Table, splits: np.ndarray, limit: int | None, batch_rows: int = 8192) -> Iterator[str]:
+    """src and trg of the kept rows (train and valid) in spool order, at most `limit` sentences."""
+    emitted = 0
+    for start in range(0, table.num_rows, batch_rows):
+        chunk = table.slice(start, batch_rows)
+        keep = splits[start : start + batch_rows] != DROP
+        for src, trg, k in zip(chunk.column("src").to_pylist(), chunk.column("trg").to_pylist(), keep):
+            if not k:
+                continue
+            if limit is not None and emitted >= limit:
+                return
+            yield src
+            yield trg
+            emitted += 2

@@ -1,0 +1,107 @@
+"""Tokenizers for the prepared directory: a pretrained HF tokenizer, or a SentencePiece-Unigram one
+trained here with the `tokenizers` library.
+
+A trained tokenizer has XLM-R's layout: `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, the learned pieces,
+and `<mask>` = vocab_size - 1 (XLM-R's `<mask>` is its last id too). It is saved as a
+`transformers.XLMRobertaTokenizer`, so `AutoTokenizer.from_pretrained(DIR/tokenizer)` gives the same
+pre-tokenisation (whitespace split + Metaspace "▁") and the `<s> ... </s>` template. Text reaches it
+already NFC-normalised by the cleaner, so no normaliser is added (and none would survive
+`XLMRobertaTokenizer`'s reload from its vocabulary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+XLMR_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3; "<mask>" is appended last
+_SPECIAL_ATTRS = {
+    "bos": "bos_token_id",
+    "pad": "pad_token_id",
+    "eos": "eos_token_id",
+    "unk": "unk_token_id",
+    "mask": "mask_token_id",
+}
+
+
+@dataclass
+class TokenizerInfo:
+    """What the manifest records about the tokenizer (`manifest.tokenizer`)."""
+
+    name: str
+    sha256: str
+    vocab_size: int
+    special_ids: dict[str, int]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def train_unigram(texts: Iterator[str], vocab_size: int, out_dir: Path, show_progress: bool = False) -> TokenizerInfo:
+    """Train a Unigram model of `vocab_size` ids (specials included) and save it to `out_dir`."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import Unigram
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import XLMRobertaTokenizer
+
+    if vocab_size < len(XLMR_SPECIALS) + 2:
+        raise ValueError(f"--train-tokenizer {vocab_size}: need at least {len(XLMR_SPECIALS) + 2} ids")
+    tok = Tokenizer(Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
+    trainer = UnigramTrainer(
+        vocab_size=vocab_size - 1, special_tokens=list(XLMR_SPECIALS), unk_token="<unk>", show_progress=show_progress
+    )
+    tok.train_from_iterator(texts, trainer)
+    vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    if [p for p, _ in vocab[: len(XLMR_SPECIALS)]] != list(XLMR_SPECIALS):
+        raise RuntimeError(f"unigram trainer put specials at {vocab[:4]}, expected {XLMR_SPECIALS} first")
+    hf = XLMRobertaTokenizer(vocab=[*vocab, ("<mask>", 0.0)])
+    hf.save_pretrained(str(out_dir))
+    return describe(out_dir, name=f"trained-unigram-{len(vocab) + 1}")
+
+
+def save_pretrained_copy(name_or_path: str, out_dir: Path) -> TokenizerInfo:
+    """Load a pretrained (fast) tokenizer by path or hub name and save a copy into `out_dir`."""
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--tokenizer {name_or_path}: cannot load ({e})") from None
+    if not hasattr(hf, "backend_tokenizer"):
+        raise ValueError(f"--tokenizer {name_or_path}: not backed by the `tokenizers` library (no fast tokenizer)")
+    hf.save_pretrained(str(out_dir))
+    return describe(out_dir, name=name_or_path)
+
+
+def describe(tok_dir: Path, name: str) -> TokenizerInfo:
+    """Reload `tok_dir` as a user will (AutoTokenizer) and read its size, special ids and file hash."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tok_dir))
+    special = {k: getattr(hf, attr) for k, attr in _SPECIAL_ATTRS.items()}
+    missing = [k for k, v in special.items() if v is None]
+    if missing:
+        raise ValueError(f"tokenizer {name}: no {missing} token; MEXMA needs <s>, <pad>, </s>, <unk>, <mask>")
+    return TokenizerInfo(name=name, sha256=dir_sha256(tok_dir), vocab_size=len(hf), special_ids=special)
+
+
+def backend_json(tok_dir: Path) -> str:
+    """The `tokenizers` JSON of the tokenizer exactly as AutoTokenizer builds it (sent to worker processes)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tok_dir)).backend_tokenizer.to_str()
+
+
+def dir_sha256(folder: Path) -> str:
+    """sha256 over (relative name, content) of every file in `folder`, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
