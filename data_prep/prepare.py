@@ -85,7 +85,7 @@ class PrepConfig:
 
     def args_json(self) -> dict:
         """The arguments that decide the output (not `workers`, `force`: the output does not depend on them)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("workers", "force", "out")}
+        return {k: v for k, v in asdict(self).items() if k not in ("workers", "force", "out", "chunk_rows")}
 
 
 def prepare(cfg: PrepConfig) -> dict:
