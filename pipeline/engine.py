@@ -241,7 +241,7 @@ class Trainer:
         else:  # NaN into every gradient: ZeRO's overflow check then skips the step on all ranks
             self.engine.backward(sum(p.sum() for p in self.engine.module.parameters()) * float("nan"))
         self.engine.step()
-        parts = [float(out[k]) for k in ("loss", "mlm_loss", "cls_loss", "koleo_loss")]
+        parts = [out[k].detach().item() for k in ("loss", "mlm_loss", "cls_loss", "koleo_loss")]
         return torch.tensor(parts + [batch["input_ids"].numel(), batch["n_pairs"], int(out["n_masked"])],
                             dtype=torch.float64)
 
