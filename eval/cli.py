@@ -1,0 +1,165 @@
+"""``python -m eval``: xsim / xsim++ of a sentence encoder on a FLORES-200-layout directory.
+
+python -m eval --model MODEL --flores DIR --split devtest --langs all --out OUTDIR
+torchrun --nproc_per_node 2 -m eval ...     (each rank encodes a share; rank 0 gathers and scores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+
+from tqdm import tqdm
+
+from eval import dist
+from eval.data import DataError, available_languages, load_augmented, load_texts, resolve_languages
+from eval.encode import BUILTIN, POOLINGS, ModelError, export_if_needed, load_encoder
+from eval.report import markdown, write_all
+from eval.score import Scorer, score_nway, score_to_target, score_xsimpp
+from eval.xsim import MARGINS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    builtin = ", ".join(BUILTIN)
+    p.add_argument("--model", required=True, help=f"HF dir / hub name, training or checkpoint dir, or {builtin}")
+    p.add_argument("--flores", required=True, help="FLORES-200-layout root: {dev,devtest}/{lang}.{split}")
+    p.add_argument("--split", default="devtest", help="sub-directory and file suffix (default devtest)")
+    p.add_argument("--langs", default="all", help="comma-separated source languages, or 'all' (default)")
+    p.add_argument("--target", default="eng_Latn", help="target language (default eng_Latn: X -> English)")
+    p.add_argument("--nway", action="store_true", help="every ordered pair of --langs and --target (LASER --nway)")
+    p.add_argument("--margin", default="ratio", choices=MARGINS, help="xsim margin (default ratio)")
+    p.add_argument("--k", type=int, default=4, help="neighbours in the margin (default 4)")
+    p.add_argument(
+        "--index-comparison",
+        action="store_true",
+        help="count an error by row index, not by target text (LASER's --index-comparison)",
+    )
+    p.add_argument("--no-xsimpp", action="store_true", help="skip xsim++ even when the augmented files exist")
+    p.add_argument("--pooling", default="cls", choices=POOLINGS, help="sentence embedding (default cls)")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per encoder batch")
+    p.add_argument("--max-length", type=int, default=512, help="truncate sentences to this many tokens")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="encoding/scoring device")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="encoder precision (auto: bf16/fp16 on GPUs, fp32 on CPU)",
+    )
+    p.add_argument("--block-mb", type=int, default=256, help="memory bound of one similarity block, MiB")
+    p.add_argument("--out", required=True, help="output directory for results.{json,md,csv,png}")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    for flag, value, low in (
+        ("--k", args.k, 1),
+        ("--batch-tokens", args.batch_tokens, 1),
+        ("--max-length", args.max_length, 1),
+        ("--block-mb", args.block_mb, 1),
+    ):
+        if value < low:
+            p.error(f"{flag} must be >= {low}, got {value}")
+    return args
+
+
+def load_data(args) -> tuple[list[str], dict[str, list[str]], object]:
+    """Source languages, the sentence sets to encode (languages + augmented target) and the xsim++ files."""
+    available = available_languages(args.flores, args.split)
+    langs = resolve_languages(args.langs, available, args.target, args.nway)
+    texts = load_texts(args.flores, args.split, sorted(set(langs) | {args.target}))
+    aug = None if args.nway or args.no_xsimpp else load_augmented(args.flores, args.split, args.target)
+    if aug is not None:
+        texts[f"{args.target}_augmented"] = aug.lines
+    return langs, texts, aug
+
+
+def resolve_model(args, rank: int) -> tuple[str, str | None]:
+    """Rank 0 exports a training checkpoint once; every rank gets the HF path (or rank 0's error)."""
+    workdir, outcome = None, None
+    if rank == 0:
+        workdir = tempfile.mkdtemp(prefix="eval_model_")
+        try:
+            outcome = ("ok", export_if_needed(args.model, workdir))
+        except ModelError as err:
+            outcome = ("error", str(err))
+    outcome = dist.broadcast(outcome)
+    if outcome[0] == "error":
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise ModelError(outcome[1])
+    return outcome[1], workdir
+
+
+def encode_share(args, texts: dict[str, list[str]], rank: int, size: int) -> tuple[dict, float, int]:
+    model, workdir = resolve_model(args, rank)
+    try:
+        device = dist.device_for(args.device)
+        encoder = load_encoder(model, args.pooling, device, args.dtype, args.batch_tokens, args.max_length)
+        dist.barrier()  # every rank has loaded the exported copy before rank 0 deletes it
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    share = dist.plan({name: sum(map(len, lines)) for name, lines in texts.items()}, size)[rank]
+    progress = not args.no_progress
+    start, local = time.perf_counter(), {}
+    for name in tqdm(share, desc=f"rank {rank} encoding", unit="set", disable=not progress):
+        local[name] = encoder.encode(texts[name], desc=name, progress=progress)
+    return local, time.perf_counter() - start, sum(len(texts[name]) for name in share)
+
+
+def score(args, emb: dict, texts: dict, langs: list[str], aug) -> dict:
+    scorer = Scorer(args.margin, args.k, args.index_comparison, dist.device_for(args.device), args.block_mb * 2**20)
+    results = {
+        "model": args.model,
+        "flores": str(args.flores),
+        "split": args.split,
+        "target": args.target,
+        "margin": args.margin,
+        "k": args.k,
+        "pooling": args.pooling,
+        "comparison": "index" if args.index_comparison else "text",
+    }
+    if args.nway:
+        nway = score_nway(scorer, emb, texts, langs)
+        results.update(languages=nway["languages"], average=nway["average"], nway=nway)
+    else:
+        results.update(score_to_target(scorer, emb, texts, langs, args.target))
+    if aug is not None:
+        results["xsimpp"] = score_xsimpp(scorer, emb, texts, langs, args.target, aug)
+    return results
+
+
+def run(args) -> int:
+    rank, size = dist.init()
+    langs, texts, aug = load_data(args)  # every rank validates, so a bad input stops all ranks alike
+    local, encode_s, n_local = encode_share(args, texts, rank, size)
+    emb = dist.gather(local)
+    if rank != 0:
+        return 0
+    start = time.perf_counter()
+    results = score(args, emb, texts, langs, aug)
+    results["timing"] = {
+        "world_size": size,
+        "encode_s_rank0": round(encode_s, 3),
+        "sentences_per_s_rank0": round(n_local / max(encode_s, 1e-9), 1),
+        "score_s": round(time.perf_counter() - start, 3),
+    }
+    paths = write_all(results, args.out)
+    print(markdown(results))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (DataError, ModelError) as err:
+        print(f"python -m eval: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        dist.finish()

@@ -1,0 +1,128 @@
+"""Sentence encoders for evaluation: any XLM-R-style HF directory, a training output / checkpoint directory
+(exported first through ``pipeline.export.export_checkpoint``), or the built-in ``char3gram`` baseline.
+
+HF encoding: tokenise without padding, sort by length (longest first), cut batches under a padded-token budget
+(``batch_tokens`` >= rows x longest row), run the encoder, pool (``cls``: the ``<s>`` state, MEXMA's sentence
+embedding; ``mean``: the mean over non-padding tokens), return float32 rows in input order. A sentence's
+embedding depends only on its own language's batches, so any split of languages across ranks gives the same
+numbers. fp16/bf16 autocast on CUDA; fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eval.char3gram import Char3gramEncoder
+
+BUILTIN = {"char3gram": Char3gramEncoder}
+POOLINGS = ("cls", "mean")
+
+
+class ModelError(ValueError):
+    """The model named by ``--model`` cannot be used; the message says why."""
+
+
+def length_batches(lengths: list[int], batch_tokens: int, max_rows: int = 512) -> list[list[int]]:
+    """Indices sorted by length, longest first, grouped so rows x longest <= batch_tokens (at least one row)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < max_rows and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype (None: plain fp32). ``auto``: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    if dtype == "fp32" or (dtype == "auto" and device.type != "cuda"):
+        return None
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cuda":
+        raise ModelError(f"--dtype {dtype} needs a CUDA device; the CPU path runs in fp32")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+class HFEncoder:
+    """An ``AutoModel`` + ``AutoTokenizer`` directory encoding sentences to pooled hidden states."""
+
+    def __init__(self, path: str, pooling="cls", device="cpu", dtype="auto", batch_tokens=8192, max_length=512):
+        from transformers import AutoModel, AutoTokenizer
+
+        if pooling not in POOLINGS:
+            raise ModelError(f"--pooling must be one of {POOLINGS}, got {pooling!r}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelError(f"--model {path}: cannot load an HF model and tokenizer ({err})") from err
+        self.name, self.pooling, self.batch_tokens = str(path), pooling, batch_tokens
+        self.device = torch.device(device)
+        self.autocast = pick_dtype(dtype, self.device)
+        positions = getattr(self.model.config, "max_position_embeddings", max_length + 2)
+        self.max_length = min(max_length, positions - 2)  # XLM-R positions start at padding_idx + 1 = 2
+        self.model.to(self.device).eval()
+        self.dim = self.model.config.hidden_size
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]  # (B, H)
+        mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    @torch.inference_mode()
+    def encode(self, sentences: list[str], desc: str | None = None, progress: bool = False) -> np.ndarray:
+        ids = self.tokenizer(sentences, truncation=True, max_length=self.max_length)["input_ids"]
+        out = np.zeros((len(sentences), self.dim), dtype=np.float32)
+        batches = length_batches([len(x) for x in ids], self.batch_tokens)
+        autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+            enc = {key: value.to(self.device) for key, value in enc.items()}
+            with autocast:
+                hidden = self.model(**enc).last_hidden_state  # (B, L, H)
+            out[batch] = self._pool(hidden.float(), enc["attention_mask"]).cpu().numpy()
+        return out
+
+
+def is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def export_if_needed(model: str, workdir: str) -> str:
+    """An HF directory for ``model``: itself, or ``workdir/hf`` exported from a training / checkpoint dir."""
+    path = Path(model)
+    if model in BUILTIN or is_hf_dir(path):
+        return model
+    if not path.exists():
+        return model  # a hub name: from_pretrained resolves it from the local cache or fails clearly
+    if not path.is_dir():
+        raise ModelError(
+            f"--model {model}: not a directory (expected an HF model dir, a training output dir, "
+            f"a checkpoint dir, or one of {sorted(BUILTIN)})"
+        )
+    try:
+        from pipeline.export import export_checkpoint
+    except ImportError as err:
+        raise ModelError(f"--model {model}: no config.json, and pipeline.export is unavailable ({err})") from err
+    try:
+        return export_checkpoint(str(path), str(Path(workdir) / "hf"))
+    except Exception as err:  # any failure of the export means the directory is unusable here
+        raise ModelError(
+            f"--model {model}: no config.json (not an HF dir) and exporting it as a training "
+            f"checkpoint failed: {type(err).__name__}: {err}"
+        ) from err
+
+
+def load_encoder(model: str, pooling="cls", device="cpu", dtype="auto", batch_tokens=8192, max_length=512):
+    """An encoder for an HF dir / hub name (already exported, see ``export_if_needed``) or a built-in name."""
+    if model in BUILTIN:
+        return BUILTIN[model]()
+    return HFEncoder(model, pooling, device, dtype, batch_tokens, max_length)
