@@ -125,12 +125,12 @@ def _attn_bwd_delta_kernel(
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU_SEQLENS, BLOCK_SEQ, BLOCK_START,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_lh,
-    sm_scale, qk_scale,
+    stride_gt, stride_gh, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     # One program owns one key block: dV = P^T dO, dK = scale * dS^T Q with dS = P * (dP - delta).
-    # dk, dv (T, H, D) are contiguous like k.
+    # DK, DV: (T, H, D) with strides (stride_gt, stride_gh, 1).
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1).to(tl.int64)
     start_n = tl.load(BLOCK_START + pid_b)
@@ -166,7 +166,7 @@ def _attn_bwd_dkdv_kernel(
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         dst = pt * (dpt - delta[None, :])
         dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
-    out_offs = rows_n * stride_kt + pid_h * stride_kh + offs_d[None, :]
+    out_offs = rows_n * stride_gt + pid_h * stride_gh + offs_d[None, :]
     tl.store(DK + out_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=mask_nd)
     tl.store(DV + out_offs, dv.to(DV.dtype.element_ty), mask=mask_nd)
 
@@ -175,11 +175,11 @@ def _attn_bwd_dkdv_kernel(
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU_SEQLENS, BLOCK_SEQ, BLOCK_START,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, stride_lh,
-    sm_scale, qk_scale,
+    stride_gt, stride_gh, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # One program owns one query block: dQ = scale * dS K. dq (T, H, D) is contiguous like q.
+    # One program owns one query block: dQ = scale * dS K. DQ: (T, H, D) with strides (stride_gt, stride_gh, 1).
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1).to(tl.int64)
     start_m = tl.load(BLOCK_START + pid_b)
@@ -213,7 +213,7 @@ def _attn_bwd_dq_kernel(
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-    out_offs = rows_m * stride_qt + pid_h * stride_qh + offs_d[None, :]
+    out_offs = rows_m * stride_gt + pid_h * stride_gh + offs_d[None, :]
     tl.store(DQ + out_offs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_md)
 
 
@@ -284,10 +284,10 @@ def _attn_backward(do, q, k, v, o, lse, cu_seqlens, sm_scale, block_m=None, bloc
     dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
     dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
-    assert dk.stride() == dv.stride()  # the dk/dv kernel stores both with k's contiguous strides
+    # dq, dk, dv share one contiguous (T, H, D) layout: strides (dq.stride(0), dq.stride(1), 1).
     common = (
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-        lse.stride(0), sm_scale, sm_scale * 1.44269504,  # 1/ln(2)
+        lse.stride(0), dq.stride(0), dq.stride(1), sm_scale, sm_scale * 1.44269504,  # 1/ln(2)
     )  # fmt: skip
     meta = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
                 DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps)  # fmt: skip

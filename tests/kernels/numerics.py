@@ -1,0 +1,22 @@
+"""Shared numerical checks for kernel tests (STYLE.md #3, FlashAttention's tests/test_flash_attn.py)."""
+
+import pytest
+import torch
+
+
+def assert_within_2x(name, out, ref, pt, atol):
+    """The kernel's error against the float64 reference is at most twice the same-precision PyTorch error + atol.
+
+    out: kernel result; ref: float64 reference on the same inputs; pt: PyTorch at the kernel's precision.
+    """
+    assert out.shape == ref.shape == pt.shape, f"{name}: shapes {out.shape}, {ref.shape}, {pt.shape}"
+    assert torch.isfinite(out).all(), f"{name}: non-finite values in the kernel's result"
+    err = (out.double() - ref).abs().max().item() if out.numel() else 0.0
+    err_pt = (pt.double() - ref).abs().max().item() if pt.numel() else 0.0
+    assert err <= 2 * err_pt + atol, f"{name}: kernel error {err:.3e} > 2 x PyTorch error {err_pt:.3e} + {atol:.1e}"
+
+
+def require_triton_path(module, tensor):
+    """Skip (with the reason shown by -ra) when the kernel would silently fall back to the reference."""
+    if not module._use_triton(tensor):
+        pytest.skip("Triton path inactive: run with TRITON_INTERPRET=1 set before `kernels` is imported")
