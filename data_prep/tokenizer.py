@@ -58,11 +58,20 @@ def train_unigram(texts: Iterator[str], vocab_size: int, out_dir: Path, show_pro
     )
     tok.train_from_iterator(texts, trainer)
     vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
-    if [p for p, _ in vocab[: len(XLMR_SPECIALS)]] != list(XLMR_SPECIALS):
+    n_special = len(XLMR_SPECIALS)
+    if [p for p, _ in vocab[:n_special]] != list(XLMR_SPECIALS):
         raise RuntimeError(f"unigram trainer put specials at {vocab[:4]}, expected {XLMR_SPECIALS} first")
+    vocab = vocab[:n_special] + canonical_pieces(vocab[n_special:])
     hf = XLMRobertaTokenizer(vocab=[*vocab, ("<mask>", 0.0)])
     hf.save_pretrained(str(out_dir))
     return describe(out_dir, name=f"trained-unigram-{len(vocab) + 1}")
+
+
+def canonical_pieces(pieces: list[tuple[str, float]], decimals: int = 8) -> list[tuple[str, float]]:
+    """Scores rounded and pieces sorted by (score desc, piece): the trainer sums in HashMap order (random
+    per process), which moves scores in the 15th digit and reorders equal-score pieces between runs."""
+    rounded = [(piece, round(score, decimals)) for piece, score in pieces]
+    return sorted(rounded, key=lambda ps: (-ps[1], ps[0]))
 
 
 def save_pretrained_copy(name_or_path: str, out_dir: Path) -> TokenizerInfo:
