@@ -1,0 +1,58 @@
+"""Encoders: char3gram, length-sorted HF batching, pooling, model resolution."""
+
+import numpy as np
+import pytest
+
+from eval.char3gram import Char3gramEncoder, gram_buckets
+from eval.encode import HFEncoder, ModelError, export_if_needed, length_batches, load_encoder
+
+
+def test_char3gram_is_deterministic_and_normalises_text():
+    sentences = ["Hello  World", "hello world", "something else entirely", "x"]
+    v = Char3gramEncoder(dim=256).encode(sentences)
+    assert v.shape == (4, 256) and v.dtype == np.float32
+    np.testing.assert_array_equal(v[0], v[1])  # case and whitespace do not matter
+    np.testing.assert_array_equal(v, Char3gramEncoder(dim=256).encode(sentences))  # a fresh instance
+    rows, _ = gram_buckets(["abcd", "x"])
+    assert rows.tolist() == [0, 0, 0, 0, 1]  # " abcd " has 4 3-grams, " x " one
+    cos = (v @ v.T) / np.outer(np.linalg.norm(v, axis=1), np.linalg.norm(v, axis=1))
+    assert cos[0, 2] < 0.5
+
+
+def test_char3gram_similar_strings_are_closer():
+    v = Char3gramEncoder().encode(["the green house", "the green houses", "a blue river"])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert v[0] @ v[1] > 0.7 > v[0] @ v[2]
+
+
+def test_length_batches_respect_budget():
+    lengths = [5, 30, 7, 30, 2, 12]
+    batches = length_batches(lengths, batch_tokens=60)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert batches[0] == [1, 3]  # longest first, ties by index
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 60
+    assert length_batches([100], batch_tokens=10) == [[0]]  # an over-long sentence still gets a batch
+
+
+def test_hf_encoder_batching_does_not_change_embeddings(tiny_model):
+    sentences = ["the cat sees the dog 1", "a red car 2", "the old teacher reads a book in the morning 3"]
+    batched = HFEncoder(str(tiny_model), batch_tokens=10_000).encode(sentences)
+    single = HFEncoder(str(tiny_model), batch_tokens=1).encode(sentences)  # one sentence per batch
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    mean = HFEncoder(str(tiny_model), pooling="mean").encode(sentences)
+    assert batched.shape == mean.shape == (3, 32) and not np.allclose(batched, mean)
+
+
+def test_model_resolution_errors(tmp_path):
+    assert isinstance(load_encoder("char3gram"), Char3gramEncoder)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelError, match="not a directory"):
+        export_if_needed(str(tmp_path / "file"), str(tmp_path))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{broken")
+    with pytest.raises(ModelError, match=f"--model {broken}: cannot load"):
+        HFEncoder(str(broken))
+    with pytest.raises(ModelError, match="--pooling"):
+        HFEncoder(str(broken), pooling="max")
