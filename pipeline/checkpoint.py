@@ -121,6 +121,9 @@ class CheckpointManager:
         choice = None
         if self.rank == 0:
             marked = self.latest_marked()
+            for tag in (t for t in self.tags() if marked and t > marked):  # a save killed before its commit
+                log.warning("checkpoint %s is not usable: %s; ignored (newer than %s/%s = %s)", tag,
+                            self.verify(tag) or "never marked complete", self.root, LATEST, marked)
             candidates = ([marked] if marked else []) + [t for t in self.tags() if t != marked]
             for tag in candidates:
                 reason = self.verify(tag)
