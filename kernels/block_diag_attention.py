@@ -26,6 +26,7 @@ Caution:
 """
 
 import os
+import weakref
 
 import torch
 import triton
@@ -217,6 +218,21 @@ def _attn_bwd_dq_kernel(
     tl.store(DQ + out_offs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_md)
 
 
+# The last cu_seqlens seen -> its tables. A model calls the kernel once per layer and direction with one
+# cu_seqlens tensor per step; reusing its tables saves ~8 small launches per call. The entry holds a weak
+# reference (identity, not value) and the tensor's version counter, so a new tensor or an in-place edit misses.
+_LAST_TABLES = {"ref": None, "version": None, "tables": {}}
+
+
+def _cached_block_table(cu_seqlens, n_tokens, block):
+    entry = _LAST_TABLES
+    if entry["ref"] is None or entry["ref"]() is not cu_seqlens or entry["version"] != cu_seqlens._version:
+        entry.update(ref=weakref.ref(cu_seqlens), version=cu_seqlens._version, tables={})
+    if (n_tokens, block) not in entry["tables"]:
+        entry["tables"][n_tokens, block] = _block_table(cu_seqlens, n_tokens, block)
+    return entry["tables"][n_tokens, block]
+
+
 def _block_table(cu_seqlens, n_tokens, block):
     """Map program p to (sequence, first row of its tile) without a host sync.
 
@@ -245,29 +261,32 @@ def _dot_precision(dtype):
     return "tf32"
 
 
-def _launch_config(n_tokens, n_seqs, head_dim, block_m=None, block_n=None):
+def _launch_config(n_tokens, n_seqs, head_dim, dtype, block_m=None, block_n=None):
     """Tile sizes: 32-row tiles when sequences are short (mean <= 48 tokens waste less on the last tile),
-    64 otherwise; head dims padded to a power of two >= 16 (tl.dot's minimum). Untuned: see BENCHMARKS.md."""
-    mean_len = n_tokens / max(n_seqs, 1)
-    default = 32 if mean_len <= 48 else 64
+    64 otherwise; head dims padded to a power of two >= 16 (tl.dot's minimum). fp32 at D = 128 keeps 32-row
+    tiles and 2 stages: a 64 x 128 fp32 tile is 32 KiB, and K, V x 3 stages + Q would fill the 228 KiB of an
+    H100 SM's shared memory. Untuned: see BENCHMARKS.md. Returns block_m, block_n, block_d, launch options."""
     block_d = max(16, triton.next_power_of_2(head_dim))
-    num_warps = 8 if block_d >= 128 else 4
-    return block_m or default, block_n or default, block_d, num_warps
+    wide_fp32 = dtype == torch.float32 and block_d >= 128
+    default = 32 if n_tokens / max(n_seqs, 1) <= 48 or wide_fp32 else 64
+    options = dict(num_warps=8 if block_d >= 128 else 4, num_stages=2 if dtype == torch.float32 else 3)
+    return block_m or default, block_n or default, block_d, options
 
 
 def _attn_forward(q, k, v, cu_seqlens, sm_scale, block_m=None, block_n=None):
     """Launch the forward kernel. q, k, v: (T, H, D), last dim contiguous. Returns o (T, H, D), lse (H, T) fp32."""
     n_tokens, n_heads, head_dim = q.shape
-    block_m, block_n, block_d, num_warps = _launch_config(n_tokens, cu_seqlens.numel() - 1, head_dim, block_m, block_n)
+    n_seqs = cu_seqlens.numel() - 1
+    block_m, block_n, block_d, options = _launch_config(n_tokens, n_seqs, head_dim, q.dtype, block_m, block_n)
     o = torch.zeros_like(q, memory_format=torch.contiguous_format)
     lse = torch.zeros((n_heads, n_tokens), device=q.device, dtype=torch.float32)
-    seq, start, n_prog = _block_table(cu_seqlens, n_tokens, block_m)
+    seq, start, n_prog = _cached_block_table(cu_seqlens, n_tokens, block_m)
     _attn_fwd_kernel[(n_prog, n_heads)](
         q, k, v, o, lse, cu_seqlens, seq, start,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
         lse.stride(0), sm_scale * 1.44269504,  # 1/ln(2): the kernel works with exp2
         HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps,
+        DOT_PRECISION=_dot_precision(q.dtype), **options,
     )  # fmt: skip
     return o, lse
 
@@ -275,7 +294,8 @@ def _attn_forward(q, k, v, cu_seqlens, sm_scale, block_m=None, block_n=None):
 def _attn_backward(do, q, k, v, o, lse, cu_seqlens, sm_scale, block_m=None, block_n=None):
     """Launch delta, dk/dv and dq kernels. Returns dq, dk, dv (T, H, D), contiguous."""
     n_tokens, n_heads, head_dim = q.shape
-    block_m, block_n, block_d, num_warps = _launch_config(n_tokens, cu_seqlens.numel() - 1, head_dim, block_m, block_n)
+    n_seqs = cu_seqlens.numel() - 1
+    block_m, block_n, block_d, options = _launch_config(n_tokens, n_seqs, head_dim, q.dtype, block_m, block_n)
     delta = torch.empty_like(lse)  # (H, T) fp32
     _attn_bwd_delta_kernel[(triton.cdiv(n_tokens, 64), n_heads)](
         o, do, delta, n_tokens, o.stride(0), o.stride(1), do.stride(0), do.stride(1), lse.stride(0),
@@ -290,10 +310,10 @@ def _attn_backward(do, q, k, v, o, lse, cu_seqlens, sm_scale, block_m=None, bloc
         lse.stride(0), dq.stride(0), dq.stride(1), sm_scale, sm_scale * 1.44269504,  # 1/ln(2)
     )  # fmt: skip
     meta = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps)  # fmt: skip
-    seq, start, n_prog = _block_table(cu_seqlens, n_tokens, block_n)
+                DOT_PRECISION=_dot_precision(q.dtype), **options)  # fmt: skip
+    seq, start, n_prog = _cached_block_table(cu_seqlens, n_tokens, block_n)
     _attn_bwd_dkdv_kernel[(n_prog, n_heads)](q, k, v, do, lse, delta, dk, dv, cu_seqlens, seq, start, *common, **meta)
-    seq, start, n_prog = _block_table(cu_seqlens, n_tokens, block_m)
+    seq, start, n_prog = _cached_block_table(cu_seqlens, n_tokens, block_m)
     _attn_bwd_dq_kernel[(n_prog, n_heads)](q, k, v, do, lse, delta, dq, cu_seqlens, seq, start, *common, **meta)
     return dq, dk, dv
 

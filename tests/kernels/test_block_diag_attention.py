@@ -135,6 +135,17 @@ def test_block_table_covers_each_tile_once(block):
     assert tiles == expected
 
 
+def test_block_table_cache_follows_in_place_edits():
+    """The per-cu_seqlens table cache must miss after an in-place edit and for a new tensor with new values."""
+    q, k, v, _, cu = _inputs([5, 20, 7], 2, 16, torch.float32)
+    require_triton_path(bda, q)
+    for lens in ([5, 20, 7], [20, 5, 7], [1, 1, 30]):
+        cu.copy_(_cu(lens))  # same object, same total, new boundaries
+        for bounds in (cu, _cu(lens)):
+            out = block_diag_attention(q, k, v, bounds, 30)
+            torch.testing.assert_close(out, block_diag_attention_ref(q, k, v, bounds))
+
+
 def test_saves_no_quadratic_tensor():
     """Autograd keeps only (T, H, D) tensors, the (H, T) log-sum-exp and cu_seqlens: nothing T x T."""
     lens = [120, 130]
