@@ -13,9 +13,11 @@ Tested: CPU under TRITON_INTERPRET=1 with fp32 and fp16 inputs (tests/kernels). 
 fp16/bf16/fp32 inputs; everything after the input load is fp32.
 
 Caution:
-- The search dots are fp32: IEEE FMA when torch.get_float32_matmul_precision() == "highest" (the
-  default, the same setting that governs the reference's `x @ x.t()`), TF32 tensor cores otherwise,
-  where near-ties within TF32 rounding (~1e-3) may pick another neighbour than IEEE fp32 would.
+- The search dots follow torch.get_float32_matmul_precision(), the setting that governs the reference's
+  `x @ x.t()`: "highest" (the default) runs 3xTF32 on CUDA tensor cores (split-operand, error ~1e-6 on a
+  dot of unit rows, against ~1e-7 for IEEE fp32 FMA at several times the cost), "high"/"medium" run TF32,
+  where near-ties within TF32 rounding (~1e-3) may pick another neighbour than fp32 would. Distances,
+  the loss and the backward are IEEE fp32 whatever the setting.
 - Ties pick the smallest index. Duplicated rows have distance 0 and loss -log(eps) (finite) with zero
   gradient through that distance, as torch's norm backward gives. B = 1 follows the reference
   (the row is its own neighbour: loss -log(eps), zero gradient).
@@ -148,7 +150,7 @@ def _koleo_forward(x, eps, block_m=None, block_n=None):
     bm, bn, bk = _search_config(D)
     bm, bn = block_m or bm, block_n or bn
     nn = torch.empty(B, device=x.device, dtype=torch.int32)
-    precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    precision = "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"  # the interpreter: IEEE
     _koleo_nn_kernel[(triton.cdiv(B, bm),)](xn, nn, B, D, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_PRECISION=precision)
     dist = torch.empty(B, device=x.device, dtype=torch.float32)
     _koleo_dist_kernel[(B,)](xn, nn, dist, D, BLOCK_D=block_d)
