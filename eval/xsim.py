@@ -163,21 +163,23 @@ def nearest(
     xn, yn = _normalized(x), _normalized(y)
     n_x, n_y = xn.shape[0], yn.shape[0]
     dev = _pick_device(device)
-    y_dev = None
-    if dev.type != "cpu":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        y_dev = torch.from_numpy(yn).to(dev)
+    y_dev = None if dev.type == "cpu" else torch.from_numpy(yn).to(dev)
     rows = max(1, min(n_x, block_bytes // (4 * n_y)))
     k_fwd = 1 if margin == "absolute" else k
     cos, ids, col_top = [], [], None
-    for r0 in range(0, n_x, rows):
-        s = _sim_block(xn[r0 : r0 + rows], yn, y_dev)  # (b, n_y)
-        v, i = _topk_rows(s, k_fwd)
-        cos.append(v)
-        ids.append(i)
-        if margin != "absolute":
-            col_top = _merge_col_topk(col_top, s, k)
-        del s
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the cosines to 10 mantissa bits
+    try:
+        for r0 in range(0, n_x, rows):
+            s = _sim_block(xn[r0 : r0 + rows], yn, y_dev)  # (b, n_y)
+            v, i = _topk_rows(s, k_fwd)
+            cos.append(v)
+            ids.append(i)
+            if margin != "absolute":
+                col_top = _merge_col_topk(col_top, s, k)
+            del s
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     cos_xy, idx_xy = np.concatenate(cos), np.concatenate(ids)
     if margin == "absolute":
         return _best(cos_xy, idx_xy, None, None, margin)
@@ -196,7 +198,8 @@ def count_errors(best: np.ndarray, target_texts: list[str] | None = None) -> int
         return int((best != np.arange(n)).sum())
     if len(target_texts) <= int(best.max()):
         raise ValueError(f"target_texts has {len(target_texts)} lines, fewer than the rows of y ({best.max() + 1}+)")
-    return sum(target_texts[i] != target_texts[j] for i, j in enumerate(best.tolist()))
+    texts = np.asarray(target_texts, dtype=object)
+    return int((texts[best] != texts[:n]).sum())
 
 
 def errtype_breakdown(best: np.ndarray, target_texts: list[str], augmented: dict[str, dict]) -> dict[str, int]:

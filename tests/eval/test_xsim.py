@@ -90,6 +90,8 @@ def test_text_comparison_forgives_duplicates():
     best = np.array([1, 0, 2])
     assert count_errors(best) == 2
     assert count_errors(best, ["same", "same", "other"]) == 0
+    with pytest.raises(ValueError, match="target_texts has 2 lines"):
+        count_errors(best, ["same", "same"])
 
 
 def test_errtype_breakdown():
