@@ -11,6 +11,7 @@ numbers. fp16/bf16 autocast on CUDA; fp32 on the CPU.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,13 @@ class HFEncoder:
 
 
 def is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    """An HF model directory: its config.json names a ``model_type`` (a training output dir has a config.json
+    too, the resolved training config, which does not)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return (path / "config.json").is_file()  # unreadable: let from_pretrained report what is wrong
+    return isinstance(config, dict) and "model_type" in config
 
 
 def export_if_needed(model: str, workdir: str) -> str:

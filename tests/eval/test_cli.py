@@ -58,6 +58,7 @@ def test_training_dir_is_exported_first(tiny_model, flores, tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "pipeline.export", types.SimpleNamespace(export_checkpoint=export_checkpoint))
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.json").write_text('{"data": {"max_length": 64}}')  # the training config, not an HF one
     code, out = _run(tmp_path, "--model", str(run_dir), "--flores", str(flores), "--langs", "fra_Latn")
     assert code == 0 and calls == [str(run_dir)]
     assert json.loads((out / "results.json").read_text())["model"] == str(run_dir)
