@@ -1,0 +1,92 @@
+"""Kill and resume: a relaunch with the same command continues from the last complete checkpoint and, on CPU fp32,
+logs the same losses step for step as the uninterrupted run (the `tiny_run` fixture: 8 steps, checkpoints every 2).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+
+from pipeline.metrics import read_metrics
+from tests.pipeline.conftest import ROOT, run_env, run_train, train_cmd
+
+SAME_ARGS = ("--max-steps", "8", "--save-every", "2", "--valid-every", "4")
+COMPARED = ("step", "loss", "mlm_loss", "cls_loss", "koleo_loss", "lr", "grad_norm", "n_masked", "epoch")
+
+
+def _history(out, split="train"):
+    return [{k: r[k] for k in COMPARED if k in r} for r in read_metrics(out, split)]
+
+
+def _assert_same_history(run, reference):
+    assert _history(run) == _history(reference)  # exact: CPU fp32 is deterministic given the restored state
+    assert _history(run, "valid") == _history(reference, "valid")
+
+
+def _run_until(cmd: list[str], pattern: str) -> subprocess.Popen:
+    """Start cmd; SIGKILL its process group when a line containing pattern appears on stderr; -> the dead process."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if pattern in line:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole session: launcher and ranks, as a node failure would
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"never saw {pattern!r}; exit {proc.returncode}:\n{''.join(seen[-30:])}"
+    return proc
+
+
+def test_sigkill_mid_run_then_resume_matches(prepared, tiny_run, tmp_path):
+    out = tmp_path / "killed"
+    cmd = train_cmd(prepared, out, *SAME_ARGS)
+    _run_until(cmd, "step 5/8")  # killed somewhere after checkpoint step 4 was committed
+    assert (out / "checkpoints" / "latest").read_text() >= "step_00000004"
+    proc = run_train(cmd)
+    assert "resumed from" in proc.stderr
+    _assert_same_history(out, tiny_run)
+
+
+KILL_DURING_COMMIT = textwrap.dedent("""
+    import sys, time
+    from pipeline import checkpoint
+    commit = checkpoint.CheckpointManager._commit
+    def slow_commit(self, tag, step):
+        if step == 6:  # DeepSpeed's files and the client states are written; COMPLETE.json and `latest` are not
+            print("COMMITTING step 6", file=sys.stderr, flush=True)
+            time.sleep(600)
+        commit(self, tag, step)
+    checkpoint.CheckpointManager._commit = slow_commit
+    from pipeline.train import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_kill_while_writing_a_checkpoint_never_marks_it(prepared, tiny_run, tmp_path):
+    out = tmp_path / "killed_in_save"
+    cmd = train_cmd(prepared, out, *SAME_ARGS)
+    _run_until([cmd[0], "-c", KILL_DURING_COMMIT] + cmd[2:], "COMMITTING step 6")
+    ckpts = out / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step_00000004"
+    assert (ckpts / "step_00000006" / "mp_rank_00_model_states.pt").is_file()
+    assert not (ckpts / "step_00000006" / "COMPLETE.json").exists()
+    proc = run_train(cmd)
+    assert "step_00000006 is not usable" in proc.stderr and "resumed from" in proc.stderr
+    assert "step_00000004" in proc.stderr.split("resumed from", 1)[1].splitlines()[0]
+    _assert_same_history(out, tiny_run)
+
+
+def test_relaunch_of_a_finished_run_does_nothing_and_no_resume_starts_over(prepared, tiny_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(tiny_run, out)
+    proc = run_train(train_cmd(prepared, out, *SAME_ARGS))
+    assert "already holds a finished run" in proc.stderr
+    _assert_same_history(out, tiny_run)
+    run_train(train_cmd(prepared, out, "--max-steps", "3", "--save-every", "0", "--valid-every", "-1", "--no-resume"))
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert read_metrics(out)[0]["loss"] == read_metrics(tiny_run)[0]["loss"]  # same seed, same first step
