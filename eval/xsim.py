@@ -157,13 +157,20 @@ def nearest(
     *,
     device: str | torch.device | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    gemm: str = "auto",
 ) -> np.ndarray:
-    """Index into y of the best-scoring candidate for every row of x: (n_x,) int64 (LASER's ``_score_knn``)."""
+    """Index into y of the best-scoring candidate for every row of x: (n_x,) int64 (LASER's ``_score_knn``).
+
+    ``device``: None / "auto" (CUDA when available), "cpu", "cuda", ... ``gemm``: "numpy" (CPU only, faiss's
+    bits), "torch" (torch.mm on ``device``), "auto" (numpy on the CPU, torch elsewhere)."""
     _check_inputs(x, y, margin, k)
     xn, yn = _normalized(x), _normalized(y)
     n_x, n_y = xn.shape[0], yn.shape[0]
     dev = _pick_device(device)
-    y_dev = None if dev.type == "cpu" else torch.from_numpy(yn).to(dev)
+    if gemm not in ("auto", "numpy", "torch") or (gemm == "numpy" and dev.type != "cpu"):
+        raise ValueError(f"gemm must be 'auto', 'torch', or 'numpy' (CPU only), got {gemm!r} on {dev}")
+    use_numpy = gemm == "numpy" or (gemm == "auto" and dev.type == "cpu")
+    y_dev = None if use_numpy else torch.from_numpy(yn).to(dev)
     rows = max(1, min(n_x, block_bytes // (4 * n_y)))
     k_fwd = 1 if margin == "absolute" else k
     cos, ids, col_top = [], [], None

@@ -78,6 +78,19 @@ def test_matches_reference_with_hard_negatives(margin, extra):
     np.testing.assert_array_equal(y, y_before)
 
 
+def test_torch_gemm_path():
+    # The CUDA code path (torch.mm, TF32 off) run on the CPU: its cosines may differ from faiss's in the last bit,
+    # so the data keeps the best two margin scores of every row far apart.
+    n, d = 200, 16
+    x = np.random.randn(n, d).astype(np.float32)
+    y = np.concatenate([x + 0.3 * np.random.randn(n, d), np.random.randn(20, d)]).astype(np.float32)
+    for margin in ("ratio", "distance", "absolute"):
+        got = nearest(x, y, margin, 4, device="cpu", gemm="torch", block_bytes=4 * 220 * 33)
+        assert got.tolist() == nearest_ref(x, y, margin, 4).tolist()
+    with pytest.raises(ValueError, match="gemm must be"):
+        nearest(x, y, gemm="cublas")
+
+
 def test_hard_negatives_add_errors():
     # xsim++: an extra row of y identical to x0 beats the aligned row y0.
     x = np.array([[1, 0], [0, 1]], dtype=np.float32)
