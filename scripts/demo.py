@@ -1,0 +1,171 @@
+"""`make demo`: the offline default end to end on a CPU machine, and a report.
+
+    python scripts/demo.py [--steps N] [--minutes M] [--force]
+
+Stages (each prints its command and its progress; outputs under runs/demo/):
+  1. prep       python -m data_prep.offline --out data       (skipped by data_prep when nothing changed)
+  2. untrained  the tiny model as training initialises it (same flags and seed) -> untrained-hf/, eval -> untrained/
+  3. char3gram  python -m eval --model char3gram                                  -> char3gram/
+  4. trained    deepspeed --num_gpus 2 pipeline/train.py (ZeRO-2, CPU) with the demo recipe -> train/,
+                export -> trained-hf/, eval -> trained/
+  5. reference  the same with the reference recipe (DESIGN.md, scaled down)      -> reference-train/, ... reference/
+  6. report     runs/demo/report.md + losses.png + errors.png (scripts/report.py)
+
+Both trainings have the same pairs per step, step cap, wall-clock cap and seed. A stage whose inputs (command, data
+manifest, upstream stage) are unchanged since it last succeeded is skipped, so a rerun after an interruption picks
+up where it stopped (training resumes from its last checkpoint); --force redoes everything. docs/demo.md has the
+evidence for the demo recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.common import (
+    PY,
+    REFERENCE,
+    StageError,
+    build_untrained,
+    eval_cmd,
+    export_cmd,
+    read_stamp,
+    run_stage,
+    train_cmd,
+    write_stamp,
+)
+from scripts.report import ReportError, load_results, pooled, write_demo_report
+
+# The demo recipe: what the sweep in docs/demo.md found to learn cross-lingual retrieval at this scale.
+DEMO = {**REFERENCE, "lr": 1e-3, "warmup-fraction": 0.05, "koleo-weight": 0.3, "koleo-global": True}
+STEPS, MINUTES, PAIRS = 400, 5.0, 32
+
+
+class Demo:
+    """The stages of the demo over one output directory, with skip-when-unchanged stamps."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.out = args, Path(args.out)
+        self.logs = self.out / "logs"
+        self.stages: dict[str, float] = {}
+        self.manifest = Path(args.data) / "prepared" / "manifest.json"
+        self.prepared, self.flores = str(Path(args.data) / "prepared"), str(Path(args.data) / "testset")
+
+    def key(self, **parts) -> dict:
+        """A stage's identity: its own parts + the data it reads (manifest hash)."""
+        return {"manifest_sha256": hashlib.sha256(self.manifest.read_bytes()).hexdigest(), **parts}
+
+    def cached(self, name: str, out: Path, key: dict, produce) -> bool:
+        """Run produce() unless out/.stage.json equals key (then print 'up to date'); -> True when it ran."""
+        stamp = out / ".stage.json"
+        if not self.args.force and read_stamp(stamp) == key:
+            print(f"\n==> [{name}] up to date ({out}); --force redoes it", flush=True)
+            return False
+        start = time.perf_counter()
+        produce()
+        write_stamp(stamp, key)
+        self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
+        return True
+
+    def prep(self) -> None:
+        self.stages["prep"] = run_stage("prep", [PY, "-m", "data_prep.offline", "--out", self.args.data],
+                                        self.logs / "prep.log")
+
+    def evaluate(self, name: str, model: str, out: Path, key: dict) -> None:
+        self.cached(f"eval {name}", out, key, lambda: run_stage(f"eval {name}", eval_cmd(model, self.flores, out),
+                                                                 self.logs / f"eval_{name}.log"))
+
+    def untrained(self) -> None:
+        hf = self.out / "untrained-hf"
+        key = self.key(recipe=DEMO, seed=self.args.seed)
+
+        def build():
+            print(f"\n==> [untrained] tiny model at its training initialisation (seed {self.args.seed}) -> {hf}")
+            build_untrained(self.prepared, hf, DEMO, self.args.seed)
+
+        self.cached("untrained", hf, key, build)
+        self.evaluate("untrained", str(hf), self.out / "untrained", {**key, "stage": "eval"})
+
+    def train(self, label: str, run_name: str, recipe: dict) -> None:
+        """Train (fresh when the command changed, else resume/skip), export, evaluate."""
+        a, run = self.args, self.out / run_name
+        cmd = train_cmd(self.prepared, run, recipe, steps=a.steps, minutes=a.minutes, seed=a.seed,
+                        pairs_per_step=a.pairs)
+        key = self.key(cmd=[c for c in cmd if "master_port" not in c][4:])  # the port is drawn per launch
+
+        def fit():
+            if read_stamp(run / ".stage.json") not in (None, key) or a.force:
+                shutil.rmtree(run, ignore_errors=True)  # a different recipe: never resume someone else's run
+            run_stage(f"train {label}", cmd, self.logs / f"train_{label}.log")
+
+        self.cached(f"train {label}", run, key, fit)
+        hf = self.out / f"{label}-hf"
+        self.cached(f"export {label}", hf, {**key, "stage": "export"},
+                    lambda: run_stage(f"export {label}", export_cmd(run, hf), self.logs / f"export_{label}.log"))
+        self.evaluate(label, str(hf), self.out / label, {**key, "stage": "eval"})
+
+    def report(self) -> Path:
+        settings = {"trained": self.settings(DEMO), "reference": self.settings(REFERENCE)}
+        write_stamp(self.out / "demo_state.json", {"settings": settings, "stages": self.stages})
+        return write_demo_report(self.out, self.manifest, {"trained": self.out / "train",
+                                                          "reference": self.out / "reference-train"},
+                                 {label: self.out / label for label in ("untrained", "trained", "reference",
+                                                                        "char3gram")}, settings, self.stages)
+
+    def settings(self, recipe: dict) -> dict:
+        a = self.args
+        return {**recipe, "pairs per step": f"{a.pairs} (2 ranks x {a.pairs // 2})", "step cap": a.steps,
+                "wall-clock cap (min)": a.minutes, "seed": a.seed, "model": "tiny (4 x 256, head 6 x 256)"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data", help="data_prep.offline --out (prepared/ and testset/ under it)")
+    p.add_argument("--out", default="runs/demo", help="output directory of the demo")
+    p.add_argument("--steps", type=int, default=STEPS, help="step cap of each training (the schedule's length)")
+    p.add_argument("--minutes", type=float, default=MINUTES, help="wall-clock cap of each training")
+    p.add_argument("--pairs", type=int, default=PAIRS, help="pairs per optimizer step (2 ranks together)")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, sampler and masking (both trainings)")
+    p.add_argument("--skip-reference", action="store_true", help="no reference-recipe training")
+    p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
+    args = p.parse_args(argv)
+    for flag, value in (("--steps", args.steps), ("--minutes", args.minutes), ("--pairs", args.pairs)):
+        if value <= 0:
+            p.error(f"{flag} must be > 0, got {value}")
+    if args.pairs % 2:
+        p.error(f"--pairs must be even (split over 2 ranks), got {args.pairs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    demo = Demo(args)
+    try:
+        demo.prep()
+        demo.untrained()
+        demo.evaluate("char3gram", "char3gram", demo.out / "char3gram", demo.key(stage="char3gram"))
+        demo.train("trained", "train", DEMO)
+        if not args.skip_reference:
+            demo.train("reference", "reference-train", REFERENCE)
+        path = demo.report()
+    except (StageError, ReportError) as e:
+        print(f"\nmake demo: error: {e}", file=sys.stderr)
+        return 1
+    summary = {label: pooled(load_results(demo.out / label)) for label in ("untrained", "trained", "reference",
+                                                                            "char3gram") if (demo.out / label).is_dir()}
+    print("\npooled xsim error %: " + json.dumps({k: round(v, 2) for k, v in summary.items()}))
+    print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The report writer on small fake inputs (no training): markdown content, PNGs, bad inputs named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts.report import (
+    ReportError,
+    data_summary,
+    error_table,
+    load_results,
+    main,
+    seed_table,
+    training_summary,
+    write_demo_report,
+)
+
+LANGS = ("deu_Latn", "fra_Latn", "rus_Cyrl")
+
+
+def fake_manifest(path: Path) -> Path:
+    manifest = {
+        "tokenizer": {"name": "unigram", "sha256": "0" * 64, "vocab_size": 500,
+                      "special_ids": {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": 499}},
+        "counts": {"read": 130, "kept": 120, "skipped": {"empty": 4, "duplicate": 6}},
+        "rows": {"train": 110, "valid": 10},
+        "language_pairs": {"eng_Latn-deu_Latn": 60, "eng_Latn-fra_Latn": 60},
+        "token_lengths": {"src": {"n": 120, "mean": 10.0}, "trg": {"n": 120, "mean": 12.5}},
+        "shards": [], "max_tokens": 200,
+    }  # fmt: skip
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def fake_run(root: Path, steps: int = 30, slope: float = 0.05) -> Path:
+    root.mkdir(parents=True)
+    with open(root / "metrics.jsonl", "w") as f:
+        for s in range(1, steps + 1):
+            mlm, cls, koleo = 9.0 - slope * s, 0.5 / s, -1.0 + 0.01 * s
+            rec = {"split": "train", "step": s, "loss": mlm + cls + 0.3 * koleo, "mlm_loss": mlm, "cls_loss": cls,
+                   "koleo_loss": koleo, "tokens": 1000, "pairs": 32, "elapsed_s": 2.0 * s, "skipped_total": 0}
+            f.write(json.dumps(rec) + "\n")
+        f.write(json.dumps({"split": "valid", "step": steps, "loss": 1.0}) + "\n")  # ignored by the summary
+    return root
+
+
+def fake_eval(root: Path, errors: dict[str, int], n: int = 50) -> Path:
+    root.mkdir(parents=True)
+    langs = {g: {"errors": e, "n": n, "error_pct": 100 * e / n} for g, e in errors.items()}
+    total = sum(errors.values())
+    res = {"languages": langs, "average": {"errors": total, "n": n * len(errors),
+                                           "error_pct": 100 * total / (n * len(errors))}}
+    (root / "results.json").write_text(json.dumps(res))
+    return root
+
+
+@pytest.fixture
+def demo_dir(tmp_path) -> Path:
+    out = tmp_path / "demo"
+    fake_run(out / "train")
+    fake_run(out / "reference-train", slope=0.01)
+    for label, errs in (("untrained", (45, 44, 48)), ("trained", (10, 12, 20)), ("reference", (49, 49, 50)),
+                        ("char3gram", (25, 26, 40))):
+        fake_eval(out / label, dict(zip(LANGS, errs)))
+    return out
+
+
+def test_summaries_do_the_arithmetic(tmp_path):
+    data = data_summary(json.loads(fake_manifest(tmp_path / "m.json").read_text()))
+    assert (data["pairs_train"], data["languages"], data["language_pairs"]) == (110, 3, 2)
+    assert data["tokens"] == 120 * 10 + 120 * 12.5 and data["skipped"] == 10
+    from pipeline.metrics import read_metrics
+
+    s = training_summary(read_metrics(fake_run(tmp_path / "r", steps=30)))
+    assert (s["steps"], s["wall_s"], s["pairs_per_step"]) == (30, 60.0, 32)
+    assert s["tokens_per_s"] == pytest.approx(30 * 1000 / 60.0)
+    assert s["final_mlm_loss"] == pytest.approx(9.0 - 0.05 * 25.5)  # mean over steps 21..30
+
+
+def test_demo_report_has_tables_and_pictures(demo_dir, tmp_path):
+    settings = {"trained": {"lr": 1e-3}, "reference": {"lr": 1e-4}}
+    path = write_demo_report(demo_dir, fake_manifest(tmp_path / "manifest.json"),
+                             {"trained": demo_dir / "train", "reference": demo_dir / "reference-train"},
+                             {g: demo_dir / g for g in ("untrained", "trained", "reference", "char3gram")},
+                             settings, {"prep": 10.0, "train trained": 300.0})  # fmt: skip
+    text = path.read_text()
+    assert "| language | untrained | trained | reference | char3gram |" in text
+    assert "| **pooled** | **91.33** | **28.00** | **98.67** | **60.67** |" in text
+    assert "| deu_Latn | 90.0 | 20.0 | 98.0 | 50.0 |" in text
+    assert "110 train + 10 valid pairs in 2 language pairs (3 languages), 2,700 tokens" in text
+    assert "| trained | 30 | 32 | 1.0 min | 500 |" in text
+    assert "| **total** | 310 |" in text and "| lr | 0.001 | 0.0001 |" in text
+    for png in ("losses.png", "errors.png"):
+        assert f"]({png})" in text
+        assert (demo_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (demo_dir / png).stat().st_size > 5000
+
+
+def test_cli_rebuilds_from_what_exists(demo_dir, tmp_path, capsys):
+    manifest = fake_manifest(tmp_path / "manifest.json")
+    (demo_dir / "reference-train" / "metrics.jsonl").unlink()  # a demo cut short: no reference run
+    assert main([str(demo_dir), "--manifest", str(manifest)]) == 0
+    assert f"report: {demo_dir / 'report.md'}" in capsys.readouterr().out
+    assert "| run | steps |" in (demo_dir / "report.md").read_text()
+
+
+def test_bad_inputs_are_named(demo_dir, tmp_path, capsys):
+    (demo_dir / "trained" / "results.json").write_text("{not json")
+    with pytest.raises(ReportError, match=r"trained/results.json: not valid JSON \(line 1"):
+        load_results(demo_dir / "trained")
+    assert main([str(demo_dir), "--manifest", str(tmp_path / "absent.json")]) == 2
+    assert "absent.json: missing" in capsys.readouterr().err
+    (demo_dir / "untrained" / "results.json").write_text("{}")
+    with pytest.raises(ReportError, match="no 'languages' field"):
+        load_results(demo_dir / "untrained")
+
+
+def test_tables_keep_missing_languages_blank_and_spread():
+    a = {"languages": {"deu_Latn": {"error_pct": 10.0}}, "average": {"error_pct": 10.0}}
+    b = {"languages": {"fra_Latn": {"error_pct": 30.0}}, "average": {"error_pct": 30.0}}
+    table = error_table({"a": a, "b": b})
+    assert "| deu_Latn | 10.0 |  |" in table and "| fra_Latn |  | 30.0 |" in table
+    spread = seed_table({"v": [10.0, 14.0], "w": [5.0]})
+    assert "| v | 2 | 10.00, 14.00 | 12.00 | 2.83 | 4.00 |" in spread  # sample std of (10, 14) = 2.83
+    assert "| w | 1 | 5.00 | 5.00 | 0.00 | 0.00 |" in spread
