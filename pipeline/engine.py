@@ -48,10 +48,14 @@ def init_distributed() -> tuple[int, int]:
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(os.environ.get("MASTER_PORT", port)))
+    accel = get_accelerator()
     if not dist.is_initialized():
-        accel = get_accelerator()
         backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
         deepspeed.init_distributed(dist_backend=backend)
+    if accel.device_name() == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # N ranks on one host each defaulting to all cores oversubscribe the CPU N-fold: split the cores instead
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or dist.get_world_size())
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return dist.get_rank(), dist.get_world_size()
 
 
