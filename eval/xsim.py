@@ -113,6 +113,9 @@ def _faiss_order(vals: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _topk_rows(s: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of each row of s (b, m) with faiss's tie rule: (b, k) float32 values and int64 ids."""
+    if k == 1:  # torch.max returns the first maximal index: the lowest id, as faiss keeps it
+        vals, ids = s.max(dim=1, keepdim=True)
+        return vals.cpu().numpy(), ids.cpu().numpy()
     kk = min(k + 1, s.shape[1])
     vals, ids = torch.topk(s, kk, dim=1)  # sorted descending; order among equal values unspecified
     vals, ids = vals.cpu().numpy(), ids.cpu().numpy()
