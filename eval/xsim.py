@@ -152,6 +152,28 @@ def _sim_block(xb: np.ndarray, yn: np.ndarray, y_dev: torch.Tensor | None) -> to
     return torch.from_numpy(xb).to(y_dev.device) @ y_dev.T
 
 
+def _scan(xn: np.ndarray, yn: np.ndarray, k_fwd: int, k_bwd: int, y_dev, block_bytes: int):
+    """One pass over (b, n_y) blocks of cosines: forward top-k_fwd (values, ids), both (n_x, k_fwd), and the
+    backward top-k_bwd values (n_y, k_bwd), descending as faiss returns them (None when k_bwd = 0)."""
+    rows = max(1, min(xn.shape[0], block_bytes // (4 * yn.shape[0])))
+    cos, ids, col_top = [], [], None
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the cosines to 10 mantissa bits
+    try:
+        for r0 in range(0, xn.shape[0], rows):
+            s = _sim_block(xn[r0 : r0 + rows], yn, y_dev)  # (b, n_y)
+            v, i = _topk_rows(s, k_fwd)
+            cos.append(v)
+            ids.append(i)
+            if k_bwd:
+                col_top = _merge_col_topk(col_top, s, k_bwd)
+            del s
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    cos_yx = None if col_top is None else np.ascontiguousarray(col_top.T.cpu().numpy())
+    return np.concatenate(cos), np.concatenate(ids), cos_yx
+
+
 def nearest(
     x: np.ndarray,
     y: np.ndarray,
@@ -167,33 +189,16 @@ def nearest(
     ``device``: None / "auto" (CUDA when available), "cpu", "cuda", ... ``gemm``: "numpy" (CPU only, faiss's
     bits), "torch" (torch.mm on ``device``), "auto" (numpy on the CPU, torch elsewhere)."""
     _check_inputs(x, y, margin, k)
-    xn, yn = _normalized(x), _normalized(y)
-    n_x, n_y = xn.shape[0], yn.shape[0]
     dev = _pick_device(device)
     if gemm not in ("auto", "numpy", "torch") or (gemm == "numpy" and dev.type != "cpu"):
         raise ValueError(f"gemm must be 'auto', 'torch', or 'numpy' (CPU only), got {gemm!r} on {dev}")
+    xn, yn = _normalized(x), _normalized(y)
     use_numpy = gemm == "numpy" or (gemm == "auto" and dev.type == "cpu")
     y_dev = None if use_numpy else torch.from_numpy(yn).to(dev)
-    rows = max(1, min(n_x, block_bytes // (4 * n_y)))
-    k_fwd = 1 if margin == "absolute" else k
-    cos, ids, col_top = [], [], None
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the cosines to 10 mantissa bits
-    try:
-        for r0 in range(0, n_x, rows):
-            s = _sim_block(xn[r0 : r0 + rows], yn, y_dev)  # (b, n_y)
-            v, i = _topk_rows(s, k_fwd)
-            cos.append(v)
-            ids.append(i)
-            if margin != "absolute":
-                col_top = _merge_col_topk(col_top, s, k)
-            del s
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    cos_xy, idx_xy = np.concatenate(cos), np.concatenate(ids)
     if margin == "absolute":
+        cos_xy, idx_xy, _ = _scan(xn, yn, 1, 0, y_dev, block_bytes)
         return _best(cos_xy, idx_xy, None, None, margin)
-    cos_yx = np.ascontiguousarray(col_top.T.cpu().numpy())  # (n_y, k), descending as faiss returns it
+    cos_xy, idx_xy, cos_yx = _scan(xn, yn, k, k, y_dev, block_bytes)
     return _best(cos_xy, idx_xy, cos_xy.mean(axis=1), cos_yx.mean(axis=1), margin)
 
 
