@@ -3,7 +3,8 @@
 
 HF encoding: tokenise without padding, sort by length (longest first), cut batches under a padded-token budget
 (``batch_tokens`` >= rows x longest row), run the encoder, pool (``cls``: the ``<s>`` state, MEXMA's sentence
-embedding; ``mean``: the mean over non-padding tokens), return float32 rows in input order. A sentence's
+embedding; ``mean``: the mean over non-padding tokens), return float32 rows in input order.
+``sentence-transformers`` pooling runs the directory's own module stack instead (``STEncoder``). A sentence's
 embedding depends only on its own language's batches, so any split of languages across ranks gives the same
 numbers. fp16/bf16 autocast on CUDA; fp32 on the CPU.
 """
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from eval.char3gram import Char3gramEncoder
 
 BUILTIN = {"char3gram": Char3gramEncoder}
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "sentence-transformers")
 
 
 class ModelError(ValueError):
@@ -57,8 +58,8 @@ class HFEncoder:
     def __init__(self, path: str, pooling="cls", device="cpu", dtype="auto", batch_tokens=8192, max_length=512):
         from transformers import AutoModel, AutoTokenizer
 
-        if pooling not in POOLINGS:
-            raise ModelError(f"--pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling not in ("cls", "mean"):
+            raise ModelError(f"--pooling must be cls or mean for HFEncoder, got {pooling!r}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
@@ -91,6 +92,29 @@ class HFEncoder:
                 hidden = self.model(**enc).last_hidden_state  # (B, L, H)
             out[batch] = self._pool(hidden.float(), enc["attention_mask"]).cpu().numpy()
         return out
+
+
+class STEncoder:
+    """A sentence-transformers directory (``modules.json``) run through its own modules, e.g. LaBSE's Dense +
+    Normalize after pooling, which ``HFEncoder`` would skip. Its ``encode`` sorts by length itself."""
+
+    def __init__(self, path: str, device="cpu", dtype="auto", batch_size=64):
+        from sentence_transformers import SentenceTransformer
+
+        if not (Path(path) / "modules.json").is_file():
+            raise ModelError(f"--model {path}: --pooling sentence-transformers needs a modules.json there")
+        try:
+            self.model = SentenceTransformer(path, device=str(device), local_files_only=True)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelError(f"--model {path}: cannot load as sentence-transformers ({err})") from err
+        autocast = pick_dtype(dtype, torch.device(device))
+        if autocast is not None:
+            self.model.to(autocast)
+        self.name, self.batch_size = str(path), batch_size
+
+    def encode(self, sentences: list[str], desc: str | None = None, progress: bool = False) -> np.ndarray:
+        out = self.model.encode(sentences, batch_size=self.batch_size, show_progress_bar=progress)
+        return np.asarray(out, dtype=np.float32)
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -132,4 +156,6 @@ def load_encoder(model: str, pooling="cls", device="cpu", dtype="auto", batch_to
     """An encoder for an HF dir / hub name (already exported, see ``export_if_needed``) or a built-in name."""
     if model in BUILTIN:
         return BUILTIN[model]()
+    if pooling == "sentence-transformers":
+        return STEncoder(model, device, dtype)
     return HFEncoder(model, pooling, device, dtype, batch_tokens, max_length)

@@ -1,10 +1,12 @@
 """Encoders: char3gram, length-sorted HF batching, pooling, model resolution."""
 
+import shutil
+
 import numpy as np
 import pytest
 
 from eval.char3gram import Char3gramEncoder, gram_buckets
-from eval.encode import HFEncoder, ModelError, export_if_needed, length_batches, load_encoder
+from eval.encode import HFEncoder, ModelError, STEncoder, export_if_needed, length_batches, load_encoder
 
 
 def test_char3gram_is_deterministic_and_normalises_text():
@@ -56,3 +58,18 @@ def test_model_resolution_errors(tmp_path):
         HFEncoder(str(broken))
     with pytest.raises(ModelError, match="--pooling"):
         HFEncoder(str(broken), pooling="max")
+
+
+def test_sentence_transformers_stack_matches_cls(tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    with pytest.raises(ModelError, match="needs a modules.json"):
+        STEncoder(str(tiny_model))
+    st_dir = tmp_path / "st"
+    shutil.copytree(tiny_model, st_dir)
+    modules = [Transformer(str(st_dir), max_seq_length=64), Pooling(32, pooling_mode="cls")]
+    SentenceTransformer(modules=modules, device="cpu").save(str(st_dir))
+    sentences = ["the cat sees the dog 1", "a red car 2", "the old teacher reads a book 3"]
+    st = load_encoder(str(st_dir), pooling="sentence-transformers").encode(sentences)
+    np.testing.assert_allclose(st, HFEncoder(str(st_dir)).encode(sentences), atol=1e-5)
