@@ -31,6 +31,7 @@ import weakref
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 _INTERPRET = bool(triton.knobs.runtime.interpret)  # fixed when the @triton.jit kernels below are decorated
 _MAX_HEAD_DIM = 256
@@ -329,6 +330,7 @@ class BlockDiagAttentionFunction(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
         dq, dk, dv = _attn_backward(_last_dim_contiguous(do), q, k, v, o, lse, cu_seqlens, ctx.sm_scale)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 _INTERPRET = bool(triton.knobs.runtime.interpret)  # fixed when the @triton.jit kernels below are decorated
 _MAX_DIM = 16384
@@ -186,6 +187,7 @@ class KoLeoFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss):
         xn, norm, nn, dist = ctx.saved_tensors
         return _koleo_backward(grad_loss.float(), ctx.x_dtype, xn, norm, nn, dist, ctx.eps), None

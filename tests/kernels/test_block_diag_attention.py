@@ -192,5 +192,5 @@ def test_bad_inputs_name_the_problem(mutate, message):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_larger_sweep(dtype, head_dim):
-    for _ in range(4):
-        _check_against_reference(_random_lens(int(torch.randint(2, 40, ())), 200), 4, head_dim, dtype)
+    for _ in range(2):
+        _check_against_reference(_random_lens(int(torch.randint(2, 30, ())), 200), 4, head_dim, dtype)
