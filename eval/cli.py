@@ -15,7 +15,7 @@ import time
 from tqdm import tqdm
 
 from eval import dist
-from eval.data import DataError, available_languages, load_augmented, load_texts, resolve_languages
+from eval.data import available_languages, load_augmented, load_texts, resolve_languages
 from eval.encode import BUILTIN, POOLINGS, ModelError, export_if_needed, load_encoder
 from eval.report import markdown, write_all
 from eval.score import Scorer, score_nway, score_to_target, score_xsimpp
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (DataError, ModelError) as err:
+    except ValueError as err:  # DataError, ModelError and argument checks (e.g. --k above the sentence count)
         print(f"python -m eval: error: {err}", file=sys.stderr)
         return 2
     finally:
