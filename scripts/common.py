@@ -106,11 +106,12 @@ def export_cmd(run_dir: Path, out: Path) -> list[str]:
     return [PY, "-m", "pipeline.export", str(run_dir), str(out)]
 
 
-def build_untrained(data: str, out: Path, recipe: dict, seed: int = 0) -> Path:
+def build_untrained(data: str, out: Path, recipe: dict, seed: int = 0, extra: list[str] | None = None) -> Path:
     """The tiny model exactly as training initialises it (same flags, same seed), saved as an HF directory.
 
     Trainer seeds python/numpy/torch with --seed and then calls build_model (pipeline/engine.py); doing the same here
-    gives the same weights (tests/scripts/test_demo.py checks it against a train.py run at lr 0).
+    gives the same weights (tests/scripts/test_demo.py checks it against a train.py step at lr 0). `extra`: more
+    train.py flags (model shape overrides).
     """
     import random
 
@@ -124,7 +125,7 @@ def build_untrained(data: str, out: Path, recipe: dict, seed: int = 0) -> Path:
     from pipeline.model import build_model
 
     cfg = parse_args(["--data", data, "--output-dir", str(out), "--seed", str(seed), "--model", "tiny",
-                      *recipe_flags(recipe)])
+                      *recipe_flags(recipe), *(extra or [])])
     manifest = load_manifest(data)
     random.seed(seed)
     np.random.seed(seed)

@@ -1,0 +1,65 @@
+"""The demo's pieces that need no full training: the untrained model is training's initialisation, the recipe
+flags reach train.py, the sweep's --set parsing, and bad command lines are refused with the flag named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import XLMRobertaModel
+
+from pipeline.config import parse_args
+from scripts import demo
+from scripts.common import REFERENCE, build_untrained, recipe_flags, train_cmd
+from scripts.sweep import parse_sets
+from tests.pipeline.conftest import TINY_MODEL_FLAGS, run_train
+from tests.pipeline.conftest import train_cmd as tiny_train_cmd
+
+
+def test_untrained_model_is_the_training_initialisation(prepared, tmp_path):
+    """One optimizer step at lr 0 (warmup from factor 0) leaves training's init weights: export == build_untrained."""
+    from pipeline.export import export_checkpoint
+
+    recipe = {**demo.DEMO, "warmup-start-factor": 0.0, "warmup-fraction": 0.9}  # round(0.9 x 1) = 1 warmup step
+    run = tmp_path / "lr0"
+    run_train(tiny_train_cmd(prepared, run, "--max-steps", "1", "--seed", "3", "--valid-every", "-1",
+                             *recipe_flags(recipe)))
+    load = lambda path: XLMRobertaModel.from_pretrained(path, add_pooling_layer=False)  # noqa: E731
+    trained = load(export_checkpoint(str(run), str(tmp_path / "lr0-hf")))
+    built = load(build_untrained(str(prepared), tmp_path / "untrained", recipe, seed=3, extra=TINY_MODEL_FLAGS[2:]))
+    want, got = trained.state_dict(), built.state_dict()
+    assert want.keys() == got.keys()
+    for name, tensor in want.items():
+        assert torch.equal(tensor, got[name]), name
+    other = load(build_untrained(str(prepared), tmp_path / "seed4", recipe, seed=4, extra=TINY_MODEL_FLAGS[2:]))
+    assert not torch.equal(other.embeddings.word_embeddings.weight, built.embeddings.word_embeddings.weight)
+
+
+def test_recipes_parse_as_train_flags(tmp_path):
+    for recipe in (REFERENCE, demo.DEMO):
+        cmd = train_cmd("data/prepared", tmp_path / "r", recipe, steps=400, minutes=5.0, seed=1)
+        assert cmd[1:3] == ["--num_gpus", "2"] and "pipeline/train.py" in cmd
+        cfg = parse_args(cmd[cmd.index("pipeline/train.py") + 1:])
+        assert (cfg.optim.lr, cfg.model.koleo_weight) == (recipe["lr"], recipe["koleo-weight"])
+        assert (cfg.data.batch_pairs, cfg.run.max_steps, cfg.run.max_minutes, cfg.run.seed) == (16, 400, 5.0, 1)
+        assert cfg.model.koleo_global == recipe.get("koleo-global", False)
+    with pytest.raises(ValueError, match="pairs per step 33 is not divisible by 2"):
+        train_cmd("d", tmp_path, REFERENCE, steps=1, minutes=1, pairs_per_step=33)
+
+
+def test_sweep_sets_override_the_reference():
+    sets = parse_sets(["lr=5e-4", "koleo-global=true", "src-mask-prob=0.2", "head-layers=2"])
+    assert sets == {"lr": 5e-4, "koleo-global": True, "src-mask-prob": 0.2, "head-layers": 2}
+    assert recipe_flags({"koleo-global": False, "lr": 0.001}) == ["--no-koleo-global", "--lr", "0.001"]
+    with pytest.raises(SystemExit, match="expected FLAG=VALUE"):
+        parse_sets(["--lr=1"])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--steps", "0"], "--steps must be > 0, got 0"),
+    (["--pairs", "31"], "--pairs must be even"),
+    (["--minutes", "-1"], "--minutes must be > 0"),
+])  # fmt: skip
+def test_demo_refuses_bad_flags(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        demo.parse_args(argv)
+    assert message in capsys.readouterr().err
