@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import random
+import signal
 import socket
 import time
 from pathlib import Path
@@ -173,41 +174,57 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> int:
-        """Run to max_steps (or the wall-clock budget); returns the last step. Checkpoints at the end."""
-        self.t_start = time.time()
+        """Run to max_steps (or the wall-clock budget, or a stop signal); returns the last step. Checkpoints at the
+        end; validates at the end unless stopped by a signal (preemption: save first, fast)."""
+        self.t_start, self.stop_signal = time.time(), None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
         self.resume()
         if self.step >= self.max_steps:
             log.info("%s already holds a finished run (step %d of %d); --no-resume starts over",
                      self.out, self.step, self.max_steps)
             return self.step
-        budget_s = self.cfg.run.max_minutes * 60
-        while self.step < self.max_steps:
-            record = self.train_step()
-            self.metrics.write(record)
-            self.metrics.progress(record, self.max_steps)
-            if self.bad_in_row >= self.cfg.run.max_bad_steps:
-                raise TrainingStoppedError(f"{self.bad_in_row} optimizer steps in a row had a non-finite loss (limit "
-                                      f"--max-bad-steps {self.cfg.run.max_bad_steps}) at step {self.step}; lower --lr "
-                                      "or check the data. The last complete checkpoint is kept")
-            every = self.cfg.run.valid_every
-            if every > 0 and self.step % every == 0:
-                self.validate()
-            if self.cfg.run.save_every and self.step % self.cfg.run.save_every == 0:
-                self.ckpt.save(self.engine, self.step, self.client_state())
-            if budget_s and self._agree(time.time() - self.t_start > budget_s):
-                log.info("wall-clock budget --max-minutes %s spent at step %d", self.cfg.run.max_minutes, self.step)
-                break
-        if self.cfg.run.valid_every == 0 or (self.cfg.run.valid_every > 0 and self.step % self.cfg.run.valid_every):
+        stop = None
+        while self.step < self.max_steps and stop is None:
+            self._after_step(self.train_step())
+            stop = self._should_stop(self.cfg.run.max_minutes * 60)
+        every = self.cfg.run.valid_every
+        if stop != "signal" and (every == 0 or (every > 0 and self.step % every)):
             self.validate()
         self.ckpt.save(self.engine, self.step, self.client_state())
         self.metrics.close()
         return self.step
 
-    def _agree(self, flag: bool) -> bool:
-        """Rank 0's decision for everyone (clocks differ slightly per rank)."""
-        t = torch.tensor([1 if flag else 0])
-        dist.broadcast(t, src=0)
-        return bool(t.item())
+    def _after_step(self, record: dict) -> None:
+        """Log, stop on too many bad steps, validate and checkpoint on their cadence."""
+        self.metrics.write(record)
+        self.metrics.progress(record, self.max_steps)
+        r = self.cfg.run
+        if self.bad_in_row >= r.max_bad_steps:
+            raise TrainingStoppedError(f"{self.bad_in_row} optimizer steps in a row had a non-finite loss (limit "
+                                       f"--max-bad-steps {r.max_bad_steps}) at step {self.step}; lower --lr or "
+                                       "check the data. The last complete checkpoint is kept")
+        if r.valid_every > 0 and self.step % r.valid_every == 0:
+            self.validate()
+        if r.save_every and self.step % r.save_every == 0:
+            self.ckpt.save(self.engine, self.step, self.client_state())
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+
+    def _should_stop(self, budget_s: float) -> str | None:
+        """Stop on SIGTERM/SIGUSR1 (any rank: a scheduler's preemption notice) or rank 0's wall-clock budget.
+
+        One MAX all-reduce per step, so every rank leaves the loop at the same step and checkpoints it."""
+        over = self.rank == 0 and budget_s > 0 and time.time() - self.t_start > budget_s
+        flags = torch.tensor([int(over), self.stop_signal or 0])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0] and self.rank == 0:
+            log.info("wall-clock budget --max-minutes %s spent at step %d", self.cfg.run.max_minutes, self.step)
+        if flags[1] and self.rank == 0:
+            log.info("stopping on signal %s at step %d: checkpointing, relaunch to resume",
+                     signal.Signals(int(flags[1])).name, self.step)
+        return "signal" if flags[1] else "budget" if flags[0] else None
 
     def train_step(self) -> dict:
         """One optimizer step over gas micro batches -> its metrics record."""

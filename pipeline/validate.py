@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from pipeline.collate import MexmaCollator
 from pipeline.data import DistributedBatchSampler, fetch_rows
+from pipeline.metrics import log
 
 VALID_SEED_OFFSET = 1_000_003  # masking seed of validation = run seed + this (distinct from training's stream)
 LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
@@ -34,7 +35,10 @@ class Validator:
         pairs = min(batch_pairs, len(ds) // world_size)
         self.ds, self.max_length = ds, max_length
         self.batches = []
-        if pairs >= 2:  # mining needs at least two candidates
+        if pairs < 2:  # mining needs at least two candidates
+            log.warning("validation off: %d valid pairs cannot fill batches of >= 2 pairs on %d rank(s)", len(ds),
+                        world_size)
+        else:
             sampler = DistributedBatchSampler(lengths, batch_pairs=pairs, seed=seed, rank=rank, world_size=world_size,
                                               shuffle=False)
             self.batches = sampler.epoch_batches(0)

@@ -25,7 +25,7 @@ def _assert_same_history(run, reference):
     assert _history(run, "valid") == _history(reference, "valid")
 
 
-def _run_until(cmd: list[str], pattern: str) -> subprocess.Popen:
+def _run_until(cmd: list[str], pattern: str, sig: int = signal.SIGKILL) -> subprocess.Popen:
     """Start cmd; SIGKILL its process group when a line containing pattern appears on stderr; -> the dead process."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, start_new_session=True)
@@ -33,10 +33,13 @@ def _run_until(cmd: list[str], pattern: str) -> subprocess.Popen:
     for line in proc.stderr:
         seen.append(line)
         if pattern in line:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole session: launcher and ranks, as a node failure would
+            os.killpg(proc.pid, sig)  # the whole session: launcher and ranks, as a node failure would
             break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"never saw {pattern!r}; exit {proc.returncode}:\n{''.join(seen[-30:])}"
+    seen.extend(proc.stderr)
+    proc.wait(timeout=120)
+    expected = -signal.SIGKILL if sig == signal.SIGKILL else 0
+    assert proc.returncode == expected, f"{pattern!r} / exit {proc.returncode}:\n{''.join(seen[-30:])}"
+    proc.log = "".join(seen)
     return proc
 
 
@@ -47,6 +50,18 @@ def test_sigkill_mid_run_then_resume_matches(prepared, tiny_run, tmp_path):
     assert (out / "checkpoints" / "latest").read_text() >= "step_00000004"
     proc = run_train(cmd)
     assert "resumed from" in proc.stderr
+    _assert_same_history(out, tiny_run)
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_exits_cleanly(prepared, tiny_run, tmp_path):
+    """A scheduler's preemption notice: finish the step, checkpoint it (no validation), exit 0; relaunch resumes."""
+    out = tmp_path / "preempted"
+    cmd = train_cmd(prepared, out, *SAME_ARGS)
+    proc = _run_until(cmd, "step 3/8", sig=signal.SIGTERM)
+    assert "stopping on signal SIGTERM" in proc.log
+    stopped_at = max(r["step"] for r in read_metrics(out))
+    assert stopped_at < 8 and (out / "checkpoints" / "latest").read_text() == f"step_{stopped_at:08d}"
+    run_train(cmd)
     _assert_same_history(out, tiny_run)
 
 
