@@ -43,13 +43,15 @@ def score_to_target(scorer: Scorer, emb: dict, texts: dict, langs: list[str], ta
 
 
 def score_xsimpp(scorer: Scorer, emb: dict, texts: dict, langs: list[str], target: str, aug: Augmented) -> dict:
-    """xsim++: the target side gains the augmented sentences as hard negatives; errors broken down by type."""
+    """xsim++: the target side gains the augmented sentences as hard negatives; errors broken down by type
+    (by text, also under ``--index-comparison``, where LASER would report no breakdown)."""
     y = np.concatenate([emb[target], emb[f"{target}_augmented"]])
     y_text = texts[target] + aug.lines
     languages, errtypes = {}, {}
     for lang in langs:
         best = scorer.best(emb[lang], y)
-        languages[lang] = entry(count_errors(best, y_text), best.shape[0])  # LASER compares texts here
+        texts_or_none = None if scorer.index_comparison else y_text  # LASER: the combined file's lines, or indices
+        languages[lang] = entry(count_errors(best, texts_or_none), best.shape[0])
         errtypes[lang] = errtype_breakdown(best, y_text, aug.errtypes)
     totals: dict[str, int] = {}
     for report in errtypes.values():
