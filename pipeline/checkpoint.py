@@ -122,8 +122,14 @@ class CheckpointManager:
         if self.rank == 0:
             marked = self.latest_marked()
             for tag in (t for t in self.tags() if marked and t > marked):  # a save killed before its commit
-                log.warning("checkpoint %s is not usable: %s; ignored (newer than %s/%s = %s)", tag,
-                            self.verify(tag) or "never marked complete", self.root, LATEST, marked)
+                log.warning(
+                    "checkpoint %s is not usable: %s; ignored (newer than %s/%s = %s)",
+                    tag,
+                    self.verify(tag) or "never marked complete",
+                    self.root,
+                    LATEST,
+                    marked,
+                )
             candidates = ([marked] if marked else []) + [t for t in self.tags() if t != marked]
             for tag in candidates:
                 reason = self.verify(tag)
@@ -156,8 +162,9 @@ class CheckpointManager:
     def _write(self, engine, tag: str, client_state: dict) -> BaseException | None:
         try:
             self._check_space()
-            engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": client_state.get("step")},
-                                   save_latest=False)
+            engine.save_checkpoint(
+                str(self.root), tag=tag, client_state={"step": client_state.get("step")}, save_latest=False
+            )
             data = _torch_bytes(client_state)
             write_atomic(self.root / tag / f"client_rank{self.rank:05d}.pt", data)
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("... write failed")
@@ -172,9 +179,11 @@ class CheckpointManager:
         need = sum(p.stat().st_size for p in (self.root / marked).iterdir() if p.is_file())
         free = shutil.disk_usage(self.root).free
         if free < need * 1.05:
-            raise CheckpointError(f"no space left for a checkpoint in {self.root}: the last one ({marked}) took "
-                                  f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; {marked} is intact. Free "
-                                  "space (or lower --keep-checkpoints) and relaunch the same command to resume")
+            raise CheckpointError(
+                f"no space left for a checkpoint in {self.root}: the last one ({marked}) took "
+                f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; {marked} is intact. Free "
+                "space (or lower --keep-checkpoints) and relaunch the same command to resume"
+            )
 
     def _abort(self, ckpt: Path, error: BaseException | None) -> None:
         _barrier()
@@ -186,14 +195,19 @@ class CheckpointManager:
         what = "no space left on the device" if full else f"I/O error: {error or 'on another rank'}"
         kept = self.latest_marked()
         kept_msg = f"the previous complete checkpoint {kept} is intact" if kept else "no earlier checkpoint exists"
-        raise CheckpointError(f"saving {ckpt} failed ({what}); the partial files were removed and {kept_msg}. "
-                              "Free space / fix the disk and relaunch the same command to resume") from error
+        raise CheckpointError(
+            f"saving {ckpt} failed ({what}); the partial files were removed and {kept_msg}. "
+            "Free space / fix the disk and relaunch the same command to resume"
+        ) from error
 
     def _commit(self, tag: str, step: int) -> None:
         """Rank 0: COMPLETE.json (sizes + sha256), then the `latest` marker; both atomic."""
         ckpt = self.root / tag
-        files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                 for p in sorted(ckpt.iterdir()) if p.is_file() and p.name != COMPLETE}
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(ckpt.iterdir())
+            if p.is_file() and p.name != COMPLETE
+        }
         record = {"tag": tag, "step": step, "time": time.time(), "files": files}
         write_atomic(ckpt / COMPLETE, json.dumps(record, indent=1).encode())
         write_atomic(self.root / LATEST, tag.encode())
@@ -211,14 +225,17 @@ class CheckpointManager:
     # -- loading -------------------------------------------------------------------------------------------------
     def load(self, engine, tag: str) -> dict:
         """Restore engine (module, optimizer, scheduler) and return this rank's client state."""
-        path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
-                                         load_lr_scheduler_states=True)
+        path, _ = engine.load_checkpoint(
+            str(self.root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {self.root / tag}")
         client = self.root / tag / f"client_rank{self.rank:05d}.pt"
         if not client.is_file():
-            raise CheckpointError(f"{client} missing: the checkpoint was written by fewer ranks than this run has; "
-                                  "relaunch with the same number of processes")
+            raise CheckpointError(
+                f"{client} missing: the checkpoint was written by fewer ranks than this run has; "
+                "relaunch with the same number of processes"
+            )
         return torch.load(client, map_location="cpu", weights_only=False)
 
 

@@ -43,12 +43,19 @@ def opt(default, help: str, **meta):  # noqa: A002 - `help` reads like argparse'
 class DataConfig:
     """Where the pairs come from and how they are batched and masked."""
 
-    path: str = opt("", "prepared dataset directory (data_prep output: train/, valid/, tokenizer/, manifest.json)",
-                    flag="data")
-    batch_pairs: int | None = opt(None, "micro batch in pairs per rank; default: the DeepSpeed JSON's "
-                                  "train_micro_batch_size_per_gpu, else 150 (the reference)")
-    batch_tokens: int = opt(0, "token budget per micro batch (all four views, padding-free); 0 = fixed --batch-pairs. "
-                            "Batches are length-bucketed")
+    path: str = opt(
+        "", "prepared dataset directory (data_prep output: train/, valid/, tokenizer/, manifest.json)", flag="data"
+    )
+    batch_pairs: int | None = opt(
+        None,
+        "micro batch in pairs per rank; default: the DeepSpeed JSON's "
+        "train_micro_batch_size_per_gpu, else 150 (the reference)",
+    )
+    batch_tokens: int = opt(
+        0,
+        "token budget per micro batch (all four views, padding-free); 0 = fixed --batch-pairs. "
+        "Batches are length-bucketed",
+    )
     bucket_batches: int = opt(100, "length bucketing: sort chunks of this many batches' worth of pairs by length")
     max_length: int = opt(200, "truncate each side to this many tokens (keeping </s>); the reference's 200")
     src_mask_prob: float = opt(0.4, "masking ratio of source-side tokens")
@@ -136,8 +143,10 @@ def _fields(section: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per leaf field; defaults are SUPPRESSed so that only the flags a user typed override the file."""
-    p = argparse.ArgumentParser(description="Train a MEXMA encoder with DeepSpeed ZeRO-2 (deepspeed/torchrun/python).",
-                                argument_default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(
+        description="Train a MEXMA encoder with DeepSpeed ZeRO-2 (deepspeed/torchrun/python).",
+        argument_default=argparse.SUPPRESS,
+    )
     p.add_argument("--config", help="YAML or JSON file with sections data/optim/run/model (flags override it)")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     for section in SECTIONS:
@@ -184,13 +193,15 @@ def load_config_file(path: str) -> dict:
         raise ConfigError(f"--config {path}: expected a mapping of sections {SECTIONS}, got {type(raw).__name__}")
     for section, values in raw.items():
         if section not in SECTIONS or not isinstance(values, dict):
-            raise ConfigError(f"--config {path}: unknown section {section!r} "
-                              f"(expected a mapping under one of {SECTIONS})")
+            raise ConfigError(
+                f"--config {path}: unknown section {section!r} (expected a mapping under one of {SECTIONS})"
+            )
         known = {f.name for f, _ in _fields(section)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"--config {path}: unknown field(s) {unknown} in section {section!r}; "
-                              f"known: {sorted(known)}")
+            raise ConfigError(
+                f"--config {path}: unknown field(s) {unknown} in section {section!r}; known: {sorted(known)}"
+            )
     return raw
 
 
@@ -243,9 +254,11 @@ def validate(cfg: TrainConfig) -> None:
     _check(d.batch_tokens >= 0, "batch-tokens", f"must be >= 0, got {d.batch_tokens}")
     _check(d.bucket_batches > 0, "bucket-batches", f"must be > 0, got {d.bucket_batches}")
     _check(d.max_length >= 3, "max-length", f"must be >= 3 (<s> x </s>), got {d.max_length}")
-    _check(d.batch_tokens == 0 or d.batch_tokens >= 4 * d.max_length, "batch-tokens",
-           f"{d.batch_tokens} cannot hold one pair of --max-length {d.max_length} "
-           f"(4 views: needs >= {4 * d.max_length})")
+    _check(
+        d.batch_tokens == 0 or d.batch_tokens >= 4 * d.max_length,
+        "batch-tokens",
+        f"{d.batch_tokens} cannot hold one pair of --max-length {d.max_length} (4 views: needs >= {4 * d.max_length})",
+    )
     for flag, p in (("src-mask-prob", d.src_mask_prob), ("trg-mask-prob", d.trg_mask_prob)):
         _check(0.0 <= p < 1.0, flag, f"must lie in [0, 1), got {p}")
     _check(d.valid_batches >= 0, "valid-batches", f"must be >= 0, got {d.valid_batches}")
@@ -253,8 +266,9 @@ def validate(cfg: TrainConfig) -> None:
     _check(o.weight_decay >= 0, "weight-decay", f"must be >= 0, got {o.weight_decay}")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "betas", f"two values in [0, 1), got {o.betas}")
     _check(0.0 <= o.warmup_fraction < 1.0, "warmup-fraction", f"must lie in [0, 1), got {o.warmup_fraction}")
-    _check(0.0 <= o.warmup_start_factor <= 1.0, "warmup-start-factor",
-           f"must lie in [0, 1], got {o.warmup_start_factor}")
+    _check(
+        0.0 <= o.warmup_start_factor <= 1.0, "warmup-start-factor", f"must lie in [0, 1], got {o.warmup_start_factor}"
+    )
     _check(0.0 <= o.min_lr_ratio <= 1.0, "min-lr-ratio", f"must lie in [0, 1], got {o.min_lr_ratio}")
     _check(o.grad_clip >= 0, "grad-clip", f"must be >= 0, got {o.grad_clip}")
     _check(o.grad_accum is None or o.grad_accum > 0, "grad-accum", f"must be > 0, got {o.grad_accum}")
@@ -292,12 +306,16 @@ def load_ds_config(path: str) -> dict:
     if not isinstance(ds, dict):
         raise ConfigError(f"--ds-config {path}: expected a JSON object")
     if "scheduler" in ds:
-        raise ConfigError(f"--ds-config {path}: remove the 'scheduler' block; the schedule comes from --lr, "
-                          "--warmup-fraction, --warmup-start-factor, --min-lr-ratio (pipeline/engine.py)")
+        raise ConfigError(
+            f"--ds-config {path}: remove the 'scheduler' block; the schedule comes from --lr, "
+            "--warmup-fraction, --warmup-start-factor, --min-lr-ratio (pipeline/engine.py)"
+        )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
-        raise ConfigError(f"--ds-config {path}: zero_optimization.stage {stage} unsupported (0, 1 or 2; ZeRO-3 "
-                          "shards the parameters, which export and the packed model do not expect)")
+        raise ConfigError(
+            f"--ds-config {path}: zero_optimization.stage {stage} unsupported (0, 1 or 2; ZeRO-3 "
+            "shards the parameters, which export and the packed model do not expect)"
+        )
     return ds
 
 
@@ -306,7 +324,7 @@ def _int_or_auto(ds: dict, key: str, path: str) -> int | None:
     if v == "auto" or v is None:
         return None
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ConfigError(f"--ds-config {path}: {key} must be a positive integer or \"auto\", got {v!r}")
+        raise ConfigError(f'--ds-config {path}: {key} must be a positive integer or "auto", got {v!r}')
     return v
 
 
@@ -327,15 +345,21 @@ def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int) -> dict:
             f"batch arithmetic: train_batch_size {total} (from {path}) != micro batch {micro} (--batch-pairs or "
             f"train_micro_batch_size_per_gpu) x gradient accumulation {gas} (--grad-accum or "
             f"gradient_accumulation_steps) x world size {world_size} = {micro * gas * world_size}; "
-            "set train_batch_size to \"auto\" or make the three agree")
-    out.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=gas,
-               train_batch_size=micro * gas * world_size)
+            'set train_batch_size to "auto" or make the three agree'
+        )
+    out.update(
+        train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=gas, train_batch_size=micro * gas * world_size
+    )
     o = cfg.optim
     _fill(out, "gradient_clipping", o.grad_clip, "grad-clip", path)
     optimizer = out.setdefault("optimizer", {"type": "AdamW", "params": {}})
     params = optimizer.setdefault("params", {})
-    for key, value, flag in (("lr", o.lr, "lr"), ("betas", list(o.betas), "betas"), ("eps", o.eps, "eps"),
-                             ("weight_decay", o.weight_decay, "weight-decay")):
+    for key, value, flag in (
+        ("lr", o.lr, "lr"),
+        ("betas", list(o.betas), "betas"),
+        ("eps", o.eps, "eps"),
+        ("weight_decay", o.weight_decay, "weight-decay"),
+    ):
         _fill(params, key, value, flag, path)
     out.setdefault("steps_per_print", 10**9)  # our own progress line replaces DeepSpeed's
     return out
@@ -345,8 +369,10 @@ def _fill(obj: dict, key: str, value, flag: str, path: str) -> None:
     """The typed config owns this value: fill "auto", refuse a different number in the JSON."""
     current = obj.get(key, "auto")
     if current != "auto" and current != value:
-        raise ConfigError(f"--ds-config {path}: {key} = {current!r} conflicts with --{flag} {value!r}; "
-                          f"set it to \"auto\" in the JSON and use --{flag}")
+        raise ConfigError(
+            f"--ds-config {path}: {key} = {current!r} conflicts with --{flag} {value!r}; "
+            f'set it to "auto" in the JSON and use --{flag}'
+        )
     obj[key] = value
 
 
@@ -375,7 +401,11 @@ def write_run_files(cfg: TrainConfig, ds_config: dict, manifest_sha256: str, wor
     data manifest sha256, world size): enough to reproduce the run from its folder (STYLE.md #10)."""
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = {"git_sha": git_sha(Path(__file__).resolve().parent.parent), "data": str(Path(cfg.data.path).resolve()),
-            "manifest_sha256": manifest_sha256, "world_size": world_size}
+    info = {
+        "git_sha": git_sha(Path(__file__).resolve().parent.parent),
+        "data": str(Path(cfg.data.path).resolve()),
+        "manifest_sha256": manifest_sha256,
+        "world_size": world_size,
+    }
     for name, obj in (("config.json", to_dict(cfg)), ("ds_config.json", ds_config), ("run_info.json", info)):
         (out / name).write_text(json.dumps(obj, indent=2) + "\n")

@@ -55,8 +55,10 @@ def load_manifest(data_dir: str | Path) -> dict:
     tok = manifest.get("tokenizer", {})
     missing = [k for k in REQUIRED_SPECIALS if k not in tok.get("special_ids", {})]
     if missing or "vocab_size" not in tok:
-        raise DataError(f"{path}: tokenizer.vocab_size / tokenizer.special_ids {list(REQUIRED_SPECIALS)} required; "
-                        f"missing {missing or ['vocab_size']}")
+        raise DataError(
+            f"{path}: tokenizer.vocab_size / tokenizer.special_ids {list(REQUIRED_SPECIALS)} required; "
+            f"missing {missing or ['vocab_size']}"
+        )
     if not isinstance(manifest.get("shards"), list) or not manifest["shards"]:
         raise DataError(f"{path}: no 'shards' list")
     for i, shard in enumerate(manifest["shards"]):
@@ -85,8 +87,9 @@ def verify_shards(data_dir: str | Path, manifest: dict, mode: str = "sha256") ->
         path = root / shard["file"]
         listed.add(path.resolve())
         if not path.is_file():
-            raise DataError(f"shard {shard['file']} ({shard['split']}): listed in {root / 'manifest.json'} "
-                            "but missing on disk")
+            raise DataError(
+                f"shard {shard['file']} ({shard['split']}): listed in {root / 'manifest.json'} but missing on disk"
+            )
         try:
             rows = _arrow_rows(path)
         except (pa.ArrowInvalid, OSError) as e:
@@ -94,8 +97,9 @@ def verify_shards(data_dir: str | Path, manifest: dict, mode: str = "sha256") ->
         if rows != shard["rows"]:
             raise DataError(f"shard {path}: {rows} rows on disk, manifest says {shard['rows']}")
         if mode == "sha256" and shard.get("sha256") and sha256_file(path) != shard["sha256"]:
-            raise DataError(f"shard {path}: sha256 differs from the manifest (corrupted or rewritten); "
-                            "re-run data_prep")
+            raise DataError(
+                f"shard {path}: sha256 differs from the manifest (corrupted or rewritten); re-run data_prep"
+            )
     for split in SPLITS:
         for path in sorted((root / split).glob("*.arrow")):
             if path.resolve() not in listed:
@@ -150,11 +154,12 @@ def fixed_pair_batches(n: int, batch_pairs: int, rng: np.random.Generator | None
     """Random (or, rng=None, sequential) batches of exactly batch_pairs rows; the last partial batch is dropped."""
     order = rng.permutation(n) if rng is not None else np.arange(n)
     n_full = n // batch_pairs
-    return [order[i * batch_pairs:(i + 1) * batch_pairs] for i in range(n_full)]
+    return [order[i * batch_pairs : (i + 1) * batch_pairs] for i in range(n_full)]
 
 
-def token_budget_batches(lengths: np.ndarray, batch_tokens: int, bucket_batches: int,
-                         rng: np.random.Generator) -> list[np.ndarray]:
+def token_budget_batches(
+    lengths: np.ndarray, batch_tokens: int, bucket_batches: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Length-bucketed batches whose packed size (4 views: 2 x (src + trg) tokens per pair) fits batch_tokens."""
     cost = 2 * lengths.sum(axis=1)  # (N,) tokens a pair puts into the packed stream
     order = rng.permutation(len(cost))
@@ -162,7 +167,7 @@ def token_budget_batches(lengths: np.ndarray, batch_tokens: int, bucket_batches:
     chunk = per_batch * bucket_batches  # pairs sorted together; larger = less padding-like waste, less randomness
     batches = []
     for start in range(0, len(order), chunk):
-        idx = order[start:start + chunk]
+        idx = order[start : start + chunk]
         idx = idx[np.argsort(cost[idx], kind="stable")]
         batches.extend(_cut(idx, cost[idx], batch_tokens))
     return [batches[i] for i in rng.permutation(len(batches))]
@@ -193,8 +198,18 @@ class DistributedBatchSampler:
     lengths: (N, 2) from pair_lengths. Exactly one of batch_pairs / batch_tokens (> 0) picks the mode.
     """
 
-    def __init__(self, lengths: np.ndarray, *, batch_pairs: int = 0, batch_tokens: int = 0, bucket_batches: int = 100,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        *,
+        batch_pairs: int = 0,
+        batch_tokens: int = 0,
+        bucket_batches: int = 100,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
         if (batch_pairs > 0) == (batch_tokens > 0):
             raise ValueError(f"exactly one of batch_pairs ({batch_pairs}) / batch_tokens ({batch_tokens}) must be > 0")
         if not 0 <= rank < world_size:
@@ -211,12 +226,16 @@ class DistributedBatchSampler:
             rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
             n = len(self.lengths)
             if self.batch_tokens:
-                plan = token_budget_batches(self.lengths, self.batch_tokens, self.bucket_batches,
-                                            rng or np.random.default_rng([self.seed, epoch]))
+                plan = token_budget_batches(
+                    self.lengths,
+                    self.batch_tokens,
+                    self.bucket_batches,
+                    rng or np.random.default_rng([self.seed, epoch]),
+                )
             else:
                 plan = fixed_pair_batches(n, self.batch_pairs, rng)
             per_rank = len(plan) // self.world_size
-            self._plan = plan[self.rank::self.world_size][:per_rank]
+            self._plan = plan[self.rank :: self.world_size][:per_rank]
             self._plan_epoch = epoch
         return self._plan
 
@@ -228,9 +247,11 @@ class DistributedBatchSampler:
         """The batch at the current position; advances (and rolls into the next epoch)."""
         batches = self.epoch_batches(self.state.epoch)
         if not batches:
-            raise DataError(f"an epoch yields no batch for {self.world_size} rank(s) from {len(self.lengths)} pairs "
-                            f"(--batch-pairs {self.batch_pairs} / --batch-tokens {self.batch_tokens}); "
-                            "lower the batch size or add data")
+            raise DataError(
+                f"an epoch yields no batch for {self.world_size} rank(s) from {len(self.lengths)} pairs "
+                f"(--batch-pairs {self.batch_pairs} / --batch-tokens {self.batch_tokens}); "
+                "lower the batch size or add data"
+            )
         if self.state.index >= len(batches):
             self.state = SamplerState(self.state.epoch + 1, 0)
             batches = self.epoch_batches(self.state.epoch)
@@ -243,9 +264,11 @@ class DistributedBatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed or state.get("world_size", self.world_size) != self.world_size:
-            raise ValueError(f"sampler state was saved with seed {state.get('seed')} / world size "
-                             f"{state.get('world_size')}, this run has {self.seed} / {self.world_size}: resuming "
-                             "would not continue the same data order (keep --seed and the process count)")
+            raise ValueError(
+                f"sampler state was saved with seed {state.get('seed')} / world size "
+                f"{state.get('world_size')}, this run has {self.seed} / {self.world_size}: resuming "
+                "would not continue the same data order (keep --seed and the process count)"
+            )
         self.state = SamplerState(int(state["epoch"]), int(state["index"]))
 
 

@@ -47,8 +47,13 @@ def init_distributed() -> tuple[int, int]:
         with socket.socket() as s:  # a free port for the 1-process group
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(os.environ.get("MASTER_PORT", port)))
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(os.environ.get("MASTER_PORT", port)),
+        )
     accel = get_accelerator()
     if not dist.is_initialized():
         backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
@@ -81,7 +86,9 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict, max_
     o = cfg.optim
     schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), config=ds_config,
+        model=model,
+        model_parameters=model.parameters(),
+        config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
     return engine
@@ -118,11 +125,23 @@ class Trainer:
         model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
         self.engine = build_engine(cfg, model, self.ds_config, self.max_steps)
         torch.manual_seed(cfg.run.seed + 1 + self.rank)  # dropout: same init everywhere, distinct masks per rank
-        self.collator = MexmaCollator(self.specials, self.vocab_size, cfg.data.src_mask_prob, cfg.data.trg_mask_prob,
-                                      seed=cfg.run.seed + self.rank)
+        self.collator = MexmaCollator(
+            self.specials,
+            self.vocab_size,
+            cfg.data.src_mask_prob,
+            cfg.data.trg_mask_prob,
+            seed=cfg.run.seed + self.rank,
+        )
         self.ckpt = CheckpointManager(self.out, keep=cfg.run.keep_checkpoints, rank=self.rank)
-        self.metrics = MetricsLogger(self.out, self.rank, cfg.run.wandb, cfg.run.wandb_project, cfg.run.run_name,
-                                     dataclasses.asdict(cfg), cfg.run.log_every)
+        self.metrics = MetricsLogger(
+            self.out,
+            self.rank,
+            cfg.run.wandb,
+            cfg.run.wandb_project,
+            cfg.run.run_name,
+            dataclasses.asdict(cfg),
+            cfg.run.log_every,
+        )
         self.step, self.skipped_total, self.bad_in_row, self.elapsed_before = 0, 0, 0, 0.0
 
     def _seed(self, seed: int) -> None:
@@ -143,20 +162,45 @@ class Trainer:
         lengths = D.pair_lengths(self.train_ds, c.max_length)
         micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.sampler = D.DistributedBatchSampler(
-            lengths, batch_pairs=0 if c.batch_tokens else micro, batch_tokens=c.batch_tokens,
-            bucket_batches=c.bucket_batches, seed=self.cfg.run.seed, rank=self.rank, world_size=self.world)
+            lengths,
+            batch_pairs=0 if c.batch_tokens else micro,
+            batch_tokens=c.batch_tokens,
+            bucket_batches=c.bucket_batches,
+            seed=self.cfg.run.seed,
+            rank=self.rank,
+            world_size=self.world,
+        )
         valid = D.load_split(c.path, "valid", self.manifest) if (Path(c.path) / "valid").is_dir() else None
-        self.validator = None if valid is None or self.cfg.run.valid_every < 0 else Validator(
-            valid, D.pair_lengths(valid, c.max_length), batch_pairs=micro, n_batches=c.valid_batches,
-            max_length=c.max_length, special_ids=self.specials, vocab_size=self.vocab_size,
-            src_mask_prob=c.src_mask_prob, trg_mask_prob=c.trg_mask_prob, seed=self.cfg.run.seed, rank=self.rank,
-            world_size=self.world)
+        self.validator = (
+            None
+            if valid is None or self.cfg.run.valid_every < 0
+            else Validator(
+                valid,
+                D.pair_lengths(valid, c.max_length),
+                batch_pairs=micro,
+                n_batches=c.valid_batches,
+                max_length=c.max_length,
+                special_ids=self.specials,
+                vocab_size=self.vocab_size,
+                src_mask_prob=c.src_mask_prob,
+                trg_mask_prob=c.trg_mask_prob,
+                seed=self.cfg.run.seed,
+                rank=self.rank,
+                world_size=self.world,
+            )
+        )
 
     # -- state ---------------------------------------------------------------------------------------------------
     def client_state(self) -> dict:
-        return {"step": self.step, "sampler": self.sampler.state_dict(), "collator": self.collator.state_dict(),
-                "rng": rng_state(), "skipped_total": self.skipped_total, "bad_in_row": self.bad_in_row,
-                "elapsed_s": self.elapsed_before + time.time() - self.t_start}
+        return {
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "collator": self.collator.state_dict(),
+            "rng": rng_state(),
+            "skipped_total": self.skipped_total,
+            "bad_in_row": self.bad_in_row,
+            "elapsed_s": self.elapsed_before + time.time() - self.t_start,
+        }
 
     def resume(self) -> None:
         tag = self.ckpt.find_resume() if self.cfg.run.resume else None
@@ -181,8 +225,12 @@ class Trainer:
             signal.signal(sig, self._on_signal)
         self.resume()
         if self.step >= self.max_steps:
-            log.info("%s already holds a finished run (step %d of %d); --no-resume starts over",
-                     self.out, self.step, self.max_steps)
+            log.info(
+                "%s already holds a finished run (step %d of %d); --no-resume starts over",
+                self.out,
+                self.step,
+                self.max_steps,
+            )
             return self.step
         stop = None
         while self.step < self.max_steps and stop is None:
@@ -201,9 +249,11 @@ class Trainer:
         self.metrics.progress(record, self.max_steps)
         r = self.cfg.run
         if self.bad_in_row >= r.max_bad_steps:
-            raise TrainingStoppedError(f"{self.bad_in_row} optimizer steps in a row had a non-finite loss (limit "
-                                       f"--max-bad-steps {r.max_bad_steps}) at step {self.step}; lower --lr or "
-                                       "check the data. The last complete checkpoint is kept")
+            raise TrainingStoppedError(
+                f"{self.bad_in_row} optimizer steps in a row had a non-finite loss (limit "
+                f"--max-bad-steps {r.max_bad_steps}) at step {self.step}; lower --lr or "
+                "check the data. The last complete checkpoint is kept"
+            )
         if r.valid_every > 0 and self.step % r.valid_every == 0:
             self.validate()
         if r.save_every and self.step % r.save_every == 0:
@@ -222,8 +272,11 @@ class Trainer:
         if flags[0] and self.rank == 0:
             log.info("wall-clock budget --max-minutes %s spent at step %d", self.cfg.run.max_minutes, self.step)
         if flags[1] and self.rank == 0:
-            log.info("stopping on signal %s at step %d: checkpointing, relaunch to resume",
-                     signal.Signals(int(flags[1])).name, self.step)
+            log.info(
+                "stopping on signal %s at step %d: checkpointing, relaunch to resume",
+                signal.Signals(int(flags[1])).name,
+                self.step,
+            )
         return "signal" if flags[1] else "budget" if flags[0] else None
 
     def train_step(self) -> dict:
@@ -242,14 +295,26 @@ class Trainer:
         dt = time.time() - t0
         n = self.gas * self.world
         grad_norm = self.engine.get_global_grad_norm()
-        return {"split": "train", "step": self.step, "epoch": self.sampler.state.epoch,
-                "loss": sums[0].item() / n, "mlm_loss": sums[1].item() / n, "cls_loss": sums[2].item() / n,
-                "koleo_loss": sums[3].item() / n, "lr": lr,
-                "grad_norm": float("inf") if skipped or grad_norm is None else float(grad_norm),
-                "tokens_per_s": sums[4].item() / dt, "pairs_per_s": sums[5].item() / dt, "tokens": int(sums[4]),
-                "pairs": int(sums[5]), "n_masked": int(sums[6]), "skipped": skipped,
-                "skipped_total": self.skipped_total, "time": time.time(),
-                "elapsed_s": self.elapsed_before + time.time() - self.t_start}
+        return {
+            "split": "train",
+            "step": self.step,
+            "epoch": self.sampler.state.epoch,
+            "loss": sums[0].item() / n,
+            "mlm_loss": sums[1].item() / n,
+            "cls_loss": sums[2].item() / n,
+            "koleo_loss": sums[3].item() / n,
+            "lr": lr,
+            "grad_norm": float("inf") if skipped or grad_norm is None else float(grad_norm),
+            "tokens_per_s": sums[4].item() / dt,
+            "pairs_per_s": sums[5].item() / dt,
+            "tokens": int(sums[4]),
+            "pairs": int(sums[5]),
+            "n_masked": int(sums[6]),
+            "skipped": skipped,
+            "skipped_total": self.skipped_total,
+            "time": time.time(),
+            "elapsed_s": self.elapsed_before + time.time() - self.t_start,
+        }
 
     def _micro_step(self) -> torch.Tensor:
         idx = self.sampler.next_batch()
@@ -263,8 +328,9 @@ class Trainer:
             self.engine.backward(sum(p.sum() for p in self.engine.module.parameters()) * float("nan"))
         self.engine.step()
         parts = [out[k].detach().item() for k in ("loss", "mlm_loss", "cls_loss", "koleo_loss")]
-        return torch.tensor(parts + [batch["input_ids"].numel(), batch["n_pairs"], int(out["n_masked"])],
-                            dtype=torch.float64)
+        return torch.tensor(
+            parts + [batch["input_ids"].numel(), batch["n_pairs"], int(out["n_masked"])], dtype=torch.float64
+        )
 
     def validate(self) -> None:
         if self.validator is None:
@@ -272,10 +338,18 @@ class Trainer:
         result = self.validator.run(self.engine)
         if result is None:
             return
-        result.update(split="valid", step=self.step, time=time.time(),
-                      elapsed_s=self.elapsed_before + time.time() - self.t_start)
+        result.update(
+            split="valid", step=self.step, time=time.time(), elapsed_s=self.elapsed_before + time.time() - self.t_start
+        )
         self.metrics.write(result)
         if self.rank == 0:
-            log.info("valid step %d | loss %.4f mlm %.4f cls %.4f koleo %.4f | mining acc src->trg %.3f trg->src %.3f",
-                     self.step, result["loss"], result["mlm_loss"], result["cls_loss"], result["koleo_loss"],
-                     result["acc_src2trg"], result["acc_trg2src"])
+            log.info(
+                "valid step %d | loss %.4f mlm %.4f cls %.4f koleo %.4f | mining acc src->trg %.3f trg->src %.3f",
+                self.step,
+                result["loss"],
+                result["mlm_loss"],
+                result["cls_loss"],
+                result["koleo_loss"],
+                result["acc_src2trg"],
+                result["acc_trg2src"],
+            )

@@ -47,8 +47,10 @@ def locate(src: str | Path) -> tuple[Path, Path, str]:
         if reason is not None and (src / COMPLETE).exists():
             raise ExportError(f"{src}: {reason}")
         return src.parent.parent, src.parent, src.name
-    raise ExportError(f"{src}: neither a training output dir (with checkpoints/) nor a checkpoint dir "
-                      "(with mp_rank_00_model_states.pt)")
+    raise ExportError(
+        f"{src}: neither a training output dir (with checkpoints/) nor a checkpoint dir "
+        "(with mp_rank_00_model_states.pt)"
+    )
 
 
 def load_run_config(run_dir: Path) -> tuple[ModelConfig, dict]:
@@ -78,8 +80,10 @@ def load_trained_model(src: str | Path):
     model = build_model(model_cfg, vocab_size, pad_id)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.endswith("position_ids")]:
-        raise ExportError(f"{root / tag}: weights do not fit the run's model config: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}")
+        raise ExportError(
+            f"{root / tag}: weights do not fit the run's model config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
     return model.eval(), run_dir, tag
 
 
@@ -115,8 +119,9 @@ def export_checkpoint(src: str, out_dir: str) -> str:
     max_length = json.loads((run_dir / "config.json").read_text())["data"]["max_length"]
     max_seq = min(max_length, encoder.config.max_position_embeddings - encoder.config.pad_token_id - 1)
     write_sentence_transformers(out, encoder.config.hidden_size, max_seq)
-    (out / "mexma_export.json").write_text(json.dumps({"source": str(Path(src).resolve()), "checkpoint": tag,
-                                                       "pooling": "cls"}, indent=2) + "\n")
+    (out / "mexma_export.json").write_text(
+        json.dumps({"source": str(Path(src).resolve()), "checkpoint": tag, "pooling": "cls"}, indent=2) + "\n"
+    )
     log.info("exported %s (%s) to %s", run_dir, tag, out)
     return str(out)
 

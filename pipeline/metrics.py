@@ -28,8 +28,16 @@ def _finite_or_none(v):
 class MetricsLogger:
     """Append-only metrics.jsonl + optional wandb; every method is a no-op on ranks other than 0."""
 
-    def __init__(self, output_dir: str | Path, rank: int, wandb_mode: str = "off", project: str = "mexma",
-                 run_name: str = "", config: dict | None = None, log_every: int = 10):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        rank: int,
+        wandb_mode: str = "off",
+        project: str = "mexma",
+        run_name: str = "",
+        config: dict | None = None,
+        log_every: int = 10,
+    ):
         self.path = Path(output_dir) / METRICS
         self.enabled, self.log_every = rank == 0, log_every
         self._wandb = None
@@ -53,17 +61,31 @@ class MetricsLogger:
             f.write(json.dumps(record) + "\n")
         if self._wandb is not None:
             prefix = record.get("split", "train")
-            self._wandb.log({f"{prefix}/{k}": v for k, v in record.items() if isinstance(v, int | float)},
-                            step=record["step"])
+            self._wandb.log(
+                {f"{prefix}/{k}": v for k, v in record.items() if isinstance(v, int | float)}, step=record["step"]
+            )
 
     def progress(self, r: dict, max_steps: int) -> None:
         """One line per --log-every steps, and for every skipped step."""
         if not self.enabled or (r["step"] % self.log_every and not r["skipped"] and r["step"] != max_steps):
             return
         skipped = f" SKIPPED (non-finite loss; {r['skipped_total']} so far)" if r["skipped"] else ""
-        log.info("step %d/%d ep %d | loss %.4f mlm %.4f cls %.4f koleo %.4f | lr %.3g | gnorm %.3f | "
-                 "%.0f tok/s %.1f pairs/s%s", r["step"], max_steps, r["epoch"], r["loss"], r["mlm_loss"],
-                 r["cls_loss"], r["koleo_loss"], r["lr"], r["grad_norm"], r["tokens_per_s"], r["pairs_per_s"], skipped)
+        log.info(
+            "step %d/%d ep %d | loss %.4f mlm %.4f cls %.4f koleo %.4f | lr %.3g | gnorm %.3f | "
+            "%.0f tok/s %.1f pairs/s%s",
+            r["step"],
+            max_steps,
+            r["epoch"],
+            r["loss"],
+            r["mlm_loss"],
+            r["cls_loss"],
+            r["koleo_loss"],
+            r["lr"],
+            r["grad_norm"],
+            r["tokens_per_s"],
+            r["pairs_per_s"],
+            skipped,
+        )
 
     def close(self) -> None:
         if self._wandb is not None:
@@ -83,8 +105,15 @@ def _start_wandb(output_dir, mode: str, project: str, run_name: str, config: dic
     except ImportError:
         log.warning("wandb is not installed; --wandb %s ignored", mode)
         return None
-    return wandb.init(project=project, name=run_name or Path(output_dir).name, mode=mode, dir=str(output_dir),
-                      config=config, resume="allow", id=_run_id(output_dir))
+    return wandb.init(
+        project=project,
+        name=run_name or Path(output_dir).name,
+        mode=mode,
+        dir=str(output_dir),
+        config=config,
+        resume="allow",
+        id=_run_id(output_dir),
+    )
 
 
 def _run_id(output_dir) -> str:

@@ -30,8 +30,9 @@ def setup(argv: list[str] | None = None) -> Trainer:
         manifest = Path(cfg.data.path) / "manifest.json"
         write_run_files(cfg, trainer.ds_config, hashlib.sha256(manifest.read_bytes()).hexdigest(), trainer.world)
         if (Path(cfg.data.path) / "tokenizer").is_dir():
-            shutil.copytree(Path(cfg.data.path) / "tokenizer", Path(cfg.run.output_dir) / "tokenizer",
-                            dirs_exist_ok=True)
+            shutil.copytree(
+                Path(cfg.data.path) / "tokenizer", Path(cfg.run.output_dir) / "tokenizer", dirs_exist_ok=True
+            )
     return trainer
 
 

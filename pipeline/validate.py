@@ -30,22 +30,43 @@ def mining_correct(src: torch.Tensor, trg: torch.Tensor) -> tuple[int, int]:
 class Validator:
     """Fixed validation batches of this rank: batch_pairs per batch, n_batches over all ranks (0 = all)."""
 
-    def __init__(self, ds, lengths, *, batch_pairs: int, n_batches: int, max_length: int, special_ids: dict,
-                 vocab_size: int, src_mask_prob: float, trg_mask_prob: float, seed: int, rank: int, world_size: int):
+    def __init__(
+        self,
+        ds,
+        lengths,
+        *,
+        batch_pairs: int,
+        n_batches: int,
+        max_length: int,
+        special_ids: dict,
+        vocab_size: int,
+        src_mask_prob: float,
+        trg_mask_prob: float,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ):
         pairs = min(batch_pairs, len(ds) // world_size)
         self.ds, self.max_length = ds, max_length
         self.batches = []
         if pairs < 2:  # mining needs at least two candidates
-            log.warning("validation off: %d valid pairs cannot fill batches of >= 2 pairs on %d rank(s)", len(ds),
-                        world_size)
+            log.warning(
+                "validation off: %d valid pairs cannot fill batches of >= 2 pairs on %d rank(s)", len(ds), world_size
+            )
         else:
-            sampler = DistributedBatchSampler(lengths, batch_pairs=pairs, seed=seed, rank=rank, world_size=world_size,
-                                              shuffle=False)
+            sampler = DistributedBatchSampler(
+                lengths, batch_pairs=pairs, seed=seed, rank=rank, world_size=world_size, shuffle=False
+            )
             self.batches = sampler.epoch_batches(0)
             if n_batches:
                 self.batches = self.batches[: max(1, n_batches // world_size)]
-        self.collator_args = dict(special_ids=special_ids, vocab_size=vocab_size, src_mask_prob=src_mask_prob,
-                                  trg_mask_prob=trg_mask_prob, seed=seed + VALID_SEED_OFFSET)
+        self.collator_args = dict(
+            special_ids=special_ids,
+            vocab_size=vocab_size,
+            src_mask_prob=src_mask_prob,
+            trg_mask_prob=trg_mask_prob,
+            seed=seed + VALID_SEED_OFFSET,
+        )
 
     @torch.no_grad()
     def run(self, engine) -> dict | None:

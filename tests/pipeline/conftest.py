@@ -19,8 +19,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # A model small enough for seconds-long CPU runs; flags of pipeline/config.py (ModelConfig fields).
-TINY_MODEL_FLAGS = ["--model", "tiny", "--num-layers", "2", "--hidden-size", "64", "--num-heads", "2",
-                    "--ffn-size", "128", "--head-layers", "1", "--head-heads", "2", "--head-ffn", "128"]
+TINY_MODEL_FLAGS = [
+    "--model",
+    "tiny",
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "64",
+    "--num-heads",
+    "2",
+    "--ffn-size",
+    "128",
+    "--head-layers",
+    "1",
+    "--head-heads",
+    "2",
+    "--head-ffn",
+    "128",
+]
 
 
 def _tokenizer(words: list[str], out: Path):
@@ -29,12 +45,21 @@ def _tokenizer(words: list[str], out: Path):
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"], min_frequency=1))
+    tok.train_from_iterator(
+        [" ".join(words)], trainers.WordLevelTrainer(special_tokens=["<s>", "<pad>", "</s>", "<unk>"], min_frequency=1)
+    )
     tok.add_special_tokens(["<mask>"])  # appended last: <mask> = vocab_size - 1, as XLM-R
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+    )
     fast.save_pretrained(str(out))
     return fast
 
@@ -65,21 +90,34 @@ def make_prepared(root: Path, n_train: int = 256, n_valid: int = 48, seed: int =
 
     shards = []
     for split, n, n_shards in (("train", n_train, train_shards), ("valid", n_valid, 1)):
-        ds = datasets.Dataset.from_dict(pairs(n), features=datasets.Features({
-            "src_ids": datasets.List(datasets.Value("int32")), "trg_ids": datasets.List(datasets.Value("int32")),
-            "src_lang": datasets.Value("string"), "trg_lang": datasets.Value("string")}))
+        ds = datasets.Dataset.from_dict(
+            pairs(n),
+            features=datasets.Features(
+                {
+                    "src_ids": datasets.List(datasets.Value("int32")),
+                    "trg_ids": datasets.List(datasets.Value("int32")),
+                    "src_lang": datasets.Value("string"),
+                    "trg_lang": datasets.Value("string"),
+                }
+            ),
+        )
         ds.save_to_disk(str(root / split), num_shards=n_shards)
         for path in sorted((root / split).glob("*.arrow")):
             rows = len(datasets.Dataset.from_file(str(path)))
-            shards.append({"split": split, "file": path.relative_to(root).as_posix(), "rows": rows,
-                           "sha256": _sha256(path)})
+            shards.append(
+                {"split": split, "file": path.relative_to(root).as_posix(), "rows": rows, "sha256": _sha256(path)}
+            )
     vocab = len(tok)
     manifest = {
-        "tokenizer": {"name": "test-wordlevel", "sha256": _sha256(root / "tokenizer" / "tokenizer.json"),
-                      "vocab_size": vocab,
-                      "special_ids": {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": vocab - 1}},
+        "tokenizer": {
+            "name": "test-wordlevel",
+            "sha256": _sha256(root / "tokenizer" / "tokenizer.json"),
+            "vocab_size": vocab,
+            "special_ids": {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": vocab - 1},
+        },
         "counts": {"read": n_train + n_valid, "kept": n_train + n_valid, "skipped": {}},
-        "shards": shards, "max_tokens": 200,
+        "shards": shards,
+        "max_tokens": 200,
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return root
@@ -87,15 +125,38 @@ def make_prepared(root: Path, n_train: int = 256, n_valid: int = 48, seed: int =
 
 def train_cmd(data: Path, out: Path, *extra: str, launcher: list[str] | None = None) -> list[str]:
     """Command line of a tiny CPU run (plain python unless a launcher prefix is given)."""
-    args = ["--data", str(data), "--output-dir", str(out), "--ds-config", str(ROOT / "ds_configs/zero2_cpu_fp32.json"),
-            "--batch-pairs", "8", "--grad-accum", "1", "--wandb", "off", "--log-every", "1", "--verify", "size",
-            *TINY_MODEL_FLAGS, *extra]
+    args = [
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--ds-config",
+        str(ROOT / "ds_configs/zero2_cpu_fp32.json"),
+        "--batch-pairs",
+        "8",
+        "--grad-accum",
+        "1",
+        "--wandb",
+        "off",
+        "--log-every",
+        "1",
+        "--verify",
+        "size",
+        *TINY_MODEL_FLAGS,
+        *extra,
+    ]
     return (launcher or [sys.executable]) + [str(ROOT / "pipeline/train.py"), *args]
 
 
 def run_env() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        DS_ACCELERATOR="cpu",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        WANDB_MODE="disabled",
+    )
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env

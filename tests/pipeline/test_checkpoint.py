@@ -46,8 +46,11 @@ def test_save_commits_complete_record_then_latest(tmp_path):
     tag = _save(mgr, 10)
     assert tag == "step_00000010" and mgr.latest_marked() == tag
     record = json.loads((mgr.root / tag / C.COMPLETE).read_text())
-    assert set(record["files"]) == {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                                    "client_rank00000.pt"}
+    assert set(record["files"]) == {
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "client_rank00000.pt",
+    }
     assert mgr.verify(tag) is None
     engine = FakeEngine()
     assert mgr.load(engine, mgr.find_resume())["sampler"] == {"index": 10}

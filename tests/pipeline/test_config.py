@@ -23,18 +23,58 @@ BASE = ["--data", "d", "--output-dir", "o"]
 
 
 def test_make_train_command_line_parses():
-    cfg = parse_args(["--data", "data/prepared", "--output-dir", "runs/train", "--model", "tiny", "--ds-config",
-                      "ds_configs/zero2_cpu_fp32.json", "--max-steps", "200", "--save-every", "50"])
+    cfg = parse_args(
+        [
+            "--data",
+            "data/prepared",
+            "--output-dir",
+            "runs/train",
+            "--model",
+            "tiny",
+            "--ds-config",
+            "ds_configs/zero2_cpu_fp32.json",
+            "--max-steps",
+            "200",
+            "--save-every",
+            "50",
+        ]
+    )
     assert (cfg.data.path, cfg.run.output_dir, cfg.model.model) == ("data/prepared", "runs/train", "tiny")
     assert (cfg.run.max_steps, cfg.run.save_every, cfg.run.resume) == (200, 50, True)
     assert (cfg.optim.lr, cfg.optim.warmup_fraction, cfg.optim.grad_clip) == (1e-4, 0.3, 1.2)  # the reference
 
 
 def test_ablation_flags_reach_their_fields():
-    cfg = parse_args(BASE + ["--mlm-weight", "0", "--koleo-weight", "0", "--koleo-global", "--lr", "3e-4",
-                             "--warmup-fraction", "0.1", "--src-mask-prob", "0.2", "--trg-mask-prob", "0.3",
-                             "--batch-pairs", "16", "--max-minutes", "9.5", "--seed", "7", "--no-resume",
-                             "--betas", "0.9", "0.98", "--wandb", "off"])
+    cfg = parse_args(
+        BASE
+        + [
+            "--mlm-weight",
+            "0",
+            "--koleo-weight",
+            "0",
+            "--koleo-global",
+            "--lr",
+            "3e-4",
+            "--warmup-fraction",
+            "0.1",
+            "--src-mask-prob",
+            "0.2",
+            "--trg-mask-prob",
+            "0.3",
+            "--batch-pairs",
+            "16",
+            "--max-minutes",
+            "9.5",
+            "--seed",
+            "7",
+            "--no-resume",
+            "--betas",
+            "0.9",
+            "0.98",
+            "--wandb",
+            "off",
+        ]
+    )
     assert (cfg.model.mlm_weight, cfg.model.koleo_weight, cfg.model.koleo_global) == (0.0, 0.0, True)
     assert (cfg.optim.lr, cfg.optim.warmup_fraction, cfg.optim.betas) == (3e-4, 0.1, [0.9, 0.98])
     assert (cfg.data.src_mask_prob, cfg.data.trg_mask_prob, cfg.data.batch_pairs) == (0.2, 0.3, 16)
@@ -57,16 +97,19 @@ def test_config_file_then_flags_override(tmp_path, suffix):
     assert config_from_dict(to_dict(cfg)) == cfg  # the written config.json reloads to the same config
 
 
-@pytest.mark.parametrize(("argv", "flag"), [
-    (["--output-dir", "o"], "--data"),
-    (BASE + ["--lr", "0"], "--lr"),
-    (BASE + ["--warmup-fraction", "1.5"], "--warmup-fraction"),
-    (BASE + ["--src-mask-prob", "1.0"], "--src-mask-prob"),
-    (BASE + ["--batch-tokens", "100"], "--batch-tokens"),
-    (BASE + ["--keep-checkpoints", "0"], "--keep-checkpoints"),
-    (BASE + ["--head-layers", "0"], "--head-layers"),
-    (BASE + ["--koleo-weight", "-1"], "--koleo-weight"),
-])
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--output-dir", "o"], "--data"),
+        (BASE + ["--lr", "0"], "--lr"),
+        (BASE + ["--warmup-fraction", "1.5"], "--warmup-fraction"),
+        (BASE + ["--src-mask-prob", "1.0"], "--src-mask-prob"),
+        (BASE + ["--batch-tokens", "100"], "--batch-tokens"),
+        (BASE + ["--keep-checkpoints", "0"], "--keep-checkpoints"),
+        (BASE + ["--head-layers", "0"], "--head-layers"),
+        (BASE + ["--koleo-weight", "-1"], "--koleo-weight"),
+    ],
+)
 def test_bad_values_name_the_flag(argv, flag):
     with pytest.raises(ConfigError, match=flag):
         parse_args(argv)
@@ -115,12 +158,18 @@ def test_batch_arithmetic_precedence_and_error(tmp_path):
     assert resolve_ds_config(cfg, ds, 4)["train_batch_size"] == 150 * 2 * 4
     cfg = parse_args(BASE + ["--batch-pairs", "10", "--grad-accum", "3"])
     out = resolve_ds_config(cfg, ds, 2)
-    assert (out["train_micro_batch_size_per_gpu"], out["gradient_accumulation_steps"], out["train_batch_size"]) == \
-        (10, 3, 60)
+    assert (out["train_micro_batch_size_per_gpu"], out["gradient_accumulation_steps"], out["train_batch_size"]) == (
+        10,
+        3,
+        60,
+    )
     derived = resolve_ds_config(parse_args(BASE + ["--batch-pairs", "8"]), {"train_batch_size": 64}, 2)
     assert derived["gradient_accumulation_steps"] == 4  # 64 / (8 x 2)
-    with pytest.raises(ConfigError, match=r"train_batch_size 100 .* micro batch 8 .* accumulation 2 .* world size 4 "
-                                          r"= 64"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train_batch_size 100 .* micro batch 8 .* accumulation 2 .* world size 4 "
+        r"= 64",
+    ):
         resolve_ds_config(parse_args(BASE + ["--batch-pairs", "8", "--grad-accum", "2"]), {"train_batch_size": 100}, 4)
 
 

@@ -104,8 +104,9 @@ def _lengths(n=203, seed=0):
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_fixed_pairs_partition_across_ranks(world):
     lengths = _lengths()
-    samplers = [D.DistributedBatchSampler(lengths, batch_pairs=10, seed=3, rank=r, world_size=world)
-                for r in range(world)]
+    samplers = [
+        D.DistributedBatchSampler(lengths, batch_pairs=10, seed=3, rank=r, world_size=world) for r in range(world)
+    ]
     plans = [s.epoch_batches(0) for s in samplers]
     assert len({len(p) for p in plans}) == 1 and len(plans[0]) == (203 // 10) // world  # lockstep
     seen = np.concatenate([b for p in plans for b in p])
@@ -128,8 +129,7 @@ def test_token_budget_batches_fit_and_are_bucketed():
     assert all(cost[b].sum() <= 1200 for b in batches)
     assert sorted(np.concatenate(batches).tolist()) == list(range(500))  # every pair once
     spread = np.mean([cost[b].max() - cost[b].min() for b in batches])
-    random_spread = np.mean([np.ptp(cost[np.random.default_rng(i).choice(500, len(b))])
-                             for i, b in enumerate(batches)])
+    random_spread = np.mean([np.ptp(cost[np.random.default_rng(i).choice(500, len(b))]) for i, b in enumerate(batches)])
     assert spread < random_spread / 3  # length bucketing groups similar lengths
 
 

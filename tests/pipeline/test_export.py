@@ -59,8 +59,14 @@ def test_export_of_one_checkpoint_dir_and_cli(tiny_run, tmp_path):
 
     ckpt = tiny_run / "checkpoints" / "step_00000006"
     assert locate(ckpt)[2] == "step_00000006"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.export", str(ckpt), str(tmp_path / "hf")], cwd=ROOT,
-                          env=run_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.export", str(ckpt), str(tmp_path / "hf")],
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "hf" / "model.safetensors").is_file()
     assert (tmp_path / "hf" / "1_Pooling" / "config.json").is_file()

@@ -27,8 +27,15 @@ def _assert_same_history(run, reference):
 
 def _run_until(cmd: list[str], pattern: str, sig: int = signal.SIGKILL) -> subprocess.Popen:
     """Start cmd; SIGKILL its process group when a line containing pattern appears on stderr; -> the dead process."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=run_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     for line in proc.stderr:
         seen.append(line)
