@@ -148,6 +148,19 @@ def train_cmd(data: Path, out: Path, *extra: str, launcher: list[str] | None = N
     return (launcher or [sys.executable]) + [str(ROOT / "pipeline/train.py"), *args]
 
 
+def free_port() -> int:
+    """A free TCP port for a launcher's --master_port (fixed ports collide with parallel runs)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_launcher(n: int = 2) -> list[str]:
+    return [str(ROOT / ".venv/bin/deepspeed"), "--num_gpus", str(n), "--master_port", str(free_port())]
+
+
 def run_env() -> dict:
     env = dict(
         os.environ,

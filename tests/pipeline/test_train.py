@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from pipeline.metrics import read_metrics
-from tests.pipeline.conftest import ROOT, run_train, train_cmd
+from tests.pipeline.conftest import ROOT, deepspeed_launcher, run_train, train_cmd
 
 TRAIN_KEYS = {
     "step",
@@ -34,25 +34,12 @@ VALID_KEYS = {"step", "loss", "mlm_loss", "cls_loss", "koleo_loss", "acc_src2trg
 
 
 def test_two_process_deepspeed_zero2(prepared, tmp_path):
-    """`deepspeed --num_gpus 2 pipeline/train.py` on CPU (gloo): finite losses, per-rank state, records written."""
+    """`deepspeed --num_gpus 2 pipeline/train.py` on CPU (gloo): finite losses, per-rank state, records written;
+    KoLeo over the all-gathered global batch."""
     out = tmp_path / "ds2"
-    launcher = [str(ROOT / ".venv/bin/deepspeed"), "--num_gpus", "2", "--master_port", "29611"]
-    run_train(
-        train_cmd(
-            prepared,
-            out,
-            "--max-steps",
-            "4",
-            "--save-every",
-            "2",
-            "--grad-accum",
-            "2",
-            "--valid-every",
-            "2",
-            launcher=launcher,
-        ),
-        timeout=400,
-    )
+    launcher = deepspeed_launcher(2)
+    flags = "--max-steps 4 --save-every 2 --grad-accum 2 --valid-every 2 --koleo-global".split()
+    run_train(train_cmd(prepared, out, *flags, launcher=launcher), timeout=400)
     train = read_metrics(out)
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     assert all(TRAIN_KEYS <= set(r) and math.isfinite(r["loss"]) and not r["skipped"] for r in train)
@@ -74,24 +61,8 @@ def test_two_process_deepspeed_zero2(prepared, tmp_path):
 
 def test_overfit_loss_falls(prepared, tmp_path):
     out = tmp_path / "overfit"
-    run_train(
-        train_cmd(
-            prepared,
-            out,
-            "--max-steps",
-            "60",
-            "--save-every",
-            "0",
-            "--lr",
-            "3e-3",
-            "--warmup-fraction",
-            "0.05",
-            "--batch-pairs",
-            "16",
-            "--valid-every",
-            "-1",
-        )
-    )
+    flags = "--max-steps 60 --save-every 0 --lr 3e-3 --warmup-fraction 0.05 --batch-pairs 16 --valid-every -1"
+    run_train(train_cmd(prepared, out, *flags.split()))
     losses = [r["loss"] for r in read_metrics(out)]
     assert len(losses) == 60 and all(map(math.isfinite, losses))
     # MLM starts at ln(85) = 4.44 (uniform over the vocabulary); each side uses 40 words, so learning which words
@@ -129,49 +100,19 @@ def test_non_finite_step_is_skipped_and_training_goes_on(prepared, tmp_path):
 
 def test_diverging_run_stops_with_a_clear_message(prepared, tmp_path):
     out = tmp_path / "diverge"
-    proc = run_train(
-        train_cmd(
-            prepared,
-            out,
-            "--max-steps",
-            "20",
-            "--save-every",
-            "0",
-            "--lr",
-            "1e8",
-            "--warmup-fraction",
-            "0",
-            "--max-bad-steps",
-            "3",
-            "--valid-every",
-            "-1",
-        ),
-        check=False,
-    )
+    flags = "--max-steps 20 --save-every 0 --lr 1e8 --warmup-fraction 0 --max-bad-steps 3 --valid-every -1"
+    proc = run_train(train_cmd(prepared, out, *flags.split()), check=False)
     assert proc.returncode == 1
     assert "3 optimizer steps in a row had a non-finite loss (limit --max-bad-steps 3)" in proc.stderr
     assert len(read_metrics(out)) < 20
 
 
 def test_wall_clock_budget_and_token_batches(prepared, tmp_path):
-    """--max-minutes stops early and still checkpoints; --batch-tokens packs under the budget."""
+    """--max-minutes stops early and still checkpoints; --batch-tokens packs under the budget; activation
+    checkpointing (applied in pipeline/engine.py) trains."""
     out = tmp_path / "budget"
-    run_train(
-        train_cmd(
-            prepared,
-            out,
-            "--max-steps",
-            "1000",
-            "--max-minutes",
-            "0.0001",
-            "--batch-tokens",
-            "400",
-            "--max-length",
-            "40",
-            "--valid-every",
-            "-1",
-        )
-    )
+    flags = "--max-steps 1000 --max-minutes 0.0001 --batch-tokens 400 --max-length 40 --valid-every -1"
+    run_train(train_cmd(prepared, out, *flags.split(), "--gradient-checkpointing"))
     rows = read_metrics(out)
     assert 1 <= len(rows) < 1000
     assert all(r["tokens"] <= 400 for r in rows)
@@ -190,27 +131,13 @@ def test_bad_flag_exits_with_the_flag_named(prepared, tmp_path, caplog):
 def test_make_train_command_runs(prepared, tmp_path):
     """The Makefile's `make train` line (tiny preset, 2 processes) on the test data, shortened to 6 steps."""
     out = tmp_path / "make_train"
+    launcher = deepspeed_launcher(2)
+    args = f"--data {prepared} --output-dir {out} --model tiny --ds-config {ROOT / 'ds_configs/zero2_cpu_fp32.json'}"
     cmd = [
-        str(ROOT / ".venv/bin/deepspeed"),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        "29612",
+        *launcher,
         str(ROOT / "pipeline/train.py"),
-        "--data",
-        str(prepared),
-        "--output-dir",
-        str(out),
-        "--model",
-        "tiny",
-        "--ds-config",
-        str(ROOT / "ds_configs/zero2_cpu_fp32.json"),
-        "--max-steps",
-        "6",
-        "--save-every",
-        "3",
-        "--wandb",
-        "off",
+        *args.split(),
+        *"--max-steps 6 --save-every 3 --wandb off".split(),
     ]
     run_train(cmd, timeout=600)
     assert [r["step"] for r in read_metrics(out)] == list(range(1, 7))
