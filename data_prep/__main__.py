@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer-max-sentences",
         type=int,
-        default=2_000_000,
-        help="sentences used to train the tokenizer (the first kept ones)",
+        default=1_000_000,
+        help="sentences used to train the tokenizer (a uniform sample of the kept pairs, by hash)",
     )
     p.add_argument("--max-tokens", type=int, default=200, help="max ids per side incl. <s> and </s>; longer truncated")
     p.add_argument("--max-chars", type=int, default=1000, help="skip pairs with a side longer than this (characters)")

@@ -54,6 +54,8 @@ def catalogue_files(root: Path, domains: tuple[str, ...] = ()) -> list[Catalogue
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".mo", ".po"))
     found = []
     for path in paths:
+        if path.parent.name.startswith("LC_") and path.parent.name != "LC_MESSAGES":
+            continue  # LC_TIME/coreutils.mo etc.: other locale categories, not messages
         if path.parent.name == "LC_MESSAGES":
             cat = Catalogue(path, path.parent.parent.name, path.stem)
         else:

@@ -82,17 +82,27 @@ def assign_splits(keys: np.ndarray, valid_fraction: float, min_valid: int) -> np
     return splits
 
 
-def iter_texts(table: pa.Table, splits: np.ndarray, limit: int | None, batch_rows: int = 8192) -> Iterator[str]:
-    """src and trg of the kept rows (train and valid) in spool order, at most `limit` sentences."""
-    emitted = 0
+def sample_mask(keys: np.ndarray, splits: np.ndarray, limit: int | None) -> np.ndarray:
+    """Kept rows, thinned to about `limit` sentences (2 per pair) by a hash threshold.
+
+    The threshold is on a remix of the key (times the 64-bit golden-ratio constant, mod 2**64), so the
+    sample is uniform over languages and sources and not the same rows as the valid split (low keys).
+    """
+    kept = splits != DROP
+    n_kept = int(kept.sum())
+    if limit is None or 2 * n_kept <= limit:
+        return kept
+    mixed = keys * np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2**64
+    threshold = np.uint64(int(limit / (2 * n_kept) * 2.0**64))
+    return kept & (mixed < threshold)
+
+
+def iter_texts(table: pa.Table, mask: np.ndarray, batch_rows: int = 8192) -> Iterator[str]:
+    """src and trg of the rows where `mask` is true, in spool order."""
     for start in range(0, table.num_rows, batch_rows):
         chunk = table.slice(start, batch_rows)
-        keep = splits[start : start + batch_rows] != DROP
+        keep = mask[start : start + batch_rows]
         for src, trg, k in zip(chunk.column("src").to_pylist(), chunk.column("trg").to_pylist(), keep):
-            if not k:
-                continue
-            if limit is not None and emitted >= limit:
-                return
-            yield src
-            yield trg
-            emitted += 2
+            if k:
+                yield src
+                yield trg

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 XLMR_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3; "<mask>" is appended last
+# EM schedule: keep half the pieces per pruning round with one EM sub-iteration (library: 0.75, 2).
+# Measured on 50k catalogue sentences, 12k ids, 2 busy cores: 52 s -> 21 s (quality not compared).
+SHRINKING_FACTOR = 0.5
+N_SUB_ITERATIONS = 1
 _SPECIAL_ATTRS = {
     "bos": "bos_token_id",
     "pad": "pad_token_id",
@@ -54,9 +59,22 @@ def train_unigram(texts: Iterator[str], vocab_size: int, out_dir: Path, show_pro
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
     )
     trainer = UnigramTrainer(
-        vocab_size=vocab_size - 1, special_tokens=list(XLMR_SPECIALS), unk_token="<unk>", show_progress=show_progress
+        vocab_size=vocab_size - 1,
+        special_tokens=list(XLMR_SPECIALS),
+        unk_token="<unk>",
+        show_progress=show_progress,
+        shrinking_factor=SHRINKING_FACTOR,
+        n_sub_iterations=N_SUB_ITERATIONS,
     )
-    tok.train_from_iterator(texts, trainer)
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # EM on all cores; encode workers are spawned, not forked
+    try:
+        tok.train_from_iterator(texts, trainer)
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM")
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
     vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
     n_special = len(XLMR_SPECIALS)
     if [p for p, _ in vocab[:n_special]] != list(XLMR_SPECIALS):
