@@ -170,7 +170,9 @@ def run_env() -> dict:
         OMP_NUM_THREADS="1",
         WANDB_MODE="disabled",
     )
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    # TRITON_INTERPRET (set by `make test` for tests/kernels) would send KoLeo through the Triton interpreter inside
+    # every training step; a CPU training run never has it, and the kernels are tested on their own.
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TRITON_INTERPRET"):
         env.pop(key, None)
     return env
 
