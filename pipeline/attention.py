@@ -56,20 +56,53 @@ def varlen_layout(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return seq * max_len + offset, key_valid, max_len
 
 
+class _Scatter(torch.autograd.Function):
+    """x (T, ...) -> zeros (n_rows, ...) with row index[t] = x[t]; the backward is a gather.
+
+    index holds distinct rows, so both directions are plain copies; autograd's own backward of index_select
+    (index_add over the whole grid) was the slowest op of the CPU step. Same idea as flash-attn's bert_padding.
+    """
+
+    @staticmethod
+    def forward(ctx, x, index, n_rows):
+        ctx.save_for_backward(index)
+        return x.new_zeros(n_rows, *x.shape[1:]).index_copy_(0, index, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return _Gather.apply(grad, index), None, None
+
+
+class _Gather(torch.autograd.Function):
+    """grid (n_rows, ...) -> grid[index] (T, ...); the backward scatters into zeros (index rows distinct)."""
+
+    @staticmethod
+    def forward(ctx, grid, index):
+        ctx.save_for_backward(index)
+        ctx.n_rows = grid.shape[0]
+        return grid.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return _Scatter.apply(grad, index, ctx.n_rows), None
+
+
 def padded_sdpa(q, k, v, cu_seqlens, scale, dropout_p=0.0, layout=None):
     """q, k, v: (T, H, D) packed -> (T, H, D) via one SDPA call on a padded (n, H, L_max, D) batch."""
     flat, key_valid, max_len = layout if layout is not None else varlen_layout(cu_seqlens)
     n, (_, heads, dim) = key_valid.shape[0], q.shape
 
     def to_padded(x):  # (T, H, D) -> (n, H, L_max, D); padding rows are zero
-        grid = x.new_zeros(n * max_len, heads, dim).index_copy(0, flat, x)
+        grid = _Scatter.apply(x, flat, n * max_len)
         return grid.view(n, max_len, heads, dim).transpose(1, 2)
 
     mask = key_valid[:, None, None, :]  # (n, 1, 1, L_max): True = attend
     out = F.scaled_dot_product_attention(
         to_padded(q), to_padded(k), to_padded(v), attn_mask=mask, dropout_p=dropout_p, scale=scale
     )  # (n, H, L_max, D)
-    return out.transpose(1, 2).reshape(n * max_len, heads, dim).index_select(0, flat)
+    return _Gather.apply(out.transpose(1, 2).reshape(n * max_len, heads, dim), flat)
 
 
 def block_diag_attention_forward(

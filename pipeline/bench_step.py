@@ -1,0 +1,265 @@
+"""Training-step benchmark: our packed MEXMA step against the plain padded reference, on the same batches.
+
+A step is what training does per micro batch without DeepSpeed: zero_grad, forward, backward, grad clipping at
+1.2 and AdamW. Variants:
+- packed: `MexmaModel` (one encoder call over the packed 4B views, block-diagonal attention, head in one call,
+  chunked tied cross-entropy at masked positions only);
+- padded: `pipeline.reference.PaddedMexma` (four padded encoder calls, two padded head calls, full-vocabulary
+  logits), i.e. the original's computation with stock SDPA attention;
+- packed-ref: the packed model with attention through the per-sequence PyTorch reference (diagnostic).
+Each variant runs in its own process (spawned, same seeds, same batches) so peak memory is its own; rounds
+alternate the variants, and the CPU is shared, so the median over all measured steps is reported.
+
+Units: real tokens = non-padding tokens of the four views (what both variants must encode); tokens/s = real
+tokens / median step time. FLOP model (`step_flops`, useful work only, identical for both variants): per real
+token per encoder layer 2 * (4 H^2 + 2 H F) + 4 H L_seq (QK^T, PV), the head the same over the masked views,
+the projection 2 H V per masked token; x3 for forward + backward. Peak memory: CUDA max_memory_allocated;
+CPU peak RSS minus the RSS before the model was built (weights + AdamW state + activations).
+
+    python -m pipeline.bench_step                       # tiny, 32 pairs of 8-64 tokens, CPU fp32
+    python -m pipeline.bench_step --preset large --pairs 150 --dtype bf16   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from pipeline.collate import MexmaCollator
+from pipeline.model import ModelConfig, build_model, encoder_config
+from pipeline.reference import PaddedMexma, unpack_to_padded
+
+VARIANTS = ("packed", "padded", "packed-ref")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="large" if cuda else "tiny", help="model preset (tiny, base, large)")
+    p.add_argument("--pairs", type=int, default=150 if cuda else 32, help="translation pairs per batch")
+    p.add_argument("--min-len", type=int, default=8, help="shortest sentence in tokens, with <s> and </s>")
+    p.add_argument("--max-len", type=int, default=64, help="longest sentence in tokens, with <s> and </s>")
+    p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: 250002 large/base, 32000 tiny)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="bf16" if cuda else "fp32",
+        help="fp32, or bf16 autocast with fp32 master weights (the original's AMP) for both variants",
+    )
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured steps per variant per round")
+    p.add_argument("--steps", type=int, default=5, help="measured steps per variant per round")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants")
+    p.add_argument("--batches", type=int, default=4, help="distinct batches, cycled")
+    p.add_argument("--variants", default="packed,padded", help=f"comma list of {VARIANTS}")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        p.error(f"--variants: unknown {bad}; choose from {VARIANTS}")
+    if not 2 <= args.min_len <= args.max_len:
+        p.error(f"--min-len/--max-len: need 2 <= min <= max, got {args.min_len}, {args.max_len}")
+    if args.vocab is None:
+        args.vocab = 32000 if args.preset == "tiny" else 250002
+    if args.dtype == "bf16" and not args.device.startswith("cuda"):
+        p.error("--dtype bf16 is for GPUs; CPU runs fp32 (DESIGN: bf16 on GPUs, fp32 on CPUs)")
+    return args
+
+
+def make_batches(args) -> list[dict]:
+    """Random pairs with uniform lengths in [min_len, max_len], masked by the training collator (seeded)."""
+    gen = torch.Generator().manual_seed(1234)
+    special = {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": args.vocab - 1}
+    collate = MexmaCollator(special, args.vocab, seed=0)
+
+    def sentence():
+        n = int(torch.randint(args.min_len, args.max_len + 1, (1,), generator=gen)) - 2
+        return [0, *torch.randint(4, args.vocab - 1, (n,), generator=gen).tolist(), 2]
+
+    return [
+        collate([{"src_ids": sentence(), "trg_ids": sentence()} for _ in range(args.pairs)])
+        for _ in range(args.batches)
+    ]
+
+
+def step_flops(batch: dict, cfg: ModelConfig, vocab: int) -> float:
+    """Useful FLOPs of one training step (forward + backward = 3 x forward); see the module docstring."""
+    enc = encoder_config(cfg, vocab)
+    hidden, ffn = enc.hidden_size, enc.intermediate_size
+    lens = (batch["cu_seqlens"][1:] - batch["cu_seqlens"][:-1]).double()  # (4B,)
+    b = batch["n_pairs"]
+
+    def stack(layers, width, seq_lens):
+        per_token = 2 * (4 * hidden**2 + 2 * hidden * width)
+        return layers * float((seq_lens * per_token + 4 * hidden * seq_lens**2).sum())
+
+    n_masked = int((batch["labels"] != -100).sum())
+    forward = stack(enc.num_hidden_layers, ffn, lens) + stack(cfg.head_layers, cfg.head_ffn, lens[: 2 * b])
+    return 3 * (forward + 2 * hidden * vocab * n_masked)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _build(variant: str, args, device):
+    torch.manual_seed(0)
+    cfg = ModelConfig(model=args.preset, attention="ref" if variant == "packed-ref" else "auto")
+    model = build_model(cfg, args.vocab)
+    if variant == "padded":
+        model = PaddedMexma.from_packed(model)
+    return model.to(device).train(), cfg
+
+
+def _to_device(batch: dict, variant: str, device) -> dict:
+    if variant == "padded":
+        batch = unpack_to_padded(batch)
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def run_variant(variant: str, args, batches: list[dict]) -> dict:
+    """Warm-up + measured steps of one variant in this process -> step times (s) and peak memory (bytes)."""
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base_rss = _rss_bytes()
+    model, _ = _build(variant, args, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
+    inputs = [_to_device(b, variant, device) for b in batches]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.warmup + args.steps):
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(**inputs[i % len(inputs)])["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.2)
+        opt.step()
+        sync()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{variant}: non-finite loss {loss.item()} at step {i}")
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
+    return {"times": times, "peak_bytes": peak, "loss": float(loss.detach())}
+
+
+def _child(variant, args, queue):
+    queue.put(run_variant(variant, args, make_batches(args)))
+
+
+def run_isolated(variant: str, args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(variant, args, queue))
+    proc.start()
+    proc.join()  # the result is a few hundred bytes: it fits the queue's pipe before join returns
+    if proc.exitcode:
+        raise RuntimeError(f"benchmark process for {variant} exited with {proc.exitcode} (traceback above)")
+    return queue.get(timeout=10)
+
+
+def environment(args) -> dict:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        sha = "unknown"
+    if args.device.startswith("cuda"):
+        device = torch.cuda.get_device_name(torch.device(args.device))
+    else:
+        device = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return {
+        "device": device,
+        "torch": torch.__version__,
+        "git": sha or "unknown",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def summarize(args, results: dict, batches: list[dict]) -> dict:
+    real = statistics.mean(int(b["input_ids"].numel()) for b in batches)
+    padded = statistics.mean(
+        sum(v.numel() for k, v in unpack_to_padded(b).items() if k.endswith("input_ids")) * 2 for b in batches
+    )  # masked + clean views share each side's padded shape
+    flops = statistics.mean(step_flops(b, ModelConfig(model=args.preset), args.vocab) for b in batches)
+    rows = {}
+    for variant, runs in results.items():
+        times = [t for r in runs for t in r["times"]]
+        median = statistics.median(times)
+        rows[variant] = {
+            "ms": 1000 * median,
+            "tokens_per_s": real / median,
+            "tflops": flops / median / 1e12,
+            "peak_mib": max(r["peak_bytes"] for r in runs) / 2**20,
+            "loss": runs[-1]["loss"],
+            "n_steps": len(times),
+        }
+    return {
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "env": environment(args),
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "step_flops": flops,
+        "variants": rows,
+    }
+
+
+def print_report(summary: dict) -> None:
+    cfg, env, rows = summary["config"], summary["env"], summary["variants"]
+    print(f"# {env['device']} | torch {env['torch']} | git {env['git']} | {env['date']}")
+    print(
+        f"# preset {cfg['preset']}, {cfg['pairs']} pairs of {cfg['min_len']}-{cfg['max_len']} tokens, "
+        f"vocab {cfg['vocab']}, {cfg['dtype']}; real tokens/step {summary['real_tokens']:.0f}, "
+        f"padded-reference tokens/step {summary['padded_tokens']:.0f}; median of {cfg['rounds']} x {cfg['steps']} "
+        f"steps after {cfg['warmup']} warm-up per round"
+    )
+    print("| variant | ms/step | real tokens/s | useful TFLOP/s | peak MiB | speed vs padded | memory vs padded |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    ref = rows.get("padded")
+    for name, r in rows.items():
+        speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
+        mem = f"{r['peak_mib'] / ref['peak_mib']:.2f}x" if ref else "-"
+        print(
+            f"| {name} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | {r['tflops']:.3f} | {r['peak_mib']:.0f} "
+            f"| {speed} | {mem} |"
+        )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results = {v: [] for v in args.variants}
+    for round_idx in range(args.rounds):
+        order = args.variants if round_idx % 2 == 0 else args.variants[::-1]
+        for variant in order:
+            results[variant].append(run_isolated(variant, args))
+    summary = summarize(args, results, make_batches(args))
+    print_report(summary)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

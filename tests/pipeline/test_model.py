@@ -1,0 +1,185 @@
+"""MexmaModel pieces: ModelConfig checks, presets, forward contract, chunked CE, KoLeo edge cases, attention paths,
+activation checkpointing, encoder export, and a smoke run of the step benchmark."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import XLMRobertaModel
+
+from kernels import block_diag_attention_ref
+from pipeline import bench_step, losses
+from pipeline.attention import padded_sdpa
+from pipeline.collate import IGNORE_INDEX, MexmaCollator
+from pipeline.model import PRESETS, ModelConfig, build_model, encoder_config
+from tests.pipeline.test_collate import make_rows
+from tests.pipeline.test_equivalence import SPECIAL, V, small_config
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("head_layers", 0),
+        ("head_heads", -1),
+        ("num_layers", 0),
+        ("attention_dropout", 1.0),
+        ("head_dropout", -0.1),
+        ("koleo_weight", float("nan")),
+        ("mlm_weight", -1.0),
+        ("attention", "flash"),
+        ("head_init", "xavier"),
+        ("ce_chunk_bytes", 0),
+    ],
+)
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
+        ModelConfig(**{field: value}).validate()
+
+
+def test_config_dict_round_trip_and_unknown_field():
+    cfg = small_config(koleo_global=True)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"hidden": 3})
+    with pytest.raises(ValueError, match="ModelConfig.hidden_size only applies to presets"):
+        ModelConfig(model="/some/dir", hidden_size=64).validate()
+    for f in dataclasses.fields(ModelConfig):  # every field has a default (the trainer's config embeds this one)
+        assert f.default is not dataclasses.MISSING
+
+
+def test_presets_have_their_shapes():
+    expected = {"tiny": (4, 256, 4, 1024), "base": (12, 768, 12, 3072), "large": (24, 1024, 16, 4096)}
+    assert set(PRESETS) == set(expected)
+    for name, shape in expected.items():
+        c = encoder_config(ModelConfig(model=name), 250002)
+        assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == shape
+        assert (c.pad_token_id, c.max_position_embeddings, c.attention_probs_dropout_prob) == (1, 514, 0.0)
+
+
+def test_default_head_follows_the_reference():
+    model = build_model(ModelConfig(num_layers=1), 300)
+    head = model.head.config
+    assert (head.num_hidden_layers, head.num_attention_heads, head.intermediate_size) == (6, 8, 3072)
+    assert (head.hidden_size, head.hidden_dropout_prob, head.attention_probs_dropout_prob) == (256, 0.1, 0.0)
+    assert model.encoder.pooler is None
+    names = dict(model.named_parameters())
+    assert "encoder.embeddings.word_embeddings.weight" in names and "vocab_bias" in names
+    assert not any("decoder" in n or "lm_head" in n for n in names)  # tied: no second (V, H) matrix
+
+
+def test_forward_contract_and_backward():
+    model = build_model(small_config(hidden_dropout=0.1, head_dropout=0.1), V)
+    batch = MexmaCollator(SPECIAL, V)(make_rows(5, vocab=V))
+    out = model(**batch, n_tokens=123)  # extra bookkeeping keys are ignored
+    for key in ("loss", "mlm_loss", "cls_loss", "koleo_loss"):
+        assert out[key].dtype == torch.float32 and out[key].ndim == 0 and torch.isfinite(out[key])
+    assert out["src_cls"].shape == out["trg_cls"].shape == (5, 64)
+    assert out["n_masked"] == int((batch["labels"] != IGNORE_INDEX).sum())
+    expected = out["mlm_loss"] + out["cls_loss"] + 0.5 * out["koleo_loss"]
+    torch.testing.assert_close(out["loss"], expected)
+    torch.testing.assert_close(out["mlm_loss"], (out["src_mlm_loss"] + out["trg_mlm_loss"]) / 2)
+    out["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="4 \\* n_pairs \\+ 1"):
+        model(**{**batch, "n_pairs": 4})
+
+
+def test_encoder_direct_padded_call_is_a_clear_error():
+    model = build_model(small_config(), V)
+    with pytest.raises(ValueError, match="needs cu_seqlens"):
+        model.encoder(input_ids=torch.tensor([[0, 5, 2]]))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 1000])
+def test_linear_cross_entropy_matches_full_logits(rows):
+    h = torch.randn(11, 16, requires_grad=True)
+    w = torch.randn(40, 16, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    y = torch.randint(0, 40, (11,))
+    tw = torch.rand(11)
+    loss, ce = losses.linear_cross_entropy(h, w, b, y, tw, rows)
+    ref_ce = F.cross_entropy(h @ w.t() + b, y, reduction="none")
+    ref = (ref_ce * tw).sum()
+    torch.testing.assert_close(ce, ref_ce.detach())
+    torch.testing.assert_close(loss, ref)
+    grads = torch.autograd.grad(2.5 * loss, (h, w, b))
+    ref_grads = torch.autograd.grad(2.5 * ref, (h, w, b))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(losses.linear_cross_entropy(h, w, b, y, tw, rows)[0], ref.detach())
+    empty, _ = losses.linear_cross_entropy(h[:0], w, b, y[:0], tw[:0])
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_chunk_rows_budget():
+    assert losses.chunk_rows(250002, 256 * 2**20) == 268  # 268 x 250002 x 4 B <= 256 MiB
+    assert losses.chunk_rows(10**9, 1) == 1
+
+
+def test_koleo_edge_cases():
+    x = torch.randn(1, 8, requires_grad=True)
+    zero = losses.koleo(x)
+    zero.backward()
+    assert zero.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
+    y = torch.randn(6, 8)
+    assert losses.gather_for_koleo(y, global_batch=True) is y  # no process group: the local batch
+    torch.testing.assert_close(losses.koleo(y, use_kernel=False), losses.koleo(y, use_kernel=True))
+
+
+def test_padded_sdpa_matches_reference_with_odd_lengths():
+    lens = torch.tensor([1, 7, 41, 2, 1])
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = lens.cumsum(0)
+    q, k, v = (torch.randn(int(cu[-1]), 3, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = padded_sdpa(q, k, v, cu, 0.25)
+    ref = block_diag_attention_ref(q, k, v, cu, softmax_scale=0.25)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradient_checkpointing_recomputes_layers():
+    batch = MexmaCollator(SPECIAL, V)(make_rows(3, vocab=V))
+    counts = {}
+    grads = {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = build_model(small_config(gradient_checkpointing=ckpt), V)
+        calls = []
+        for layer in (model.encoder.encoder.layer[0], model.head.layer[0]):
+            layer.intermediate.register_forward_hook(lambda *_, c=calls: c.append(1))
+        model(**batch)["loss"].backward()
+        counts[ckpt] = len(calls)
+        grads[ckpt] = [p.grad for p in model.parameters()]
+    assert counts == {False: 2, True: 4}  # each checkpointed layer runs again in backward
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b)
+
+
+def test_exported_encoder_gives_the_same_cls(tmp_path):
+    model = build_model(small_config(), V).eval()
+    batch = MexmaCollator(SPECIAL, V)(make_rows(3, vocab=V))
+    with torch.no_grad():
+        cls = model(**batch)["src_cls"]
+    model.encoder.save_pretrained(tmp_path)
+    loaded = XLMRobertaModel.from_pretrained(tmp_path).eval()
+    assert loaded.config._attn_implementation != "mexma_block_diag"  # the export runs without our package
+    cu = batch["cu_seqlens"].tolist()
+    for i in range(3):
+        ids = batch["input_ids"][cu[6 + i] : cu[7 + i]][None]  # clean src view i
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(input_ids=ids).last_hidden_state[0, 0], cls[i], rtol=1e-5, atol=1e-5)
+
+
+def test_bench_step_runs_both_variants():
+    args = bench_step.parse_args(["--pairs", "3", "--vocab", "200", "--warmup", "0", "--steps", "1", "--batches", "1"])
+    batches = bench_step.make_batches(args)
+    assert bench_step.step_flops(batches[0], ModelConfig(), 200) > 0
+    for variant in ("packed", "padded"):
+        result = bench_step.run_variant(variant, args, batches)
+        assert len(result["times"]) == 1 and result["times"][0] > 0 and isinstance(result["peak_bytes"], int)
+    with pytest.raises(SystemExit):
+        bench_step.parse_args(["--variants", "packed,nope"])
