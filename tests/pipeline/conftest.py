@@ -177,8 +177,9 @@ def run_env() -> dict:
     return env
 
 
-def run_train(cmd: list[str], timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
+def run_train(cmd: list[str], timeout: int = 300, check: bool = True, **env) -> subprocess.CompletedProcess:
+    """Run a training command to the end (extra keyword arguments are environment variables)."""
+    proc = subprocess.run(cmd, cwd=ROOT, env={**run_env(), **env}, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -71,6 +71,18 @@ def test_overfit_loss_falls(prepared, tmp_path):
     assert last < first - 0.4, f"loss did not fall: first 5 mean {first:.3f}, last 5 mean {last:.3f}"
 
 
+def test_reference_path_gives_the_same_losses(prepared, tiny_run, tmp_path):
+    """System-level opt-out check (STYLE.md #4, #9): MEXMA_KERNELS=ref (reference attention and KoLeo everywhere)
+    reproduces the default CPU path's 8-step run (same flags as the tiny_run fixture) to fp32 tolerance."""
+    out = tmp_path / "ref"
+    run_train(train_cmd(prepared, out, *"--max-steps 8 --save-every 0 --valid-every 4".split()), MEXMA_KERNELS="ref")
+    for split in ("train", "valid"):
+        ref, default = read_metrics(out, split), read_metrics(tiny_run, split)
+        assert [r["step"] for r in ref] == [r["step"] for r in default]
+        for key in ("loss", "mlm_loss", "cls_loss", "koleo_loss"):
+            assert [r[key] for r in ref] == pytest.approx([r[key] for r in default], rel=1e-4, abs=1e-6), key
+
+
 NAN_AT_MICRO_STEP_3 = textwrap.dedent("""
     import sys, torch
     from pipeline import model
