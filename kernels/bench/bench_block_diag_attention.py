@@ -19,6 +19,7 @@ shape through every code path, which is not a performance figure.
 
 import argparse
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ def method_flex(q, k, v, cu, lens):
         return doc[q_idx] == doc[kv_idx]
 
     T = q.shape[0]
-    mask = create_block_mask(document, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device, _compile=True)
+    mask = torch.compile(create_block_mask)(document, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
     flex = torch.compile(flex_attention, dynamic=False)
     to_bhtd = lambda t: t.transpose(0, 1).unsqueeze(0).contiguous()  # (T, H, D) -> (1, H, T, D)
     return lambda q, k, v: flex(q, k, v, block_mask=mask), tuple(to_bhtd(t) for t in (q, k, v))
@@ -139,7 +140,9 @@ def _best_sdpa(q, k, v, cu, lens, smoke):
     for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
         try:
             fn, inputs = method_sdpa_padded(q, k, v, cu, lens, backend)
-            ms = time_ms(lambda fn=fn, inputs=inputs: fn(*inputs), smoke)
+            with warnings.catch_warnings():  # an unavailable backend warns why before it raises
+                warnings.simplefilter("ignore", UserWarning)
+                ms = time_ms(lambda fn=fn, inputs=inputs: fn(*inputs), smoke)
         except RuntimeError:
             continue  # backend unavailable for this dtype / mask / device
         if best is None or ms < best[0] or smoke:

@@ -51,3 +51,28 @@ def test_smoke_runs_label_themselves_and_cover_every_method(capsys):
     rows = bench_koleo.main(["--smoke"])
     assert {row["B"] for row in rows} == {64, 130}
     assert capsys.readouterr().out.count("NOT a performance figure") == 2
+
+
+@pytest.mark.slow
+def test_flex_baseline_masks_documents_like_the_reference():
+    """The FlexAttention baseline computes the same attention (forward; Flex has no CPU backward)."""
+    from kernels import block_diag_attention_ref
+
+    lens = [5, 17, 40, 2, 64]
+    q, k, v, _, cu = bench_attn._packed_inputs(lens, 2, 16, torch.float32, "cpu")
+    fn, inputs = bench_attn.method_flex(q, k, v, cu, lens)
+    out = fn(*inputs)[0].transpose(0, 1)  # (1, H, T, D) -> (T, H, D)
+    torch.testing.assert_close(out, block_diag_attention_ref(q, k, v, cu), atol=1e-5, rtol=1e-5)
+
+
+def test_padded_sdpa_baseline_matches_the_reference():
+    from torch.nn.attention import SDPBackend
+
+    from kernels import block_diag_attention_ref
+
+    lens = [5, 17, 1, 30]
+    q, k, v, _, cu = bench_attn._packed_inputs(lens, 2, 16, torch.float32, "cpu")
+    fn, inputs = bench_attn.method_sdpa_padded(q, k, v, cu, lens, SDPBackend.MATH)
+    out = fn(*inputs).transpose(1, 2)  # (S, L_max, H, D)
+    valid = torch.arange(max(lens))[None, :] < torch.tensor(lens)[:, None]
+    torch.testing.assert_close(out[valid], block_diag_attention_ref(q, k, v, cu), atol=1e-5, rtol=1e-5)

@@ -146,6 +146,15 @@ def test_block_table_cache_follows_in_place_edits():
             torch.testing.assert_close(out, block_diag_attention_ref(q, k, v, bounds))
 
 
+def test_deterministic():
+    """No atomics: two runs give bitwise equal outputs and gradients."""
+    q, k, v, do, cu = _inputs(_random_lens(6, 50), 2, 16, torch.float32)
+    require_triton_path(bda, q)
+    fn = lambda q, k, v, cu: block_diag_attention(q, k, v, cu, 50)
+    for a, b in zip(_run(fn, q, k, v, do, cu), _run(fn, q, k, v, do, cu)):
+        assert torch.equal(a, b)
+
+
 def test_saves_no_quadratic_tensor():
     """Autograd keeps only (T, H, D) tensors, the (H, T) log-sum-exp and cu_seqlens: nothing T x T."""
     lens = [120, 130]

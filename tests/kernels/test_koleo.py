@@ -118,6 +118,14 @@ def test_upstream_gradient_scales_linearly():
     torch.testing.assert_close(x2.grad, 3.5 * x1.grad)
 
 
+def test_deterministic():
+    x = torch.randn(70, 24)
+    x[5] = x[9]  # a fan-in of several rows into some neighbours, summed in CSR order
+    require_triton_path(kol, x)
+    (loss1, grad1), (loss2, grad2) = _loss_and_grad(koleo_loss, x), _loss_and_grad(koleo_loss, x)
+    assert torch.equal(loss1, loss2) and torch.equal(grad1, grad2)
+
+
 def test_saves_no_quadratic_tensor():
     x = torch.randn(200, 16, requires_grad=True)
     require_triton_path(kol, x)
