@@ -47,6 +47,7 @@ class Message:
     translations: list[str]
     fuzzy: bool = False
     obsolete: bool = False
+    context: str | None = None
 
 
 def catalogue_files(root: Path, domains: tuple[str, ...] = ()) -> list[Catalogue]:
@@ -134,9 +135,11 @@ def _mo_message(orig: bytes, trans: bytes, charset: str, where: str) -> Message 
         orig_s, trans_s = orig.decode(charset), trans.decode(charset)
     except (UnicodeDecodeError, LookupError) as e:
         return Skip(INVALID_UTF8, where, f"not valid {charset}: {e}")
-    orig_s = orig_s.split("\x04", 1)[-1]  # "msgctxt\x04msgid": drop the context
-    msgid, _, plural = orig_s.partition("\x00")
-    return Message(msgid, plural if _ else None, trans_s.split("\x00"))
+    context, has_context, orig_s = orig_s.rpartition("\x04")  # "msgctxt\x04msgid"
+    msgid, has_plural, plural = orig_s.partition("\x00")
+    return Message(
+        msgid, plural if has_plural else None, trans_s.split("\x00"), context=context if has_context else None
+    )
 
 
 def read_po(path: Path) -> list[Message]:
@@ -153,6 +156,13 @@ def read_po(path: Path) -> list[Message]:
             continue
         forms = [entry.msgstr_plural[k] for k in sorted(entry.msgstr_plural)] if entry.msgid_plural else [entry.msgstr]
         messages.append(
-            Message(entry.msgid, entry.msgid_plural or None, forms, "fuzzy" in entry.flags, bool(entry.obsolete))
+            Message(
+                entry.msgid,
+                entry.msgid_plural or None,
+                forms,
+                "fuzzy" in entry.flags,
+                bool(entry.obsolete),
+                entry.msgctxt,
+            )
         )
     return messages

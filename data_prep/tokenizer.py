@@ -70,6 +70,10 @@ def train_unigram(texts: Iterator[str], vocab_size: int, out_dir: Path, show_pro
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # EM on all cores; encode workers are spawned, not forked
     try:
         tok.train_from_iterator(texts, trainer)
+    except Exception as e:  # the Rust trainer raises a bare Exception
+        if "not large enough to contain all chars" in str(e):
+            raise ValueError(f"--train-tokenizer {vocab_size}: fewer ids than distinct characters in the text") from e
+        raise
     finally:
         if previous is None:
             os.environ.pop("TOKENIZERS_PARALLELISM")
