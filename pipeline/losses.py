@@ -30,6 +30,12 @@ def _chunk_logits(h, weight, bias):
     return (h @ weight.t()).float() + bias.float()
 
 
+def _matmul_dtype(weight: torch.Tensor) -> torch.dtype:
+    """GEMM dtype: the autocast dtype when autocast is on (AMP with fp32 weights), else the weight's."""
+    device = weight.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """sum_i w_i * CE(h_i @ W^T + b, y_i) with gradients computed in the forward, chunk by chunk.
 
@@ -40,6 +46,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, labels, token_weight, rows):
         need_grad = any(ctx.needs_input_grad[:3])
+        mm_dtype = _matmul_dtype(weight)
         ce = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         grad_h = torch.zeros_like(h) if need_grad else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_grad else None
@@ -54,8 +61,11 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad = logits.sub_(lse[:, None]).exp_()
                 grad[torch.arange(len(yc), device=yc.device), yc] -= 1.0
                 grad.mul_(token_weight[start : start + rows, None])
-                grad_h[start : start + rows] = (grad.to(weight.dtype) @ weight).to(h.dtype)
-                grad_w.addmm_(grad.t(), hc.float())
+                grad_h[start : start + rows] = (grad.to(mm_dtype) @ weight.to(mm_dtype)).to(h.dtype)
+                if mm_dtype == torch.float32:
+                    grad_w.addmm_(grad.t(), hc.float())
+                else:  # bf16/fp16 GEMM (fp32 accumulation inside), chunk partial sums added in fp32
+                    grad_w.add_(grad.t().to(mm_dtype) @ hc.to(mm_dtype))
                 grad_b.add_(grad.sum(dim=0))
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.weight_dtype, ctx.bias_dtype = weight.dtype, bias.dtype

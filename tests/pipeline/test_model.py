@@ -183,3 +183,21 @@ def test_bench_step_runs_both_variants():
         assert len(result["times"]) == 1 and result["times"][0] > 0 and isinstance(result["peak_bytes"], int)
     with pytest.raises(SystemExit):
         bench_step.parse_args(["--variants", "packed,nope"])
+
+
+def test_linear_cross_entropy_bf16_weights_and_autocast():
+    h, w, b = torch.randn(37, 32), torch.randn(300, 32), torch.randn(300)
+    y, tw = torch.randint(0, 300, (37,)), torch.full((37,), 1 / 37)
+    ref_inputs = [t.clone().requires_grad_() for t in (h, w, b)]
+    F.cross_entropy(ref_inputs[0] @ ref_inputs[1].t() + ref_inputs[2], y).backward()
+    bf16 = [t.bfloat16().requires_grad_() for t in (h, w, b)]
+    losses.linear_cross_entropy(*bf16, y, tw, 8)[0].backward()
+    amp = [t.clone().requires_grad_() for t in (h, w, b)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = losses.linear_cross_entropy(*amp, y, tw, 8)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    for got in (bf16, amp):
+        for g, r in zip(got, ref_inputs):
+            assert g.grad.dtype == g.dtype
+            assert (g.grad.float() - r.grad).abs().max() <= 3e-2 * r.grad.abs().max()
