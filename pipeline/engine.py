@@ -150,12 +150,23 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
+    def _verify_on_rank0(self) -> None:
+        """Rank 0 checks the shards (once per host file system); every rank raises its verdict, none waits forever."""
+        error = None
+        if self.rank == 0:
+            try:
+                D.verify_shards(self.cfg.data.path, self.manifest, self.cfg.data.verify)
+            except D.DataError as e:
+                error = str(e)
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise D.DataError(box[0])
+
     def _load_data(self) -> None:
         c = self.cfg.data
         self.manifest = D.load_manifest(c.path)
-        if self.rank == 0:
-            D.verify_shards(c.path, self.manifest, c.verify)
-        dist.barrier()
+        self._verify_on_rank0()
         self.specials = D.special_ids(self.manifest)
         self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
         self.train_ds = D.load_split(c.path, "train", self.manifest)
@@ -170,24 +181,29 @@ class Trainer:
             rank=self.rank,
             world_size=self.world,
         )
-        valid = D.load_split(c.path, "valid", self.manifest) if (Path(c.path) / "valid").is_dir() else None
-        self.validator = (
-            None
-            if valid is None or self.cfg.run.valid_every < 0
-            else Validator(
-                valid,
-                D.pair_lengths(valid, c.max_length),
-                batch_pairs=micro,
-                n_batches=c.valid_batches,
-                max_length=c.max_length,
-                special_ids=self.specials,
-                vocab_size=self.vocab_size,
-                src_mask_prob=c.src_mask_prob,
-                trg_mask_prob=c.trg_mask_prob,
-                seed=self.cfg.run.seed,
-                rank=self.rank,
-                world_size=self.world,
-            )
+        self.validator = self._make_validator(micro)
+
+    def _make_validator(self, batch_pairs: int) -> Validator | None:
+        c = self.cfg.data
+        if self.cfg.run.valid_every < 0 or not (Path(c.path) / "valid").is_dir():
+            return None
+        valid = D.load_split(c.path, "valid", self.manifest)
+        masking = dict(
+            special_ids=self.specials,
+            vocab_size=self.vocab_size,
+            src_mask_prob=c.src_mask_prob,
+            trg_mask_prob=c.trg_mask_prob,
+        )
+        return Validator(
+            valid,
+            D.pair_lengths(valid, c.max_length),
+            batch_pairs=batch_pairs,
+            n_batches=c.valid_batches,
+            max_length=c.max_length,
+            seed=self.cfg.run.seed,
+            rank=self.rank,
+            world_size=self.world,
+            **masking,
         )
 
     # -- state ---------------------------------------------------------------------------------------------------
