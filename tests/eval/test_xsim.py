@@ -58,7 +58,7 @@ def test_many_ties_match_reference(margin):
     y = rng.integers(0, 2, (150, 6)).astype(np.float32)
     x[x.sum(1) == 0, 0] = 1
     y[y.sum(1) == 0, 0] = 1
-    for block_bytes in (4 * 150 * 7, 2**30):  # 7-row blocks and one block
+    for block_bytes in (4 * 150, 4 * 150 * 7, 2**30):  # 1-row blocks (fewer than k), 7-row blocks, one block
         assert nearest(x, y, margin, 4, block_bytes=block_bytes).tolist() == nearest_ref(x, y, margin, 4).tolist()
 
 
