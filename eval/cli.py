@@ -136,6 +136,9 @@ def score(args, emb: dict, texts: dict, langs: list[str], aug) -> dict:
 def run(args) -> int:
     rank, size = dist.init()
     langs, texts, aug = load_data(args)  # every rank validates, so a bad input stops all ranks alike
+    n = len(texts[args.target])
+    if args.margin != "absolute" and args.k > n:  # checked before encoding rather than after
+        raise ValueError(f"--k {args.k}: the margin needs k <= {n}, the sentences per language")
     local, encode_s, n_local = encode_share(args, texts, rank, size)
     emb = dist.gather(local)
     if rank != 0:

@@ -76,7 +76,7 @@ def _fail_export(src, out_dir):
         ("blank", [], "deu_Latn.devtest:3: empty line"),
         (None, ["--split", "dev"], "--split dev: no directory"),
         ("model", [], "exporting it as a training checkpoint failed: FileNotFoundError"),
-        (None, ["--k", "30"], "k must be in [1, 24]"),
+        (None, ["--k", "30"], "--k 30: the margin needs k <= 24"),
     ],
 )
 def test_bad_input_is_a_clear_error(setup, flag_args, message, flores, tmp_path, monkeypatch, capsys):
