@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.model import ModelConfig
+from pipeline.model import PRESETS, ModelConfig
 
 REFERENCE_MICRO_BATCH = 150  # pairs per GPU in the original recipe (seed README `--batch_size 150`)
 REFERENCE_GRAD_ACCUM = 2  # seed README `--number_of_iterations_to_accumulated_gradients 2`
@@ -286,6 +286,13 @@ def validate(cfg: TrainConfig) -> None:
         names = re.findall(r"ModelConfig\.(\w+)", str(e))
         flag = f"--{names[0].replace('_', '-')}: " if names else "model config: "
         raise ConfigError(f"{flag}{e}") from e
+    # XLM-R positions run from padding_idx + 1 = 2, so a table of P rows holds sequences of P - 2 tokens (514 -> 512)
+    positions = cfg.model.max_positions - 2
+    _check(
+        cfg.model.model not in PRESETS or d.max_length <= positions,
+        "max-length",
+        f"{d.max_length} exceeds the position table (--max-positions {cfg.model.max_positions} holds {positions})",
+    )
 
 
 def to_dict(cfg: TrainConfig) -> dict:

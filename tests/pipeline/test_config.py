@@ -108,6 +108,7 @@ def test_config_file_then_flags_override(tmp_path, suffix):
         (BASE + ["--keep-checkpoints", "0"], "--keep-checkpoints"),
         (BASE + ["--head-layers", "0"], "--head-layers"),
         (BASE + ["--koleo-weight", "-1"], "--koleo-weight"),
+        (BASE + ["--max-length", "600"], "--max-length"),
     ],
 )
 def test_bad_values_name_the_flag(argv, flag):
