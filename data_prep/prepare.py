@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from . import encode, output, spool
 from .clean import DUPLICATE, Cleaner
 from .records import Skip
 from .sources import ReadOptions, Source
-from .tokenizer import TokenizerInfo, backend_json, save_pretrained_copy, train_unigram
+from .tokenizer import TokenizerInfo, save_pretrained_copy, train_unigram
 
 log = logging.getLogger("data_prep")
 FORMAT_VERSION = 1  # bump when the output of the same inputs changes
@@ -103,15 +104,20 @@ def prepare(cfg: PrepConfig) -> dict:
     _clear(out)
     work = out / ".work"
     work.mkdir(parents=True)
-    counts, cleaner, truncated_reads = _spool_sources(sources, cfg, work / "spool.arrow")
+    timer = _StageTimer()
+    counts, cleaner, stopped = _spool_sources(sources, cfg, work / "spool.arrow")
+    timer.done("read + clean + spool")
     table = spool.open_spool(work / "spool.arrow")
     splits = spool.assign_splits(table.column("key").to_numpy(), cfg.valid_fraction, cfg.min_valid)
     counts["skipped"][DUPLICATE] = int((splits == spool.DROP).sum())
     counts["kept"] = counts["spooled"] - counts["skipped"][DUPLICATE]
     np.save(work / "splits.npy", splits)
+    timer.done("dedup + split")
     tok = _tokenizer(cfg, table, splits, out / "tokenizer")
-    stats = _encode(cfg, table.num_rows, work, out, tok)
-    manifest = _manifest(cfg, fingerprint, inputs, tok, counts, cleaner, stats, out, truncated_reads)
+    timer.done("tokenizer")
+    stats = _encode(cfg, table.num_rows, work, out, tok, timer)
+    manifest = _manifest(cfg, fingerprint, inputs, tok, counts, cleaner, stats, out, stopped)
+    manifest["seconds"] = timer.seconds  # wall time per stage (not part of the fingerprint)
     del table
     shutil.rmtree(work)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
@@ -170,6 +176,20 @@ def _clear(out: Path) -> None:
     for name in ("train", "valid", "tokenizer", ".work"):
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+class _StageTimer:
+    """Wall seconds per stage, logged as each ends."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 3)
+        self._last = now
+        log.info("%s: %.1f s", stage, self.seconds[stage])
 
 
 def _held_out_keys(folder: str | None) -> frozenset[str]:
@@ -250,13 +270,13 @@ def _tokenizer(cfg: PrepConfig, table, splits: np.ndarray, tok_dir: Path) -> Tok
     return info
 
 
-def _encode(cfg: PrepConfig, n_rows: int, work: Path, out: Path, tok: TokenizerInfo) -> list[encode.ChunkStats]:
+def _encode(cfg: PrepConfig, n_rows: int, work: Path, out: Path, tok: TokenizerInfo, timer) -> list[encode.ChunkStats]:
     from tqdm import tqdm
 
     chunks = work / "chunks"
     chunks.mkdir()
     job = encode.EncodeJob(
-        backend_json(out / "tokenizer"),
+        tok.backend,
         work / "spool.arrow",
         work / "splits.npy",
         chunks,
@@ -268,9 +288,11 @@ def _encode(cfg: PrepConfig, n_rows: int, work: Path, out: Path, tok: TokenizerI
     n_chunks = -(-n_rows // cfg.chunk_rows)
     with tqdm(total=n_chunks, desc=f"tokenise ({workers} proc)", unit=" chunk", disable=None) as bar:
         stats = encode.encode_spool(job, n_rows, cfg.chunk_rows, workers, on_chunk=lambda _: bar.update())
+    timer.done("tokenise")
     for name in encode.SPLIT_NAMES.values():
         files = [encode.chunk_path(chunks, name, s.index) for s in stats if s.rows.get(name)]
         output.save_split(files, out / name)
+    timer.done("save_to_disk")
     return stats
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 XLMR_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3; "<mask>" is appended last
@@ -40,9 +40,11 @@ class TokenizerInfo:
     sha256: str
     vocab_size: int
     special_ids: dict[str, int]
+    backend: str = field(default="", repr=False)
+    """The `tokenizers` JSON as AutoTokenizer builds it (sent to the encode workers; not in the manifest)."""
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "backend"}
 
 
 def train_unigram(texts: Iterator[str], vocab_size: int, out_dir: Path, show_progress: bool = False) -> TokenizerInfo:
@@ -119,7 +121,7 @@ def describe(tok_dir: Path, name: str) -> TokenizerInfo:
     missing = [k for k, v in special.items() if v is None]
     if missing:
         raise ValueError(f"tokenizer {name}: no {missing} token; MEXMA needs <s>, <pad>, </s>, <unk>, <mask>")
-    return TokenizerInfo(name=name, sha256=dir_sha256(tok_dir), vocab_size=len(hf), special_ids=special)
+    return TokenizerInfo(name, dir_sha256(tok_dir), len(hf), special, hf.backend_tokenizer.to_str())
 
 
 def backend_json(tok_dir: Path) -> str:
