@@ -122,3 +122,36 @@ def test_refuses_foreign_dir_and_needs_one_tokenizer(corpus, tmp_path, capsys):
         main(["--source", f"tsv:{corpus}", "--out", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="--max-tokens"):
         prepare(PrepConfig(sources=[f"tsv:{corpus}"], out=str(tmp_path / "y"), train_tokenizer=100, max_tokens=2))
+
+
+def test_pretrained_tokenizer_gives_the_same_ids(built, corpus, tmp_path):
+    argv = ["--source", f"tsv:{corpus}", "--out", str(tmp_path / "o"), "--tokenizer", str(built / "tokenizer")]
+    assert main([*argv, "--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "--workers", "1", "-q"]) == 0
+    ours, theirs = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "o", built))
+    assert ours["tokenizer"]["name"] == str(built / "tokenizer")
+    assert ours["tokenizer"]["special_ids"] == theirs["tokenizer"]["special_ids"]
+    assert [s["sha256"] for s in ours["shards"]] == [s["sha256"] for s in theirs["shards"]]
+
+
+def test_several_sources_max_pairs_and_tiny_valid(tmp_path):
+    pairs = sentence_pairs(30)
+    a = write_tsv(tmp_path / "a.tsv", pairs[:20])
+    b = tmp_path / "b.jsonl"
+    b.write_text("".join(json.dumps({"src": s, "trg": t, "src_lang": "fra_Latn"}) + "\n" for s, t in pairs[20:]))
+    cfg = PrepConfig(sources=[f"tsv:{a}", f"jsonl:{b}"], out=str(tmp_path / "o"), train_tokenizer=100, workers=1)
+    manifest = prepare(cfg)
+    assert manifest["counts"]["by_source"][f"jsonl:{b}"]["read"] == 10 and manifest["counts"]["kept"] == 30
+    assert manifest["rows"] == {"train": 22, "valid": 8}
+    assert manifest["language_pairs"] == {"fra_Latn-eng_Latn": 20, "fra_Latn-und_Zzzz": 10}
+    cfg = PrepConfig(sources=[f"tsv:{a}", f"jsonl:{b}"], out=str(tmp_path / "p"), train_tokenizer=100,
+                     max_pairs=5, min_valid=20, workers=1)  # fmt: skip
+    manifest = prepare(cfg)
+    assert manifest["counts"]["read"] == 5 and manifest["stopped_at_max_pairs"]
+    assert manifest["rows"] == {"train": 1, "valid": 4}  # min_valid never empties train
+
+
+def test_nothing_kept_is_a_clear_error(tmp_path):
+    path = tmp_path / "a.tsv"
+    path.write_text("src\ttrg\nsame\tsame\n")
+    with pytest.raises(ValueError, match="no pair survived cleaning"):
+        prepare(PrepConfig(sources=[f"tsv:{path}"], out=str(tmp_path / "o"), train_tokenizer=100, workers=1))
