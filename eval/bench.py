@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.xsim import DEFAULT_BLOCK_BYTES, count_errors, nearest, nearest_ref
+from eval.xsim import DEFAULT_BLOCK_BYTES, MAX_BLOCK_ROWS, count_errors, nearest, nearest_ref
 
 
 def environment() -> dict:
@@ -115,8 +115,9 @@ def peak_child(n: int, d: int, block_bytes: int) -> None:
 def bench_peak(n: int, d: int, block_bytes: int, env: dict) -> dict:
     cmd = [sys.executable, "-m", "eval.bench", "--_peak-child", str(n), str(d), str(block_bytes)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    model = (2 * n * d * 4 + block_bytes + 2 * 4 * n * 4) / 2**20
-    row = {"bench": "xsim_peak_memory", "n": n, "d": d, "block_mib": block_bytes // 2**20, **json.loads(out),
+    block = min(block_bytes, MAX_BLOCK_ROWS * 4 * n)  # the (b, n) float32 block actually used
+    model = (2 * n * d * 4 + block + 2 * 4 * n * 4) / 2**20
+    row = {"bench": "xsim_peak_memory", "n": n, "d": d, "block_mib": round(block / 2**20), **json.loads(out),
            "model_growth_mib": round(model), **env}  # fmt: skip
     print(json.dumps(row), flush=True)
     return row
