@@ -78,10 +78,12 @@ def test_duplicated_rows_give_a_finite_loss():
 
 def test_hub_row_chosen_by_every_other_row():
     """Row 0 is every row's nearest neighbour: the backward's gather runs a fan-in of B - 1 for one row."""
-    # Offsets orthonormal to the centre and to each other: |x_i - x_0| = 0.05 < |x_i - x_j| = 0.05 sqrt(2).
+    # Offsets r_i b_i orthonormal to the centre and to each other: |x_i - x_0| = r_i < |x_i - x_j| =
+    # sqrt(r_i^2 + r_j^2); distinct r_i = 0.05 (1 + 0.1 i) give row 0 the unique neighbour 1 (no float ties).
     basis, _ = torch.linalg.qr(torch.randn(32, 21))  # (32, 21) orthonormal columns
     center = basis[:, 0] * 3.0
-    x = torch.cat([center[None], center + 0.05 * basis[:, 1:].t()])  # (21, 32)
+    radii = 0.05 * (1 + 0.1 * torch.arange(20.0))  # (20,)
+    x = torch.cat([center[None], center + radii[:, None] * basis[:, 1:].t()])  # (21, 32)
     require_triton_path(kol, x)
     assert (_brute_force_nn(x)[1:] == 0).all()
     _check_against_reference(x)
