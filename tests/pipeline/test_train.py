@@ -153,3 +153,15 @@ def test_make_train_command_runs(prepared, tmp_path):
     ]
     run_train(cmd, timeout=600)
     assert [r["step"] for r in read_metrics(out)] == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(prepared, tmp_path):
+    """The same entry point under torchrun (no DeepSpeed launcher): it joins torchrun's group."""
+    from tests.pipeline.conftest import free_port
+
+    out = tmp_path / "torchrun"
+    launcher = [str(ROOT / ".venv/bin/torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port())]
+    run_train(train_cmd(prepared, out, *"--max-steps 3 --save-every 0 --valid-every -1".split(), launcher=launcher))
+    assert [r["pairs"] for r in read_metrics(out)] == [16, 16, 16]  # 8 pairs x 2 ranks
+    assert len(list((out / "checkpoints" / "step_00000003").glob("client_rank*.pt"))) == 2
