@@ -212,6 +212,18 @@ class CheckpointManager:
         write_atomic(ckpt / COMPLETE, json.dumps(record, indent=1).encode())
         write_atomic(self.root / LATEST, tag.encode())
 
+    def set_aside(self) -> Path | None:
+        """--no-resume: move an existing checkpoints/ to checkpoints.replaced-<time> (rank 0), so the new run's
+        `latest`, pruning and fallbacks never meet the old run's checkpoints. Returns the new name, if any."""
+        moved = None
+        if self.rank == 0 and any(self.root.iterdir()):
+            moved = self.root.with_name(f"{self.root.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.root, moved)
+            self.root.mkdir()
+            log.warning("--no-resume: the previous run's checkpoints were moved to %s", moved)
+        _barrier()
+        return moved
+
     def prune(self) -> None:
         """Rank 0: keep the newest `keep` complete checkpoints (never the marked one); drop older and broken ones."""
         marked = self.latest_marked()

@@ -219,6 +219,8 @@ class Trainer:
         }
 
     def resume(self) -> None:
+        if not self.cfg.run.resume:
+            self.ckpt.set_aside()
         tag = self.ckpt.find_resume() if self.cfg.run.resume else None
         if tag is None:
             self.metrics.truncate_after(0)

@@ -103,4 +103,7 @@ def test_relaunch_of_a_finished_run_does_nothing_and_no_resume_starts_over(prepa
     _assert_same_history(out, tiny_run)
     run_train(train_cmd(prepared, out, "--max-steps", "3", "--save-every", "0", "--valid-every", "-1", "--no-resume"))
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000003"
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000003"]  # the old run's: set aside
+    assert len(list(out.glob("checkpoints.replaced-*/step_00000008"))) == 1
     assert read_metrics(out)[0]["loss"] == read_metrics(tiny_run)[0]["loss"]  # same seed, same first step
