@@ -13,7 +13,8 @@ alternate the variants, and the CPU is shared, so the median over all measured s
 Units: real tokens = non-padding tokens of the four views (what both variants must encode); tokens/s = real
 tokens / median step time. FLOP model (`step_flops`, useful work only, identical for both variants): per real
 token per encoder layer 2 * (4 H^2 + 2 H F) + 4 H L_seq (QK^T, PV), the head the same over the masked views,
-the projection 2 H V per masked token; x3 for forward + backward. Peak memory: CUDA max_memory_allocated;
+the projection 2 H V per masked token; x3 for forward + backward. CPU ms = process time per step, the
+measure that survives a shared, loaded CPU. Peak memory: CUDA max_memory_allocated;
 CPU peak RSS minus the RSS before the model was built (weights + AdamW state + activations).
 
     python -m pipeline.bench_step                       # tiny, 32 pairs of 8-64 tokens, CPU fp32
@@ -26,6 +27,7 @@ import argparse
 import datetime
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -132,9 +134,16 @@ def _to_device(batch: dict, variant: str, device) -> dict:
 
 def run_variant(variant: str, args, batches: list[dict]) -> dict:
     """Warm-up + measured steps of one variant in this process -> step times (s) and peak memory (bytes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return _measure(variant, args, batches)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(variant: str, args, batches: list[dict]) -> dict:
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     base_rss = _rss_bytes()
     model, _ = _build(variant, args, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
@@ -142,11 +151,11 @@ def run_variant(variant: str, args, batches: list[dict]) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu_times = [], []
     for i in range(args.warmup + args.steps):
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         with autocast:
             loss = model(**inputs[i % len(inputs)])["loss"]
@@ -156,13 +165,14 @@ def run_variant(variant: str, args, batches: list[dict]) -> dict:
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{variant}: non-finite loss {loss.item()} at step {i}")
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
-    return {"times": times, "peak_bytes": peak, "loss": float(loss.detach())}
+    return {"times": times, "cpu_times": cpu_times, "peak_bytes": peak, "loss": float(loss.detach())}
 
 
 def _child(variant, args, queue):
@@ -188,7 +198,8 @@ def environment(args) -> dict:
     if args.device.startswith("cuda"):
         device = torch.cuda.get_device_name(torch.device(args.device))
     else:
-        device = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        threads = args.threads or torch.get_num_threads()
+        device = f"{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores), {threads} torch threads"
     return {
         "device": device,
         "torch": torch.__version__,

@@ -175,7 +175,9 @@ def test_exported_encoder_gives_the_same_cls(tmp_path):
 
 
 def test_bench_step_runs_both_variants():
-    args = bench_step.parse_args(["--pairs", "3", "--vocab", "200", "--warmup", "0", "--steps", "1", "--batches", "1"])
+    args = bench_step.parse_args(
+        ["--pairs", "3", "--vocab", "200", "--warmup", "0", "--steps", "1", "--batches", "1", "--threads", "1"]
+    )
     batches = bench_step.make_batches(args)
     assert bench_step.step_flops(batches[0], ModelConfig(), 200) > 0
     for variant in ("packed", "padded"):
