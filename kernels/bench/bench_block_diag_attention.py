@@ -9,8 +9,8 @@ FLOP model (real tokens only; padding and masked-out pairs count for no method):
   forward  = 4 * sum_s L_s^2 * H * D   (QK^T and PV, 2 * L^2 * D each per head)
   backward = 2.5 * forward             (dV, dP, dQ, dK plus the recomputed QK^T: 5 matmuls vs 2)
 Baselines get their inputs in their own layout, prepared outside the timed region: padded SDPA a
-(n_seqs, H, L_max, D) batch with a key-padding mask (the fastest SDPA backend that accepts it), Flex
-a (1, H, T, D) stream and a BlockMask built once per batch (torch.compile'd flex_attention).
+(n_seqs, H, L_pad, D) batch (L_max rounded up to 16) with a key-padding mask (the fastest SDPA backend
+that accepts it), Flex a (1, H, T, D) stream and a BlockMask built once per batch (torch.compile'd).
 
 Run: PYTHONPATH=. python kernels/bench/bench_block_diag_attention.py [--data DIR] [--csv out.csv]
 Without CUDA it prints a message and exits 0; `--smoke` (with TRITON_INTERPRET=1) runs a tiny CPU
@@ -100,7 +100,7 @@ def method_flex(q, k, v, cu, lens):
 def method_sdpa_padded(q, k, v, cu, lens, backend):
     from torch.nn.attention import sdpa_kernel
 
-    max_len = max(lens)
+    max_len = -(-max(lens) // 16) * 16  # a multiple of 16: the fused SDPA kernels want aligned mask rows
     valid = torch.arange(max_len, device=q.device)[None, :] < torch.tensor(lens, device=q.device)[:, None]  # (S, L)
 
     def to_padded(t):  # (T, H, D) -> (S, H, L_max, D), zeros in the padding

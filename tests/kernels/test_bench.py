@@ -73,6 +73,6 @@ def test_padded_sdpa_baseline_matches_the_reference():
     lens = [5, 17, 1, 30]
     q, k, v, _, cu = bench_attn._packed_inputs(lens, 2, 16, torch.float32, "cpu")
     fn, inputs = bench_attn.method_sdpa_padded(q, k, v, cu, lens, SDPBackend.MATH)
-    out = fn(*inputs).transpose(1, 2)  # (S, L_max, H, D)
-    valid = torch.arange(max(lens))[None, :] < torch.tensor(lens)[:, None]
+    out = fn(*inputs).transpose(1, 2)  # (S, L_pad, H, D), L_pad = 32: max length 30 rounded up to 16s
+    valid = torch.arange(out.shape[1])[None, :] < torch.tensor(lens)[:, None]
     torch.testing.assert_close(out[valid], block_diag_attention_ref(q, k, v, cu), atol=1e-5, rtol=1e-5)
