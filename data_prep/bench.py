@@ -82,16 +82,49 @@ print(len(src) / (time.perf_counter() - start))
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def run_prep(corpus: Path, tok_dir: Path, out: Path, workers: int) -> tuple[float, float, dict]:
-    """(wall s, peak RSS MiB of the largest process, manifest) of one full preparation in a child."""
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, RssAnon) in KiB; file-backed pages (the memory-mapped Arrow files) are in VmRSS only."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except (OSError, ValueError):
+        return 0, 0
+    return int(fields.get("VmRSS", "0 kB").split()[0]), int(fields.get("RssAnon", "0 kB").split()[0])
+
+
+def run_prep(corpus: Path, tok_dir: Path, out: Path, workers: int) -> tuple[float, dict, dict]:
+    """(wall s, memory peaks in MiB, manifest) of one full preparation in a child, sampled every 0.2 s."""
     cmd = [sys.executable, "-m", "data_prep", "--source", f"tsv:{corpus}", "--out", str(out), "--tokenizer",
            str(tok_dir), "--workers", str(workers), "--force", "-q"]  # fmt: skip
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    peaks = {"largest process RSS": 0, "all processes RSS": 0, "all processes anonymous": 0}
     start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    while child.poll() is None:
+        sizes = [_rss_kib(p) for p in _tree(child.pid)]
+        sample = (max(r for r, _ in sizes), sum(r for r, _ in sizes), sum(a for _, a in sizes))
+        peaks = {k: max(v, new) for (k, v), new in zip(peaks.items(), sample)}
+        time.sleep(0.2)
     wall = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over waited children, KiB on Linux
-    return wall, peak_kib / 1024, json.loads((out / "manifest.json").read_text())
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, cmd)
+    peaks["largest process RSS"] = max(
+        peaks["largest process RSS"], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    return wall, {k: v / 1024 for k, v in peaks.items()}, json.loads((out / "manifest.json").read_text())
 
 
 def git_sha() -> str:
@@ -119,17 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         tok_dir = Path(args.tokenizer) if args.tokenizer else work / "tokenizer"
         if not args.tokenizer and not (tok_dir / "tokenizer.json").exists():
             train_small_tokenizer(corpus, tok_dir, 12000)
-        wall, peak_mib, manifest = run_prep(corpus, tok_dir, work / "prepared", args.workers)
+        wall, peaks, manifest = run_prep(corpus, tok_dir, work / "prepared", args.workers)
         limit = raw_limit(corpus, tok_dir, args.workers)
     rate = manifest["counts"]["read"] / wall
     tok = manifest["tokenizer"]
     print(f"data_prep bench | {platform.machine()} x{os.cpu_count()} cores | git {git_sha()} | "
           f"tokenizer {tok['name']} ({tok['vocab_size']} ids)")  # fmt: skip
     print(f"pairs {manifest['counts']['read']}, workers {args.workers}")
-    print(f"prep   : {wall:8.1f} s  {rate:10.0f} pairs/s  peak RSS {peak_mib:.0f} MiB")
+    print(f"prep   : {wall:8.1f} s  {rate:10.0f} pairs/s")
     print(f"limit  : {manifest['counts']['read'] / limit:8.1f} s  {limit:10.0f} pairs/s  (encode_batch_fast, "
           f"{args.workers} threads)")  # fmt: skip
     print(f"ratio  : {rate / limit:.0%} of the tokenizer limit")
+    print("memory : " + ", ".join(f"{k} {v:.0f} MiB" for k, v in peaks.items()) + " (peaks)")
     print("stages : " + ", ".join(f"{k} {v:.1f} s" for k, v in manifest["seconds"].items()))
     return 0
 

@@ -24,8 +24,8 @@ RATIO = "length_ratio"
 TEST_OVERLAP = "test_overlap"
 DUPLICATE = "duplicate"
 
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+_BAD_CHAR_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _ACCEL_RE = re.compile(r"[_&](?=\w)")  # gettext/Qt menu accelerators: "_Open", "&Save"
 _NON_WORD_RE = re.compile(r"[\W_]+")
 
@@ -62,10 +62,8 @@ class Cleaner:
     def _reason(self, src: str, trg: str) -> str | None:
         if not src or not trg:
             return EMPTY
-        if _SURROGATE_RE.search(src) or _SURROGATE_RE.search(trg):
-            return INVALID_UTF8
-        if _CONTROL_RE.search(src) or _CONTROL_RE.search(trg):
-            return CONTROL
+        if _BAD_CHAR_RE.search(src) or _BAD_CHAR_RE.search(trg):  # rare: one regex for both checks first
+            return INVALID_UTF8 if _SURROGATE_RE.search(src + trg) else CONTROL
         short, long = sorted((len(src), len(trg)))
         if long > self.max_chars:
             return TOO_LONG

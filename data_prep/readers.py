@@ -56,12 +56,13 @@ def _header_index(fields: list[str], path: Path) -> dict[str, int]:
         raise SourceError(
             f"{path}:1: header {names} lacks column(s) {missing}; expected src, trg[, src_lang, trg_lang]"
         )
-    return {c: names.index(c) for c in _COLUMNS if c in names}
+    index = {c: names.index(c) for c in _COLUMNS if c in names}
+    return {**index, "_width": max(len(index), max(index.values()) + 1)}  # fields a row needs at least
 
 
 def _row_pair(fields: list[str], index: dict[str, int], langs: tuple[str, str], where: str) -> Record:
-    if len(fields) < len(index) or any(i >= len(fields) for i in index.values()):
-        return Skip(MALFORMED, where, f"{len(fields)} field(s), header has {len(index)}")
+    if len(fields) < index["_width"]:
+        return Skip(MALFORMED, where, f"{len(fields)} field(s), header has {index['_width']}")
     src_lang = fields[index["src_lang"]].strip() if "src_lang" in index else langs[0]
     trg_lang = fields[index["trg_lang"]].strip() if "trg_lang" in index else langs[1]
     return Pair(fields[index["src"]], fields[index["trg"]], src_lang or langs[0], trg_lang or langs[1], where)

@@ -39,21 +39,25 @@ class SpoolWriter:
 
     def __init__(self, path: Path, batch_rows: int = 8192):
         self._writer = pa.ipc.new_file(str(path), SCHEMA)
-        self._cols: list[list] = [[] for _ in SCHEMA.names]
+        self._rows: list[tuple] = []
         self._batch_rows = batch_rows
-        self.rows = 0
+        self._flushed = 0
+
+    @property
+    def rows(self) -> int:
+        """Pairs added so far (flushed or buffered)."""
+        return self._flushed + len(self._rows)
 
     def add(self, pair: Pair) -> None:
-        for col, value in zip(self._cols, (*pair[:4], pair_key(pair.src, pair.trg))):
-            col.append(value)
-        self.rows += 1
-        if len(self._cols[0]) >= self._batch_rows:
+        self._rows.append((pair.src, pair.trg, pair.src_lang, pair.trg_lang, pair_key(pair.src, pair.trg)))
+        if len(self._rows) >= self._batch_rows:
             self._flush()
 
     def _flush(self) -> None:
-        if self._cols[0]:
-            self._writer.write_batch(pa.record_batch(self._cols, schema=SCHEMA))
-            self._cols = [[] for _ in SCHEMA.names]
+        if self._rows:
+            self._writer.write_batch(pa.record_batch([list(col) for col in zip(*self._rows)], schema=SCHEMA))
+            self._flushed += len(self._rows)
+            self._rows = []
 
     def close(self) -> None:
         self._flush()
