@@ -203,3 +203,31 @@ def test_linear_cross_entropy_bf16_weights_and_autocast():
         for g, r in zip(got, ref_inputs):
             assert g.grad.dtype == g.dtype
             assert (g.grad.float() - r.grad).abs().max() <= 3e-2 * r.grad.abs().max()
+
+
+def _koleo_rank(rank, world, init_file, result_file):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x = torch.randn(3, 8, generator=torch.Generator().manual_seed(rank)).requires_grad_()
+        gathered = losses.gather_for_koleo(x, global_batch=True)
+        loss = losses.koleo(gathered, use_kernel=False)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": x.grad, "rows": gathered.shape[0]}, f"{result_file}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import torch + transformers: ~10 s idle, a minute on a loaded CI box
+def test_koleo_global_batch_over_two_ranks(tmp_path):
+    """Each rank gets the KoLeo of all 2 x 3 rows; its gradient is world x that of the global loss."""
+    world = 2
+    torch.multiprocessing.spawn(_koleo_rank, args=(world, tmp_path / "init", tmp_path / "out"), nprocs=world)
+    xs = torch.cat([torch.randn(3, 8, generator=torch.Generator().manual_seed(r)) for r in range(world)])
+    xs.requires_grad_()
+    ref = losses.koleo(xs, use_kernel=False)
+    ref.backward()
+    for rank in range(world):
+        got = torch.load(tmp_path / f"out.{rank}")
+        assert got["rows"] == 6
+        torch.testing.assert_close(got["loss"], ref.detach())
+        torch.testing.assert_close(got["grad"], world * xs.grad[3 * rank : 3 * rank + 3])
