@@ -158,3 +158,10 @@ def test_write_atomic_replaces_whole_file(tmp_path):
     C.write_atomic(target, b"step_00000001")
     C.write_atomic(target, b"step_00000002")
     assert target.read_text() == "step_00000002" and [p.name for p in tmp_path.iterdir()] == ["latest"]
+
+
+def test_each_file_is_hashed_by_the_rank_that_wrote_it():
+    assert C._writer_rank("mp_rank_00_model_states.pt") == 0
+    assert C._writer_rank("zero_pp_rank_3_mp_rank_00_optim_states.pt") == 3
+    assert C._writer_rank("bf16_zero_pp_rank_12_mp_rank_00_optim_states.pt") == 12
+    assert C._writer_rank("client_rank00007.pt") == 7

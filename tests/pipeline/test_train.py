@@ -57,6 +57,8 @@ def test_two_process_deepspeed_zero2(prepared, tmp_path):
     assert (out / "checkpoints" / "latest").read_text() == ckpt.name
     assert {p.name for p in ckpt.glob("client_rank*.pt")} == {"client_rank00000.pt", "client_rank00001.pt"}
     assert len(list(ckpt.glob("zero_pp_rank_*_optim_states.pt"))) == 2
+    recorded = json.loads((ckpt / "COMPLETE.json").read_text())["files"]  # hashed by the rank that wrote each file
+    assert set(recorded) == {p.name for p in ckpt.iterdir() if p.name != "COMPLETE.json"}
 
 
 def test_overfit_loss_falls(prepared, tmp_path):
