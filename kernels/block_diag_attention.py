@@ -20,6 +20,7 @@ Caution:
 - cu_seqlens values are checked only when they live on the CPU (a check on CUDA would sync the host);
   tokens outside [cu_seqlens[0], cu_seqlens[-1]) get zero output and zero gradient.
 - Block sizes come from a heuristic on the mean sequence length, not from autotuning; see BENCHMARKS.md.
+  MEXMA_ATTN_TILES=BLOCK_MxBLOCK_NxWARPS (e.g. 64x32x4) overrides it, for tuning on a GPU.
 - CPU tensors run the Triton kernel only when TRITON_INTERPRET=1 was set before `kernels` was imported
   (Triton decides interpreter mode when a kernel is decorated); otherwise they run the reference.
 - MEXMA_KERNELS=ref sends every call to `block_diag_attention_ref`.
@@ -271,7 +272,24 @@ def _launch_config(n_tokens, n_seqs, head_dim, dtype, block_m=None, block_n=None
     wide_fp32 = dtype == torch.float32 and block_d >= 128
     default = 32 if n_tokens / max(n_seqs, 1) <= 48 or wide_fp32 else 64
     options = dict(num_warps=8 if block_d >= 128 else 4, num_stages=2 if dtype == torch.float32 else 3)
+    tiles = _tiles_override()
+    if tiles is not None and block_m is None and block_n is None:
+        block_m, block_n, options["num_warps"] = tiles
     return block_m or default, block_n or default, block_d, options
+
+
+def _tiles_override():
+    """MEXMA_ATTN_TILES=BLOCK_MxBLOCK_NxWARPS (e.g. 64x32x4) replaces the heuristic: a tuning knob for GPUs."""
+    text = os.environ.get("MEXMA_ATTN_TILES", "").strip()
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"MEXMA_ATTN_TILES={text!r}: expected BLOCK_MxBLOCK_NxWARPS such as 64x32x4")
+    block_m, block_n, warps = (int(p) for p in parts)
+    if any(b < 16 or b & (b - 1) for b in (block_m, block_n)) or warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"MEXMA_ATTN_TILES={text!r}: blocks must be powers of two >= 16, warps in 1-16 (power of 2)")
+    return block_m, block_n, warps
 
 
 def _attn_forward(q, k, v, cu_seqlens, sm_scale, block_m=None, block_n=None):

@@ -18,7 +18,9 @@ shape through every code path, which is not a performance figure.
 """
 
 import argparse
+import contextlib
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -163,22 +165,38 @@ def check_agreement(q, k, v, cu, lens):
     return err
 
 
-def bench_config(dist, lens, n_heads, head_dim, dtype, device, smoke, skip_reference):
-    """All methods on one packed batch. Returns table rows."""
+@contextlib.contextmanager
+def tiles_env(tiles):
+    """Run block_diag_attention with MEXMA_ATTN_TILES=tiles (None: the launcher's heuristic)."""
+    saved = os.environ.pop("MEXMA_ATTN_TILES", None)
+    if tiles:
+        os.environ["MEXMA_ATTN_TILES"] = tiles
+    try:
+        yield
+    finally:
+        os.environ.pop("MEXMA_ATTN_TILES", None)
+        if saved is not None:
+            os.environ["MEXMA_ATTN_TILES"] = saved
+
+
+def bench_config(dist, lens, n_heads, head_dim, dtype, device, opts):
+    """All methods on one packed batch; opts: smoke, skip_reference, tiles. Returns table rows."""
     q, k, v, do, cu = _packed_inputs(lens, n_heads, head_dim, dtype, device)
     check_agreement(q, k, v, cu, lens)
     flops_fwd = 4 * sum(L * L for L in lens) * n_heads * head_dim
-    methods = [("block_diag_attention (triton)", *method_ours(q, k, v, cu, lens), do)]
-    if not smoke:
-        methods.append(("flex_attention + document mask", *method_flex(q, k, v, cu, lens), None))
-    best = _best_sdpa(q, k, v, cu, lens, smoke)
+    methods = [("block_diag_attention (triton)", *method_ours(q, k, v, cu, lens), do, None)]
+    methods += [(f"block_diag_attention (tiles {t})", *method_ours(q, k, v, cu, lens), do, t) for t in opts.tiles]
+    if not opts.smoke:
+        methods.append(("flex_attention + document mask", *method_flex(q, k, v, cu, lens), None, None))
+    best = _best_sdpa(q, k, v, cu, lens, opts.smoke)
     if best is not None:
-        methods.append((f"padded SDPA ({best[1]})", best[2], best[3], None))
-    if not skip_reference:
-        methods.append(("reference (PyTorch loop)", *method_reference(q, k, v, cu, lens), do))
+        methods.append((f"padded SDPA ({best[1]})", best[2], best[3], None, None))
+    if not opts.skip_reference:
+        methods.append(("reference (PyTorch loop)", *method_reference(q, k, v, cu, lens), do, None))
     rows = []
-    for name, fn, inputs, do_like in methods:
-        ms_fwd, ms_bwd, ms_both, mib = measure(fn, inputs, do_like, smoke)
+    for name, fn, inputs, do_like, tiles in methods:
+        with tiles_env(tiles):
+            ms_fwd, ms_bwd, ms_both, mib = measure(fn, inputs, do_like, opts.smoke)
         rows.append({
             "lengths": dist, "tokens": sum(lens), "seqs": len(lens), "mean_len": round(sum(lens) / len(lens), 1),
             "H x D": f"{n_heads}x{head_dim}", "dtype": str(dtype).removeprefix("torch."), "method": name,
@@ -196,6 +214,8 @@ def parse_args(argv=None):
     p.add_argument("--heads", nargs="+", default=["16x64", "8x128"], help="n_heads x head_dim")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--skip-reference", action="store_true", help="leave out the PyTorch loop reference")
+    tiles_help = "extra kernel rows under MEXMA_ATTN_TILES=MxNxW (e.g. 64x32x4), to tune tiles"
+    p.add_argument("--tiles", nargs="*", default=[], metavar="MxNxW", help=tiles_help)
     p.add_argument("--csv", help="also write the rows to this CSV file")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (needs TRITON_INTERPRET=1); not a measurement")
     p.add_argument("--seed", type=int, default=0)
@@ -222,7 +242,7 @@ def main(argv=None):
         for n_tokens in tokens:
             lens = pack(pool, n_tokens, rng)
             for n_heads, head_dim in heads:
-                rows += bench_config(dist, lens, n_heads, head_dim, dtype, device, args.smoke, args.skip_reference)
+                rows += bench_config(dist, lens, n_heads, head_dim, dtype, device, args)
     print_table(rows, list(rows[0]))
     if args.csv:
         write_csv(args.csv, rows, env)

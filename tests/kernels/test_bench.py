@@ -44,9 +44,10 @@ def test_smoke_runs_label_themselves_and_cover_every_method(capsys):
 
     if not _use_triton(torch.zeros(1)):
         pytest.skip("the smoke runs need the Triton interpreter (TRITON_INTERPRET=1 before import)")
-    rows = bench_attn.main(["--smoke", "--data", "/nonexistent"])
+    rows = bench_attn.main(["--smoke", "--data", "/nonexistent", "--tiles", "16x16x4"])
     methods = {row["method"] for row in rows}
     assert "block_diag_attention (triton)" in methods and "reference (PyTorch loop)" in methods
+    assert "block_diag_attention (tiles 16x16x4)" in methods
     assert any(m.startswith("padded SDPA") for m in methods)
     rows = bench_koleo.main(["--smoke"])
     assert {row["B"] for row in rows} == {64, 130}

@@ -111,6 +111,16 @@ def test_multi_tile_loops(block_m, block_n):
     _check_against_reference([1, 16, 17, 50, 33], 2, 32, torch.float16, fn=SmallTiles.apply)
 
 
+def test_tiles_override(monkeypatch):
+    monkeypatch.setenv("MEXMA_ATTN_TILES", "16x32x2")
+    assert bda._launch_config(1000, 10, 64, torch.float16)[:2] == (16, 32)
+    _check_against_reference([1, 40, 17], 2, 16, torch.float32)
+    for bad in ("64x32", "24x32x4", "64x32x3", "ax32x4"):
+        monkeypatch.setenv("MEXMA_ATTN_TILES", bad)
+        with pytest.raises(ValueError, match="MEXMA_ATTN_TILES"):
+            bda._launch_config(1000, 10, 64, torch.float16)
+
+
 def test_non_contiguous_qkv():
     """q, k, v as strided views of one fused (T, 3, H, D) projection, as a model produces them."""
     lens = _random_lens(5, 30)
