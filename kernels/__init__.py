@@ -1,4 +1,9 @@
-"""Fused kernels, each beside its PyTorch reference. MEXMA_KERNELS=ref sends every call to the reference."""
+"""Fused kernels, each beside its PyTorch reference.
+
+CUDA tensors run the Triton kernels; CPU tensors run them through the Triton interpreter when
+TRITON_INTERPRET=1 was set before this package was imported, and the reference otherwise.
+MEXMA_KERNELS=ref sends every call to the reference. Measured results: kernels/BENCHMARKS.md.
+"""
 
 from kernels.block_diag_attention import block_diag_attention, block_diag_attention_ref
 from kernels.koleo import koleo_loss, koleo_loss_ref
