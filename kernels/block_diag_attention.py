@@ -227,6 +227,8 @@ _LAST_TABLES = {"ref": None, "version": None, "tables": {}}
 
 
 def _cached_block_table(cu_seqlens, n_tokens, block):
+    if cu_seqlens.is_inference():  # inference tensors keep no version counter: no safe cache key
+        return _block_table(cu_seqlens, n_tokens, block)
     entry = _LAST_TABLES
     if entry["ref"] is None or entry["ref"]() is not cu_seqlens or entry["version"] != cu_seqlens._version:
         entry.update(ref=weakref.ref(cu_seqlens), version=cu_seqlens._version, tables={})

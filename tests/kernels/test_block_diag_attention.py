@@ -165,6 +165,16 @@ def test_deterministic():
         assert torch.equal(a, b)
 
 
+def test_inference_mode():
+    """Inference tensors (eval under torch.inference_mode) have no version counter for the table cache."""
+    q, k, v, _, cu = _inputs([4, 9, 1], 2, 16, torch.float32)
+    require_triton_path(bda, q)
+    with torch.inference_mode():
+        q, k, v, cu = (t.clone() for t in (q, k, v, cu))
+        out = block_diag_attention(q, k, v, cu, 9)
+    torch.testing.assert_close(out, block_diag_attention_ref(q, k, v, cu))
+
+
 def test_saves_no_quadratic_tensor():
     """Autograd keeps only (T, H, D) tensors, the (H, T) log-sum-exp and cu_seqlens: nothing T x T."""
     lens = [120, 130]
