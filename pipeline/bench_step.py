@@ -96,18 +96,25 @@ def make_batches(args) -> list[dict]:
     ]
 
 
-def step_flops(batch: dict, cfg: ModelConfig, vocab: int) -> float:
-    """Useful FLOPs of one training step (forward + backward = 3 x forward); see the module docstring."""
+def step_flops(batch: dict, cfg: ModelConfig, vocab: int, padded: bool = False) -> float:
+    """FLOPs of one training step (forward + backward = 3 x forward); see the module docstring.
+
+    padded=False: the useful work (real tokens, masked rows only). padded=True: what the padded reference
+    executes (every view padded to its side's longest sentence, logits at every head position).
+    """
     enc = encoder_config(cfg, vocab)
     hidden, ffn = enc.hidden_size, enc.intermediate_size
     lens = (batch["cu_seqlens"][1:] - batch["cu_seqlens"][:-1]).double()  # (4B,)
     b = batch["n_pairs"]
+    if padded:  # (4B,) -> each side's views at that side's max length; vocabulary at all 2B x L head positions
+        side_max = torch.stack([lens[:b].max(), lens[b : 2 * b].max()])
+        lens = side_max.repeat_interleave(b).repeat(2)  # order: src, trg, src, trg blocks of B
 
     def stack(layers, width, seq_lens):
         per_token = 2 * (4 * hidden**2 + 2 * hidden * width)
         return layers * float((seq_lens * per_token + 4 * hidden * seq_lens**2).sum())
 
-    n_masked = int((batch["labels"] != -100).sum())
+    n_masked = float(lens[: 2 * b].sum()) if padded else int((batch["labels"] != -100).sum())
     forward = stack(enc.num_hidden_layers, ffn, lens) + stack(cfg.head_layers, cfg.head_ffn, lens[: 2 * b])
     return 3 * (forward + 2 * hidden * vocab * n_masked)
 
@@ -214,6 +221,9 @@ def summarize(args, results: dict, batches: list[dict]) -> dict:
         sum(v.numel() for k, v in unpack_to_padded(b).items() if k.endswith("input_ids")) * 2 for b in batches
     )  # masked + clean views share each side's padded shape
     flops = statistics.mean(step_flops(b, ModelConfig(model=args.preset), args.vocab) for b in batches)
+    padded_flops = statistics.mean(
+        step_flops(b, ModelConfig(model=args.preset), args.vocab, padded=True) for b in batches
+    )
     rows = {}
     for variant, runs in results.items():
         times = [t for r in runs for t in r["times"]]
@@ -232,6 +242,7 @@ def summarize(args, results: dict, batches: list[dict]) -> dict:
         "real_tokens": real,
         "padded_tokens": padded,
         "step_flops": flops,
+        "padded_step_flops": padded_flops,
         "variants": rows,
     }
 
