@@ -172,6 +172,13 @@ def test_exported_encoder_gives_the_same_cls(tmp_path):
         ids = batch["input_ids"][cu[6 + i] : cu[7 + i]][None]  # clean src view i
         with torch.no_grad():
             torch.testing.assert_close(loaded(input_ids=ids).last_hidden_state[0, 0], cls[i], rtol=1e-5, atol=1e-5)
+    again = build_model(
+        small_config(model=str(tmp_path), num_layers=None, hidden_size=None, num_heads=None, ffn_size=None), V
+    ).eval()  # continue from real weights
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch)["src_cls"], cls, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_model(ModelConfig(model=str(tmp_path)), V + 1)
 
 
 def test_bench_step_runs_both_variants():
