@@ -211,7 +211,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/prepared", help="prepared dataset dir for the real length mix (if present)")
     p.add_argument("--tokens", type=int, nargs="+", default=[8192, 16384, 32768, 65536], help="tokens per batch")
-    p.add_argument("--heads", nargs="+", default=["16x64", "8x128"], help="n_heads x head_dim")
+    p.add_argument("--heads", nargs="+", type=_heads, default=[(16, 64), (8, 128)], help="N_HEADSxHEAD_DIM")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--skip-reference", action="store_true", help="leave out the PyTorch loop reference")
     tiles_help = "extra kernel rows under MEXMA_ATTN_TILES=MxNxW (e.g. 64x32x4), to tune tiles"
@@ -232,7 +232,7 @@ def main(argv=None):
         pools[f"prepared ({args.data})"] = prepared_lengths(args.data)
     device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", getattr(torch, args.dtype))
     tokens = [256] if args.smoke else args.tokens
-    heads = [(2, 16)] if args.smoke else [tuple(int(x) for x in h.split("x")) for h in args.heads]
+    heads = [(2, 16)] if args.smoke else args.heads
     env = environment()
     print_header("block_diag_attention", env, COMMAND + (" --smoke" if args.smoke else ""))
     if args.smoke:
@@ -244,9 +244,31 @@ def main(argv=None):
             for n_heads, head_dim in heads:
                 rows += bench_config(dist, lens, n_heads, head_dim, dtype, device, args)
     print_table(rows, list(rows[0]))
+    print_speedups(rows)
     if args.csv:
         write_csv(args.csv, rows, env)
     return rows
+
+
+def print_speedups(rows):
+    """Baseline fwd+bwd ms / kernel fwd+bwd ms per batch, the issue's goals (>= 1.3x Flex, >= 2x padded SDPA)."""
+    ours = {_batch_key(r): r["fwd+bwd_ms"] for r in rows if r["method"] == "block_diag_attention (triton)"}
+    print("\nfwd+bwd speed-up of block_diag_attention (baseline ms / kernel ms):")
+    for row in rows:
+        if not row["method"].startswith("block_diag_attention"):
+            print(f"- {_batch_key(row)}: x{row['fwd+bwd_ms'] / ours[_batch_key(row)]:.2f} vs {row['method']}")
+
+
+def _batch_key(row):
+    return f"{row['lengths']} {row['tokens']} tokens {row['H x D']}"
+
+
+def _heads(text):
+    """argparse type for N_HEADSxHEAD_DIM."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"--heads {text!r}: expected N_HEADSxHEAD_DIM such as 16x64")
+    return int(parts[0]), int(parts[1])
 
 
 if __name__ == "__main__":

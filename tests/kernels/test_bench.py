@@ -51,7 +51,15 @@ def test_smoke_runs_label_themselves_and_cover_every_method(capsys):
     assert any(m.startswith("padded SDPA") for m in methods)
     rows = bench_koleo.main(["--smoke"])
     assert {row["B"] for row in rows} == {64, 130}
-    assert capsys.readouterr().out.count("NOT a performance figure") == 2
+    out = capsys.readouterr().out
+    assert out.count("NOT a performance figure") == 2
+    assert "vs reference (PyTorch loop)" in out  # the speed-up summary names each baseline
+
+
+def test_bad_heads_flag_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        bench_attn.parse_args(["--heads", "16-64"])
+    assert "--heads '16-64'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
