@@ -228,13 +228,15 @@ def summarize(args, results: dict, batches: list[dict]) -> dict:
     for variant, runs in results.items():
         times = [t for r in runs for t in r["times"]]
         median = statistics.median(times)
+        cpu = statistics.median(t for r in runs for t in r["cpu_times"])
         rows[variant] = {
             "ms": 1000 * median,
             "tokens_per_s": real / median,
             "tflops": flops / median / 1e12,
+            "cpu_ms": 1000 * cpu,
             "peak_mib": max(r["peak_bytes"] for r in runs) / 2**20,
             "loss": runs[-1]["loss"],
-            "n_steps": len(times),
+            "step_ms": [round(1000 * t, 1) for t in times],
         }
     return {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
@@ -252,19 +254,24 @@ def print_report(summary: dict) -> None:
     print(f"# {env['device']} | torch {env['torch']} | git {env['git']} | {env['date']}")
     print(
         f"# preset {cfg['preset']}, {cfg['pairs']} pairs of {cfg['min_len']}-{cfg['max_len']} tokens, "
-        f"vocab {cfg['vocab']}, {cfg['dtype']}; real tokens/step {summary['real_tokens']:.0f}, "
-        f"padded-reference tokens/step {summary['padded_tokens']:.0f}; median of {cfg['rounds']} x {cfg['steps']} "
-        f"steps after {cfg['warmup']} warm-up per round"
+        f"vocab {cfg['vocab']}, {cfg['dtype']}; real tokens/step {summary['real_tokens']:.0f}, padded-reference "
+        f"tokens/step {summary['padded_tokens']:.0f}; GFLOP/step useful {summary['step_flops'] / 1e9:.0f}, "
+        f"executed by the padded reference {summary['padded_step_flops'] / 1e9:.0f}; median of {cfg['rounds']} x "
+        f"{cfg['steps']} steps after {cfg['warmup']} warm-up per round"
     )
-    print("| variant | ms/step | real tokens/s | useful TFLOP/s | peak MiB | speed vs padded | memory vs padded |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| variant | ms/step | real tokens/s | useful TFLOP/s | CPU ms/step | peak MiB "
+        "| tokens/s vs padded | CPU time vs padded | peak memory vs padded |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     ref = rows.get("padded")
     for name, r in rows.items():
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
+        cpu = f"{r['cpu_ms'] / ref['cpu_ms']:.2f}x" if ref else "-"
         mem = f"{r['peak_mib'] / ref['peak_mib']:.2f}x" if ref else "-"
         print(
-            f"| {name} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | {r['tflops']:.3f} | {r['peak_mib']:.0f} "
-            f"| {speed} | {mem} |"
+            f"| {name} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | {r['tflops']:.3f} | {r['cpu_ms']:.0f} "
+            f"| {r['peak_mib']:.0f} | {speed} | {cpu} | {mem} |"
         )
 
 
