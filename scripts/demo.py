@@ -47,6 +47,8 @@ from scripts.report import ReportError, load_results, pooled, write_demo_report
 # The demo recipe: what the sweep in docs/demo.md found to learn cross-lingual retrieval at this scale.
 DEMO = {**REFERENCE, "lr": 1e-3, "warmup-fraction": 0.05, "koleo-weight": 0.3, "koleo-global": True}
 STEPS, MINUTES, PAIRS = 400, 5.0, 32
+MODEL_SHAPE_FLAGS = ("num-layers", "hidden-size", "num-heads", "ffn-size", "max-positions")
+STAGES = ("prep", "untrained", "char3gram", "trained", "reference", "report")
 
 
 class Demo:
@@ -85,7 +87,8 @@ class Demo:
 
     def untrained(self) -> None:
         hf = self.out / "untrained-hf"
-        key = self.key(recipe=DEMO, seed=self.args.seed)
+        shape = {k: v for k, v in DEMO.items() if k in MODEL_SHAPE_FLAGS}  # what the initial weights depend on
+        key = self.key(model="tiny", shape=shape, seed=self.args.seed)
 
         def build():
             print(f"\n==> [untrained] tiny model at its training initialisation (seed {self.args.seed}) -> {hf}")
@@ -113,12 +116,13 @@ class Demo:
         self.evaluate(label, str(hf), self.out / label, {**key, "stage": "eval"})
 
     def report(self) -> Path:
-        settings = {"trained": self.settings(DEMO), "reference": self.settings(REFERENCE)}
+        labels = ["trained"] + ([] if self.args.skip_reference else ["reference"])
+        recipes = {"trained": DEMO, "reference": REFERENCE}
+        settings = {label: self.settings(recipes[label]) for label in labels}
         write_stamp(self.out / "demo_state.json", {"settings": settings, "stages": self.stages})
-        return write_demo_report(self.out, self.manifest, {"trained": self.out / "train",
-                                                          "reference": self.out / "reference-train"},
-                                 {label: self.out / label for label in ("untrained", "trained", "reference",
-                                                                        "char3gram")}, settings, self.stages)
+        runs = {label: self.out / ("train" if label == "trained" else "reference-train") for label in labels}
+        evals = {label: self.out / label for label in ("untrained", *labels, "char3gram")}
+        return write_demo_report(self.out, self.manifest, runs, evals, settings, self.stages)
 
     def settings(self, recipe: dict) -> dict:
         a = self.args
@@ -136,7 +140,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of init, sampler and masking (both trainings)")
     p.add_argument("--skip-reference", action="store_true", help="no reference-recipe training")
     p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}, run "
+                   "in this order (a later call reuses what an earlier one finished)")
     args = p.parse_args(argv)
+    args.stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown or not args.stages:
+        p.error(f"--stages: unknown {unknown}; choose from {','.join(STAGES)}")
     for flag, value in (("--steps", args.steps), ("--minutes", args.minutes), ("--pairs", args.pairs)):
         if value <= 0:
             p.error(f"{flag} must be > 0, got {value}")
@@ -149,17 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     demo = Demo(args)
+    steps = {
+        "prep": demo.prep,
+        "untrained": demo.untrained,
+        "char3gram": lambda: demo.evaluate("char3gram", "char3gram", demo.out / "char3gram", demo.key(stage="c3")),
+        "trained": lambda: demo.train("trained", "train", DEMO),
+        "reference": lambda: None if args.skip_reference else demo.train("reference", "reference-train", REFERENCE),
+        "report": demo.report,
+    }
     try:
-        demo.prep()
-        demo.untrained()
-        demo.evaluate("char3gram", "char3gram", demo.out / "char3gram", demo.key(stage="char3gram"))
-        demo.train("trained", "train", DEMO)
-        if not args.skip_reference:
-            demo.train("reference", "reference-train", REFERENCE)
-        path = demo.report()
+        for name in args.stages:
+            steps[name]()
     except (StageError, ReportError) as e:
         print(f"\nmake demo: error: {e}", file=sys.stderr)
         return 1
+    if "report" not in args.stages:
+        print(f"stages {args.stages} done in {(time.perf_counter() - start) / 60:.1f} min")
+        return 0
+    path = demo.out / "report.md"
     summary = {label: pooled(load_results(demo.out / label)) for label in ("untrained", "trained", "reference",
                                                                             "char3gram") if (demo.out / label).is_dir()}
     print("\npooled xsim error %: " + json.dumps({k: round(v, 2) for k, v in summary.items()}))

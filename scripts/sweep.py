@@ -49,21 +49,27 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def run_one(name: str, recipe: dict, args: argparse.Namespace) -> dict:
-    """Train + export + evaluate one recipe under args.root/name; -> the log record."""
+    """Train + export + evaluate one recipe under args.root/name; -> the log record.
+
+    args.reuse keeps a finished training / export of an earlier call (e.g. to evaluate again on other --langs)."""
     root = Path(args.root) / name
-    if root.exists():
+    reuse = getattr(args, "reuse", False)
+    if root.exists() and not reuse:
         shutil.rmtree(root)
-    start = time.time()
-    run_stage(f"{name}: train", train_cmd(args.data, root / "train", recipe, steps=args.steps, minutes=args.minutes,
-                                          seed=args.seed, procs=args.procs, pairs_per_step=args.pairs,
-                                          extra=args.extra), root / "train.log")
-    run_stage(f"{name}: export", export_cmd(root / "train", root / "hf"), root / "export.log", echo=False)
-    run_stage(f"{name}: eval", eval_cmd(str(root / "hf"), args.flores, root / "eval"), root / "eval.log", echo=False)
+    start, langs = time.time(), getattr(args, "langs", "all")
+    if not (reuse and (root / "train" / "checkpoints" / "latest").is_file()):
+        run_stage(f"{name}: train", train_cmd(args.data, root / "train", recipe, steps=args.steps,
+                                              minutes=args.minutes, seed=args.seed, procs=args.procs,
+                                              pairs_per_step=args.pairs, extra=args.extra), root / "train.log")
+    if not (reuse and (root / "hf" / "mexma_export.json").is_file()):
+        run_stage(f"{name}: export", export_cmd(root / "train", root / "hf"), root / "export.log", echo=False)
+    ev = root / ("eval" if langs == "all" else f"eval_{len(langs.split(','))}langs")
+    run_stage(f"{name}: eval", eval_cmd(str(root / "hf"), args.flores, ev, langs), root / "eval.log", echo=False)
     summary = training_summary(read_metrics(root / "train"))
-    res = load_results(root / "eval")
+    res = load_results(ev)
     return {"name": name, "recipe": recipe, "seed": args.seed, "procs": args.procs, "pairs_per_step": args.pairs,
             "extra": args.extra, "steps": summary["steps"], "wall_s": round(summary["wall_s"], 1),
-            "tokens_per_s": round(summary["tokens_per_s"]), "pooled_error_pct": round(pooled(res), 2),
+            "tokens_per_s": round(summary["tokens_per_s"]), "langs": langs, "pooled_error_pct": round(pooled(res), 2),
             **{k: round(v, 4) for k, v in summary.items() if k.startswith("final_")},
             "total_s": round(time.time() - start, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="data/prepared")
     p.add_argument("--flores", default="data/testset")
     p.add_argument("--root", default="runs/sweep")
+    p.add_argument("--langs", default="all", help="test languages (comma-separated; pooled over these only)")
+    p.add_argument("--reuse", action="store_true", help="keep a finished training/export of this NAME")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py flags, verbatim (last)")
     args = p.parse_args(argv)
     recipe = {**REFERENCE, **parse_sets(args.sets)}
