@@ -44,7 +44,9 @@ def _run_until(cmd: list[str], pattern: str, sig: int = signal.SIGKILL) -> subpr
         if pattern in line:
             os.killpg(proc.pid, sig)  # the whole session: launcher and ranks, as a node failure would
             break
-    seen.extend(proc.stderr)
+    if sig != signal.SIGKILL:  # a graceful stop: read its last words (the stop message) up to its exit
+        seen.extend(proc.stderr)
+    proc.stderr.close()
     proc.wait(timeout=120)
     expected = -signal.SIGKILL if sig == signal.SIGKILL else 0
     assert proc.returncode == expected, f"{pattern!r} / exit {proc.returncode}:\n{''.join(seen[-30:])}"
