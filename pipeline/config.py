@@ -317,6 +317,11 @@ def load_ds_config(path: str) -> dict:
             f"--ds-config {path}: remove the 'scheduler' block; the schedule comes from --lr, "
             "--warmup-fraction, --warmup-start-factor, --min-lr-ratio (pipeline/engine.py)"
         )
+    if ds.get("bf16", {}).get("enabled") and ds["bf16"].get("check_grad_overflow") is False:
+        raise ConfigError(
+            f"--ds-config {path}: bf16.check_grad_overflow must stay true: a non-finite loss is skipped through "
+            "ZeRO's overflow check (pipeline/engine.py), without it NaN gradients would reach the weights"
+        )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         raise ConfigError(

@@ -182,6 +182,10 @@ def test_ds_json_may_not_contradict_the_typed_config(tmp_path):
     sched.write_text(json.dumps({"scheduler": {"type": "WarmupLR"}}))
     with pytest.raises(ConfigError, match="remove the 'scheduler'"):
         load_ds_config(str(sched))
+    no_check = tmp_path / "bf16.json"
+    no_check.write_text(json.dumps({"bf16": {"enabled": True, "check_grad_overflow": False}}))
+    with pytest.raises(ConfigError, match="check_grad_overflow must stay true"):
+        load_ds_config(str(no_check))
     stage3 = tmp_path / "z3.json"
     stage3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     with pytest.raises(ConfigError, match="stage 3 unsupported"):
