@@ -31,6 +31,7 @@ def small_config(**overrides):
         "hidden_dropout": 0.0,
         "head_dropout": 0.0,
         "koleo_weight": 0.5,
+        "kernels": False,  # KoLeo reference here (fast); test_kernels_on_off.py runs the kernels
     }
     return ModelConfig(**{**base, **overrides})
 

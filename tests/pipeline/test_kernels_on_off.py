@@ -20,9 +20,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def kernel_config(**overrides):
-    return small_config(
-        hidden_size=32, num_heads=2, ffn_size=64, head_layers=1, head_heads=2, head_ffn=64, num_layers=1, **overrides
-    )
+    """hidden 32, 2 heads of 16, one encoder and one head layer; attention and KoLeo through the kernels."""
+    shape = {"hidden_size": 32, "num_heads": 2, "ffn_size": 64, "head_layers": 1, "head_heads": 2, "head_ffn": 64}
+    return small_config(num_layers=1, kernels=True, **shape, **overrides)
 
 
 def test_kernel_attention_matches_reference(monkeypatch):
@@ -32,6 +32,8 @@ def test_kernel_attention_matches_reference(monkeypatch):
 
     real = kernels.block_diag_attention
     monkeypatch.setattr(kernels, "block_diag_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    koleo_calls, real_koleo = [], kernels.koleo_loss
+    monkeypatch.setattr(kernels, "koleo_loss", lambda x, **k: koleo_calls.append(x.shape[0]) or real_koleo(x, **k))
     rows = [
         {"src_ids": [0, 5, 6, 7, 2], "trg_ids": [0, 8, 9, 2]},
         {"src_ids": [0, 10, 11, 12, 13, 14, 2], "trg_ids": [0, 15, 16, 17, 18, 2]},
@@ -44,6 +46,7 @@ def test_kernel_attention_matches_reference(monkeypatch):
     out["loss"].backward()
     ref["loss"].backward()
     assert len(calls) == 2  # one encoder layer + one head layer went through the kernel
+    assert koleo_calls == [2, 2]  # both sides' KoLeo through the fused kernel
     for key in LOSSES:
         torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-5, msg=key)
     assert_same_grads(model, reference, rtol=1e-4)
