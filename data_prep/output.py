@@ -37,7 +37,10 @@ def save_split(chunk_files: list[Path], out: Path, num_proc: int = 1) -> None:
         if parts
         else datasets.Dataset.from_dict({name: [] for name in feats}, features=feats)
     )
-    ds.save_to_disk(str(out), max_shard_size=SHARD_BYTES, num_proc=None if num_proc <= 1 else num_proc)
+    if len(ds) == 0:  # max_shard_size on 0 rows writes no data file, and load_from_disk then fails
+        ds.save_to_disk(str(out), num_shards=1)
+    else:
+        ds.save_to_disk(str(out), max_shard_size=SHARD_BYTES, num_proc=None if num_proc <= 1 else num_proc)
 
 
 def shard_entries(root: Path, split: str) -> list[dict]:

@@ -150,8 +150,13 @@ def test_several_sources_max_pairs_and_tiny_valid(tmp_path):
     assert manifest["rows"] == {"train": 1, "valid": 4}  # min_valid never empties train
 
 
-def test_nothing_kept_is_a_clear_error(tmp_path):
+def test_nothing_kept(built, tmp_path):
     path = tmp_path / "a.tsv"
     path.write_text("src\ttrg\nsame\tsame\n")
-    with pytest.raises(ValueError, match="no pair survived cleaning"):
+    with pytest.raises(ValueError, match="no pair survived cleaning"):  # nothing to train a tokenizer on
         prepare(PrepConfig(sources=[f"tsv:{path}"], out=str(tmp_path / "o"), train_tokenizer=100, workers=1))
+    cfg = PrepConfig(sources=[f"tsv:{path}"], out=str(tmp_path / "p"), tokenizer=str(built / "tokenizer"), workers=1)
+    manifest = prepare(cfg)  # with a given tokenizer: empty but loadable splits
+    counts = manifest["counts"]
+    assert (counts["read"], counts["kept"], counts["skipped"]) == (1, 0, {"duplicate": 0, "identical": 1})
+    assert len(datasets.load_from_disk(str(tmp_path / "p" / "train"))) == 0 and manifest["rows"]["train"] == 0
