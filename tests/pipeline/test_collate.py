@@ -119,3 +119,15 @@ def test_bad_input_is_named(kwargs, rows, match):
     args = {"special_ids": SPECIAL, "vocab_size": V, **kwargs}
     with pytest.raises(ValueError, match=match):
         MexmaCollator(**args)(rows if rows is not None else make_rows(2))
+
+
+def test_one_sides_ratio_leaves_the_other_sides_masks_alone():
+    rows = make_rows(8)
+    a = MexmaCollator(SPECIAL, V, src_mask_prob=0.4, trg_mask_prob=0.0, seed=9)(rows)
+    b = MexmaCollator(SPECIAL, V, src_mask_prob=0.4, trg_mask_prob=0.3, seed=9)(rows)
+    src_end = int(a["cu_seqlens"][8])
+    assert torch.equal(a["labels"][:src_end], b["labels"][:src_end])
+    assert torch.equal(a["input_ids"][:src_end], b["input_ids"][:src_end])
+    c = MexmaCollator(SPECIAL, V, src_mask_prob=0.1, trg_mask_prob=0.3, seed=9)(rows)
+    trg = slice(int(b["cu_seqlens"][8]), int(b["cu_seqlens"][16]))
+    assert torch.equal(b["labels"][trg], c["labels"][trg])
