@@ -218,6 +218,8 @@ class MexmaModel(nn.Module):
 
     def _attn_kwargs(self, cu_seqlens: torch.Tensor, max_seqlen: int) -> dict:
         backend = resolve_backend(self.cfg.attention, cu_seqlens.device)
+        if backend == "kernel" and self.cfg.attention == "auto" and self.cfg.attention_dropout > 0 and self.training:
+            backend = "sdpa"  # the kernel has no attention dropout; auto falls back rather than failing
         kwargs = {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen, "attention_backend": backend}
         if backend == "sdpa":  # token -> padded-grid map, built once per call instead of once per layer
             kwargs["varlen_layout"] = varlen_layout(cu_seqlens)
