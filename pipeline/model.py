@@ -65,7 +65,7 @@ class ModelConfig:
     koleo_weight: float = 0.01  # w_koleo
     koleo_eps: float = 1e-8  # KoLeo's eps inside the log
     koleo_global: bool = False  # KoLeo over the all-gathered global batch instead of each rank's batch
-    attention: str = "auto"  # auto (kernel on CUDA, sdpa on CPU), kernel, sdpa, ref; MEXMA_KERNELS=ref forces ref
+    attention: str = "auto"  # auto (kernel on CUDA, else sdpa), kernel, sdpa, ref; MEXMA_KERNELS=ref forces ref
     kernels: bool = True  # False: KoLeo through its PyTorch reference too (as MEXMA_KERNELS=ref)
     gradient_checkpointing: bool = False  # recompute encoder and head layers in backward
     ce_chunk_bytes: int = losses.DEFAULT_CHUNK_BYTES  # byte budget of one fp32 (rows, V) logits block
