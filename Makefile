@@ -6,6 +6,10 @@ export DS_ACCELERATOR ?= cpu
 export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
+export TRITON_DEFAULT_FP_FUSION ?= 1
+# DeepSpeed's CPU shared-memory op is JIT-built once per venv at set-up (about 30 s), not inside a test that
+# may be killed mid-build (a killed build leaves torch's lock file behind and later builds wait on it).
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
 # Offline default locations (all git-ignored).
 DATA ?= data
@@ -23,6 +27,8 @@ $(VENV_STAMP): requirements.txt
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q torch==2.13.0
 	.venv/bin/pip install -q -r requirements.txt
+	DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.accelerator import get_accelerator as a; \
+		a().create_op_builder('ShareMemCommBuilder').load()"
 	touch $(VENV_STAMP)
 
 lint: setup
@@ -30,7 +36,7 @@ lint: setup
 
 test: setup
 	.venv/bin/ruff check .
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow and not faults" tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q --durations=15 -m "not slow and not faults" tests
 
 test-slow: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "slow" tests
