@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src-lang", default=UNKNOWN_LANG, help="src language where a source does not name it")
     p.add_argument("--trg-lang", default=UNKNOWN_LANG, help="trg language where a source does not name it")
     p.add_argument("--flores-split", default="dev", help="split read from flores: sources")
-    p.add_argument("--flores-langs", default="", help="comma-separated languages of flores: sources (default all)")
+    p.add_argument("--flores-langs", default="", help="comma-separated languages of flores: sources (empty: all)")
     p.add_argument("--gettext-domains", default="", help="comma-separated catalogue names of gettext: sources")
     p.add_argument("--workers", type=int, default=0, help="tokenisation processes (0: all cores)")
     p.add_argument("--chunk-rows", type=int, default=20_000, help="pairs per tokenisation task")

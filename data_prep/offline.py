@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--out", default="data", help="writes OUT/prepared and OUT/testset")
     p.add_argument("--locale-root", action="append", help="catalogue root, repeatable (default /usr/share/locale)")
-    p.add_argument("--domains", default="", help="comma-separated catalogue names to use (default all)")
+    p.add_argument("--domains", default="", help="comma-separated catalogue names to use (empty: all)")
     p.add_argument("--vocab-size", type=int, default=12000, help="ids of the trained Unigram tokenizer")
     p.add_argument("--tokenizer-sentences", type=int, default=100_000, help="tokenizer training sample (sentences)")
     p.add_argument("--min-langs", type=int, default=20, help="test set languages besides English, at least")
