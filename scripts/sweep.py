@@ -74,9 +74,29 @@ def run_one(name: str, recipe: dict, args: argparse.Namespace) -> dict:
             "total_s": round(time.time() - start, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def table(root: Path) -> str:
+    """Markdown of every record in root/log.jsonl: the settings that differ from the reference, steps, losses
+    (KoLeo at the first and last 10 steps: rising = the embeddings collapse), pooled error."""
+    lines = ["| run | settings (vs reference) | steps | mlm | cls | koleo first -> last 10 | langs | pooled error % |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |"]
+    for line in (root / "log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        diff = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if REFERENCE.get(k) != v) or "reference"
+        koleo = [m["koleo_loss"] for m in read_metrics(root / r["name"] / "train")]
+        first, last = sum(koleo[:10]) / 10, sum(koleo[-10:]) / 10
+        langs = r.get("langs", "all")
+        langs = "all" if langs == "all" else f"{len(langs.split(','))}"
+        lines.append(f"| {r['name']} | {diff} | {r['steps']} | {r['final_mlm_loss']:.2f} | {r['final_cls_loss']:.3f} | "
+                     f"{first:.2f} -> {last:.2f} | {langs} | {r['pooled_error_pct']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--table"]:
+        print(table(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/sweep")))
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help="run name: runs/sweep/NAME/{train,hf,eval}")
+    p.add_argument("name", help="run name: runs/sweep/NAME/{train,hf,eval}; `--table [ROOT]` prints the log instead")
     p.add_argument("--set", dest="sets", action="append", default=[], help="FLAG=VALUE over the reference recipe")
     p.add_argument("--steps", type=int, default=150, help="optimizer steps (the schedule's length)")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock cap (a safety net, not the budget)")
