@@ -55,6 +55,8 @@ def init_distributed() -> tuple[int, int]:
             MASTER_PORT=str(os.environ.get("MASTER_PORT", port)),
         )
     accel = get_accelerator()
+    if accel.device_name() == "cpu":
+        clear_stale_jit_lock("deepspeed_shm_comm")  # DeepSpeed JIT-loads this op in init_distributed on CPU
     if not dist.is_initialized():
         backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
         deepspeed.init_distributed(dist_backend=backend)
@@ -63,6 +65,26 @@ def init_distributed() -> tuple[int, int]:
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or dist.get_world_size())
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return dist.get_rank(), dist.get_world_size()
+
+
+def clear_stale_jit_lock(op_name: str, max_age_s: float = 300.0) -> bool:
+    """Remove a torch JIT-extension build lock left by a killed process; returns True when one was removed.
+
+    torch.utils.cpp_extension holds `<build dir>/lock` while it (re)builds or merely loads an op (well under a
+    second when up to date, ~30 s for a real build); a process SIGKILLed inside that window leaves the file behind
+    and every later launch then polls for it forever. A lock older than max_age_s has no live owner."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory(op_name, verbose=False)) / "lock"
+        age = time.time() - lock.stat().st_mtime
+    except (ImportError, OSError, RuntimeError):
+        return False
+    if age < max_age_s:
+        return False
+    lock.unlink(missing_ok=True)
+    log.warning("removed a stale JIT build lock %s (%.0f s old, left by a killed process)", lock, age)
+    return True
 
 
 class WarmupCosine:

@@ -167,3 +167,21 @@ def test_torchrun_two_processes(prepared, tmp_path):
     run_train(train_cmd(prepared, out, *"--max-steps 3 --save-every 0 --valid-every -1".split(), launcher=launcher))
     assert [r["pairs"] for r in read_metrics(out)] == [16, 16, 16]  # 8 pairs x 2 ranks
     assert len(list((out / "checkpoints" / "step_00000003").glob("client_rank*.pt"))) == 2
+
+
+def test_stale_jit_build_lock_is_cleared(tmp_path, monkeypatch):
+    """A SIGKILL while DeepSpeed JIT-loads its CPU shm op leaves torch's build lock; the next launch would poll for
+    it forever. init_distributed removes a lock older than 5 minutes and leaves a fresh one (a live build) alone."""
+    import os
+    import time
+
+    from pipeline.engine import clear_stale_jit_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "some_op" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    assert not clear_stale_jit_lock("some_op") and lock.exists()
+    os.utime(lock, (time.time() - 600, time.time() - 600))
+    assert clear_stale_jit_lock("some_op") and not lock.exists()
+    assert not clear_stale_jit_lock("some_op")  # no lock at all
