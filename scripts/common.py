@@ -62,7 +62,7 @@ def run_stage(name: str, cmd: list[str], log_path: Path, threads: int | None = N
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"\n==> [{name}] {' '.join(cmd)}\n    (log: {log_path})", flush=True)
     start = time.perf_counter()
-    with open(log_path, "w") as log:
+    with open(log_path, "w", buffering=1) as log:  # line-buffered: `tail -f` shows progress
         proc = subprocess.Popen(cmd, cwd=ROOT, env=stage_env(threads), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in proc.stdout:
