@@ -55,8 +55,17 @@ def run_variant(name: str, recipe: dict, seed: int, args: argparse.Namespace, do
     if old and old["recipe"] == recipe and old["steps_cap"] == args.steps and not args.force:
         print(f"\n==> [{run_name}] done earlier: pooled error {old['pooled_error_pct']:.2f}%", flush=True)
         return old
-    ns = argparse.Namespace(data=args.data, flores=args.flores, root=args.out, steps=args.steps, minutes=args.minutes,
-                            seed=seed, procs=2, pairs=args.pairs, extra=[])
+    ns = argparse.Namespace(
+        data=args.data,
+        flores=args.flores,
+        root=args.out,
+        steps=args.steps,
+        minutes=args.minutes,
+        seed=seed,
+        procs=2,
+        pairs=args.pairs,
+        extra=[],
+    )
     record = {**run_one(run_name, recipe, ns), "variant": name, "steps_cap": args.steps}
     with open(Path(args.out) / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -68,20 +77,33 @@ def write_report(out: Path, records: list[dict], args: argparse.Namespace) -> Pa
     for r in records:
         errors.setdefault(r["variant"], []).append(r["pooled_error_pct"])
     ranking = sorted(errors, key=lambda v: statistics.fmean(errors[v]))
-    lines = ["# MEXMA ablation in small", "",
-             f"Tiny XLM-R from random init, {args.pairs} pairs per step on 2 ZeRO-2 CPU ranks, step cap {args.steps}, "
-             f"wall-clock cap {args.minutes} min per run, seeds {args.seeds}; optimiser settings of the demo recipe "
-             f"(`{json.dumps(DEMO)}`). Pooled xsim error % (X -> eng_Latn) on the held-out test set "
-             f"`{args.flores}` (devtest). Lower is better.", "", seed_table(errors), "",
-             f"Ordering by mean (best first): {' < '.join(ranking)}.", "",
-             "| run | variant | seed | steps | wall s | final mlm | final cls | final koleo | pooled % |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# MEXMA ablation in small",
+        "",
+        f"Tiny XLM-R from random init, {args.pairs} pairs per step on 2 ZeRO-2 CPU ranks, step cap {args.steps}, "
+        f"wall-clock cap {args.minutes} min per run, seeds {args.seeds}; optimiser settings of the demo recipe "
+        f"(`{json.dumps(DEMO)}`). Pooled xsim error % (X -> eng_Latn) on the held-out test set "
+        f"`{args.flores}` (devtest). Lower is better.",
+        "",
+        seed_table(errors),
+        "",
+        f"Ordering by mean (best first): {' < '.join(ranking)}.",
+        "",
+        "| run | variant | seed | steps | wall s | final mlm | final cls | final koleo | pooled % |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in records:
-        lines.append(f"| {r['name']} | {r['variant']} | {r['seed']} | {r['steps']} | {r['wall_s']:.0f} | "
-                     f"{r['final_mlm_loss']:.3f} | {r['final_cls_loss']:.4f} | {r['final_koleo_loss']:.3f} | "
-                     f"{r['pooled_error_pct']:.2f} |")
-    lines += ["", "The paper's ablation (FLORES-200 xsim, xlm-roberta-large, full data): alignment only 0.15, "
-              "+ token-level 0.10, + KoLeo 0.06.", ""]
+        lines.append(
+            f"| {r['name']} | {r['variant']} | {r['seed']} | {r['steps']} | {r['wall_s']:.0f} | "
+            f"{r['final_mlm_loss']:.3f} | {r['final_cls_loss']:.4f} | {r['final_koleo_loss']:.3f} | "
+            f"{r['pooled_error_pct']:.2f} |"
+        )
+    lines += [
+        "",
+        "The paper's ablation (FLORES-200 xsim, xlm-roberta-large, full data): alignment only 0.15, "
+        "+ token-level 0.10, + KoLeo 0.06.",
+        "",
+    ]
     (out / "results.json").write_text(json.dumps({"records": records, "errors": errors}, indent=1) + "\n")
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -107,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start, done = time.perf_counter(), load_log(out / "log.jsonl")
     try:
-        records = [run_variant(name, recipe, seed, args, done) for seed in args.seeds
-                   for name, recipe in VARIANTS.items()]
+        records = [
+            run_variant(name, recipe, seed, args, done) for seed in args.seeds for name, recipe in VARIANTS.items()
+        ]
     except StageError as e:
         print(f"\nmake ablation: error: {e}", file=sys.stderr)
         return 1

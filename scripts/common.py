@@ -21,8 +21,15 @@ DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 DS_CONFIG = "ds_configs/zero2_cpu_fp32.json"
 
 # The DESIGN.md recipe scaled down (lr, warmup, loss weights, masking of the original command line).
-REFERENCE = {"lr": 1e-4, "warmup-fraction": 0.3, "mlm-weight": 1.0, "cls-weight": 1.0, "koleo-weight": 0.01,
-             "src-mask-prob": 0.4, "trg-mask-prob": 0.4}
+REFERENCE = {
+    "lr": 1e-4,
+    "warmup-fraction": 0.3,
+    "mlm-weight": 1.0,
+    "cls-weight": 1.0,
+    "koleo-weight": 0.01,
+    "src-mask-prob": 0.4,
+    "trg-mask-prob": 0.4,
+}
 
 
 class StageError(RuntimeError):
@@ -47,8 +54,13 @@ def free_port() -> int:
 
 
 def stage_env(threads: int | None = None) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
-               TOKENIZERS_PARALLELISM="false", WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_MODE=os.environ.get("WANDB_MODE", "offline"),
+    )
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
@@ -63,8 +75,15 @@ def run_stage(name: str, cmd: list[str], log_path: Path, threads: int | None = N
     print(f"\n==> [{name}] {' '.join(cmd)}\n    (log: {log_path})", flush=True)
     start = time.perf_counter()
     with open(log_path, "w", buffering=1) as log:  # line-buffered: `tail -f` shows progress
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=stage_env(threads), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=stage_env(threads),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         for line in proc.stdout:
             log.write(line)
             if echo and not _noise(line):
@@ -79,27 +98,87 @@ def run_stage(name: str, cmd: list[str], log_path: Path, threads: int | None = N
 
 def _noise(line: str) -> bool:
     """Launcher chatter that hides the progress lines (DeepSpeed's per-rank start-up banners)."""
-    return any(s in line for s in ("[real_accelerator.py", "[launch.py", "[runner.py", "cpu_adam", "[comm.py",
-                                   "Setting ds_accelerator", "[config_utils.py", "UserWarning", "warnings.warn"))
+    return any(
+        s in line
+        for s in (
+            "[real_accelerator.py",
+            "[launch.py",
+            "[runner.py",
+            "cpu_adam",
+            "[comm.py",
+            "Setting ds_accelerator",
+            "[config_utils.py",
+            "UserWarning",
+            "warnings.warn",
+        )
+    )
 
 
-def train_cmd(data: str, out: Path, recipe: dict, *, steps: int, minutes: float, seed: int = 0, procs: int = 2,
-              pairs_per_step: int = 32, extra: list[str] | None = None) -> list[str]:
+def train_cmd(
+    data: str,
+    out: Path,
+    recipe: dict,
+    *,
+    steps: int,
+    minutes: float,
+    seed: int = 0,
+    procs: int = 2,
+    pairs_per_step: int = 32,
+    extra: list[str] | None = None,
+) -> list[str]:
     """`deepspeed --num_gpus procs pipeline/train.py ...` (ZeRO-2 on CPU): pairs_per_step split over the ranks."""
     if pairs_per_step % procs:
         raise ValueError(f"pairs per step {pairs_per_step} is not divisible by {procs} processes")
-    args = ["--data", data, "--output-dir", str(out), "--ds-config", DS_CONFIG, "--model", "tiny",
-            "--batch-pairs", str(pairs_per_step // procs), "--grad-accum", "1", "--max-steps", str(steps),
-            "--max-minutes", str(minutes), "--save-every", "0", "--seed", str(seed), "--log-every", "10",
-            "--valid-every", "-1", *recipe_flags(recipe), *(extra or [])]
+    args = [
+        "--data",
+        data,
+        "--output-dir",
+        str(out),
+        "--ds-config",
+        DS_CONFIG,
+        "--model",
+        "tiny",
+        "--batch-pairs",
+        str(pairs_per_step // procs),
+        "--grad-accum",
+        "1",
+        "--max-steps",
+        str(steps),
+        "--max-minutes",
+        str(minutes),
+        "--save-every",
+        "0",
+        "--seed",
+        str(seed),
+        "--log-every",
+        "10",
+        "--valid-every",
+        "-1",
+        *recipe_flags(recipe),
+        *(extra or []),
+    ]
     if procs == 1:
         return [PY, "pipeline/train.py", *args]
     return [DEEPSPEED, "--num_gpus", str(procs), "--master_port", str(free_port()), "pipeline/train.py", *args]
 
 
 def eval_cmd(model: str, flores: str, out: Path, langs: str = "all") -> list[str]:
-    return [PY, "-m", "eval", "--model", model, "--flores", flores, "--split", "devtest", "--langs", langs,
-            "--out", str(out), "--no-progress"]
+    return [
+        PY,
+        "-m",
+        "eval",
+        "--model",
+        model,
+        "--flores",
+        flores,
+        "--split",
+        "devtest",
+        "--langs",
+        langs,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def export_cmd(run_dir: Path, out: Path) -> list[str]:
@@ -124,8 +203,20 @@ def build_untrained(data: str, out: Path, recipe: dict, seed: int = 0, extra: li
     from pipeline.export import EXPORT_ATTENTION, write_sentence_transformers
     from pipeline.model import build_model
 
-    cfg = parse_args(["--data", data, "--output-dir", str(out), "--seed", str(seed), "--model", "tiny",
-                      *recipe_flags(recipe), *(extra or [])])
+    cfg = parse_args(
+        [
+            "--data",
+            data,
+            "--output-dir",
+            str(out),
+            "--seed",
+            str(seed),
+            "--model",
+            "tiny",
+            *recipe_flags(recipe),
+            *(extra or []),
+        ]
+    )
     manifest = load_manifest(data)
     random.seed(seed)
     np.random.seed(seed)

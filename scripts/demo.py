@@ -81,12 +81,17 @@ class Demo:
         return True
 
     def prep(self) -> None:
-        self.stages["prep"] = run_stage("prep", [PY, "-m", "data_prep.offline", "--out", self.args.data],
-                                        self.logs / "prep.log")
+        self.stages["prep"] = run_stage(
+            "prep", [PY, "-m", "data_prep.offline", "--out", self.args.data], self.logs / "prep.log"
+        )
 
     def evaluate(self, name: str, model: str, out: Path, key: dict) -> None:
-        self.cached(f"eval {name}", out, key, lambda: run_stage(f"eval {name}", eval_cmd(model, self.flores, out),
-                                                                 self.logs / f"eval_{name}.log"))
+        self.cached(
+            f"eval {name}",
+            out,
+            key,
+            lambda: run_stage(f"eval {name}", eval_cmd(model, self.flores, out), self.logs / f"eval_{name}.log"),
+        )
 
     def untrained(self) -> None:
         hf = self.out / "untrained-hf"
@@ -103,8 +108,9 @@ class Demo:
     def train(self, label: str, run_name: str, recipe: dict) -> None:
         """Train (fresh when the command changed, else resume/skip), export, evaluate."""
         a, run = self.args, self.out / run_name
-        cmd = train_cmd(self.prepared, run, recipe, steps=a.steps, minutes=a.minutes, seed=a.seed,
-                        pairs_per_step=a.pairs)
+        cmd = train_cmd(
+            self.prepared, run, recipe, steps=a.steps, minutes=a.minutes, seed=a.seed, pairs_per_step=a.pairs
+        )
         key = self.key(cmd=[c for c in cmd if "master_port" not in c][4:])  # the port is drawn per launch
 
         def fit():
@@ -114,8 +120,12 @@ class Demo:
 
         self.cached(f"train {label}", run, key, fit)
         hf = self.out / f"{label}-hf"
-        self.cached(f"export {label}", hf, {**key, "stage": "export"},
-                    lambda: run_stage(f"export {label}", export_cmd(run, hf), self.logs / f"export_{label}.log"))
+        self.cached(
+            f"export {label}",
+            hf,
+            {**key, "stage": "export"},
+            lambda: run_stage(f"export {label}", export_cmd(run, hf), self.logs / f"export_{label}.log"),
+        )
         self.evaluate(label, str(hf), self.out / label, {**key, "stage": "eval"})
 
     def report(self) -> Path:
@@ -129,8 +139,14 @@ class Demo:
 
     def settings(self, recipe: dict) -> dict:
         a = self.args
-        return {**recipe, "pairs per step": f"{a.pairs} (2 ranks x {a.pairs // 2})", "step cap": a.steps,
-                "wall-clock cap (min)": a.minutes, "seed": a.seed, "model": "tiny (4 x 256, head 6 x 256)"}
+        return {
+            **recipe,
+            "pairs per step": f"{a.pairs} (2 ranks x {a.pairs // 2})",
+            "step cap": a.steps,
+            "wall-clock cap (min)": a.minutes,
+            "seed": a.seed,
+            "model": "tiny (4 x 256, head 6 x 256)",
+        }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -143,8 +159,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of init, sampler and masking (both trainings)")
     p.add_argument("--skip-reference", action="store_true", help="no reference-recipe training")
     p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}, run "
-                   "in this order (a later call reuses what an earlier one finished)")
+    p.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated subset of {','.join(STAGES)}, run "
+        "in this order (a later call reuses what an earlier one finished)",
+    )
     args = p.parse_args(argv)
     args.stages = [s for s in args.stages.split(",") if s]
     unknown = [s for s in args.stages if s not in STAGES]
@@ -180,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stages {args.stages} done in {(time.perf_counter() - start) / 60:.1f} min")
         return 0
     path = demo.out / "report.md"
-    summary = {label: pooled(load_results(demo.out / label)) for label in ("untrained", "trained", "reference",
-                                                                            "char3gram") if (demo.out / label).is_dir()}
+    summary = {
+        label: pooled(load_results(demo.out / label))
+        for label in ("untrained", "trained", "reference", "char3gram")
+        if (demo.out / label).is_dir()
+    }
     print("\npooled xsim error %: " + json.dumps({k: round(v, 2) for k, v in summary.items()}))
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; report: {path}")
     return 0

@@ -51,10 +51,17 @@ def data_summary(manifest: dict) -> dict:
     langs = sorted({lang for key in pairs for lang in key.split("-")})
     tokens = sum(round(s.get("n", 0) * s.get("mean", 0.0)) for s in manifest.get("token_lengths", {}).values())
     rows = manifest.get("rows", {})
-    return {"pairs_train": rows.get("train", 0), "pairs_valid": rows.get("valid", 0),
-            "read": manifest["counts"]["read"], "kept": manifest["counts"]["kept"],
-            "skipped": sum(manifest["counts"]["skipped"].values()), "language_pairs": len(pairs),
-            "languages": len(langs), "tokens": tokens, "vocab_size": manifest["tokenizer"]["vocab_size"]}
+    return {
+        "pairs_train": rows.get("train", 0),
+        "pairs_valid": rows.get("valid", 0),
+        "read": manifest["counts"]["read"],
+        "kept": manifest["counts"]["kept"],
+        "skipped": sum(manifest["counts"]["skipped"].values()),
+        "language_pairs": len(pairs),
+        "languages": len(langs),
+        "tokens": tokens,
+        "vocab_size": manifest["tokenizer"]["vocab_size"],
+    }
 
 
 def training_summary(records: list[dict], last: int = 10) -> dict:
@@ -64,9 +71,15 @@ def training_summary(records: list[dict], last: int = 10) -> dict:
     wall = float(records[-1]["elapsed_s"])
     tokens, pairs = sum(r["tokens"] for r in records), sum(r["pairs"] for r in records)
     tail = records[-last:]
-    out = {"steps": records[-1]["step"], "wall_s": wall, "tokens": tokens, "pairs": pairs,
-           "tokens_per_s": tokens / wall if wall > 0 else 0.0, "pairs_per_step": pairs / len(records),
-           "skipped": records[-1].get("skipped_total", 0)}
+    out = {
+        "steps": records[-1]["step"],
+        "wall_s": wall,
+        "tokens": tokens,
+        "pairs": pairs,
+        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
+        "pairs_per_step": pairs / len(records),
+        "skipped": records[-1].get("skipped_total", 0),
+    }
     out.update({f"final_{k}": statistics.fmean(r[k] for r in tail) for k in LOSS_KEYS})
     return out
 
@@ -90,12 +103,16 @@ def error_table(results: dict[str, dict]) -> str:
 
 def seed_table(errors: dict[str, list[float]]) -> str:
     """Markdown: per variant, each seed's pooled error, mean, and spread (sample std; max - min)."""
-    lines = ["| variant | seeds | pooled xsim error % per seed | mean | std | max - min |",
-             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| variant | seeds | pooled xsim error % per seed | mean | std | max - min |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
     for name, vals in errors.items():
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        lines.append(f"| {name} | {len(vals)} | {', '.join(f'{v:.2f}' for v in vals)} | {statistics.fmean(vals):.2f} "
-                     f"| {std:.2f} | {max(vals) - min(vals):.2f} |")
+        lines.append(
+            f"| {name} | {len(vals)} | {', '.join(f'{v:.2f}' for v in vals)} | {statistics.fmean(vals):.2f} "
+            f"| {std:.2f} | {max(vals) - min(vals):.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -166,17 +183,27 @@ def _settings_table(settings: dict[str, dict]) -> str:
 
 
 def _training_table(summaries: dict[str, dict]) -> str:
-    lines = ["| run | steps | pairs/step | wall time | tokens/s | final loss | mlm | cls | koleo |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| run | steps | pairs/step | wall time | tokens/s | final loss | mlm | cls | koleo |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for label, s in summaries.items():
-        lines.append(f"| {label} | {s['steps']} | {s['pairs_per_step']:.0f} | {s['wall_s'] / 60:.1f} min | "
-                     f"{s['tokens_per_s']:.0f} | {s['final_loss']:.3f} | {s['final_mlm_loss']:.3f} | "
-                     f"{s['final_cls_loss']:.4f} | {s['final_koleo_loss']:.3f} |")
+        lines.append(
+            f"| {label} | {s['steps']} | {s['pairs_per_step']:.0f} | {s['wall_s'] / 60:.1f} min | "
+            f"{s['tokens_per_s']:.0f} | {s['final_loss']:.3f} | {s['final_mlm_loss']:.3f} | "
+            f"{s['final_cls_loss']:.4f} | {s['final_koleo_loss']:.3f} |"
+        )
     return "\n".join(lines)
 
 
-def write_demo_report(out: Path, manifest_path: Path, runs: dict[str, Path], evals: dict[str, Path],
-                      settings: dict[str, dict] | None = None, stage_times: dict[str, float] | None = None) -> Path:
+def write_demo_report(
+    out: Path,
+    manifest_path: Path,
+    runs: dict[str, Path],
+    evals: dict[str, Path],
+    settings: dict[str, dict] | None = None,
+    stage_times: dict[str, float] | None = None,
+) -> Path:
     """out/report.md + out/losses.png + out/errors.png; runs: label -> training dir, evals: label -> eval dir."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,17 +216,37 @@ def write_demo_report(out: Path, manifest_path: Path, runs: dict[str, Path], eva
     results = {label: load_results(d) for label, d in evals.items()}
     plot_losses(metrics, out / "losses.png")
     plot_errors(results, out / "errors.png")
-    lines = ["# MEXMA demo report", "", "## Data", "",
-             f"`{manifest_path}`: {data['read']} catalogue messages read, {data['kept']} pairs kept "
-             f"({data['skipped']} skipped), {data['pairs_train']} train + {data['pairs_valid']} valid pairs in "
-             f"{data['language_pairs']} language pairs ({data['languages']} languages), {data['tokens']:,} tokens "
-             f"(both sides, with `<s>`/`</s>`), trained tokenizer of {data['vocab_size']} ids.", "",
-             "## Training", "", _training_table(summaries), "",
-             "Final losses: mean of the last 10 steps. tokens/s: all four views' tokens over the run's wall time.", ""]
+    lines = [
+        "# MEXMA demo report",
+        "",
+        "## Data",
+        "",
+        f"`{manifest_path}`: {data['read']} catalogue messages read, {data['kept']} pairs kept "
+        f"({data['skipped']} skipped), {data['pairs_train']} train + {data['pairs_valid']} valid pairs in "
+        f"{data['language_pairs']} language pairs ({data['languages']} languages), {data['tokens']:,} tokens "
+        f"(both sides, with `<s>`/`</s>`), trained tokenizer of {data['vocab_size']} ids.",
+        "",
+        "## Training",
+        "",
+        _training_table(summaries),
+        "",
+        "Final losses: mean of the last 10 steps. tokens/s: all four views' tokens over the run's wall time.",
+        "",
+    ]
     if settings:
         lines += ["## Settings", "", _settings_table(settings), ""]
-    lines += ["## xsim error % per language (X -> eng_Latn, held-out test set)", "", error_table(results), "",
-              "![error per language](errors.png)", "", "## Loss curves", "", "![losses](losses.png)", ""]
+    lines += [
+        "## xsim error % per language (X -> eng_Latn, held-out test set)",
+        "",
+        error_table(results),
+        "",
+        "![error per language](errors.png)",
+        "",
+        "## Loss curves",
+        "",
+        "![losses](losses.png)",
+        "",
+    ]
     if stage_times:
         lines += ["## Stage wall times", "", "| stage | seconds |", "| --- | ---: |"]
         lines += [f"| {k} | {v:.0f} |" for k, v in stage_times.items()]
@@ -216,10 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", default="data/prepared/manifest.json", help="the prepared dataset's manifest")
     args = p.parse_args(argv)
     root = Path(args.demo_dir)
-    runs = {label: root / d for label, d in (("trained", "train"), ("reference", "reference-train"))
-            if (root / d / "metrics.jsonl").is_file()}
-    evals = {label: root / label for label in ("untrained", "trained", "reference", "char3gram")
-             if (root / label / "results.json").is_file()}
+    runs = {
+        label: root / d
+        for label, d in (("trained", "train"), ("reference", "reference-train"))
+        if (root / d / "metrics.jsonl").is_file()
+    }
+    evals = {
+        label: root / label
+        for label in ("untrained", "trained", "reference", "char3gram")
+        if (root / label / "results.json").is_file()
+    }
     saved = root / "demo_state.json"
     state = read_json(saved) if saved.is_file() else {}
     try:

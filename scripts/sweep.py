@@ -58,27 +58,52 @@ def run_one(name: str, recipe: dict, args: argparse.Namespace) -> dict:
         shutil.rmtree(root)
     start, langs = time.time(), getattr(args, "langs", "all")
     if not (reuse and (root / "train" / "checkpoints" / "latest").is_file()):
-        run_stage(f"{name}: train", train_cmd(args.data, root / "train", recipe, steps=args.steps,
-                                              minutes=args.minutes, seed=args.seed, procs=args.procs,
-                                              pairs_per_step=args.pairs, extra=args.extra), root / "train.log")
+        run_stage(
+            f"{name}: train",
+            train_cmd(
+                args.data,
+                root / "train",
+                recipe,
+                steps=args.steps,
+                minutes=args.minutes,
+                seed=args.seed,
+                procs=args.procs,
+                pairs_per_step=args.pairs,
+                extra=args.extra,
+            ),
+            root / "train.log",
+        )
     if not (reuse and (root / "hf" / "mexma_export.json").is_file()):
         run_stage(f"{name}: export", export_cmd(root / "train", root / "hf"), root / "export.log", echo=False)
     ev = root / ("eval" if langs == "all" else f"eval_{len(langs.split(','))}langs")
     run_stage(f"{name}: eval", eval_cmd(str(root / "hf"), args.flores, ev, langs), root / "eval.log", echo=False)
     summary = training_summary(read_metrics(root / "train"))
     res = load_results(ev)
-    return {"name": name, "recipe": recipe, "seed": args.seed, "procs": args.procs, "pairs_per_step": args.pairs,
-            "extra": args.extra, "steps": summary["steps"], "wall_s": round(summary["wall_s"], 1),
-            "tokens_per_s": round(summary["tokens_per_s"]), "langs": langs, "pooled_error_pct": round(pooled(res), 2),
-            **{k: round(v, 4) for k, v in summary.items() if k.startswith("final_")},
-            "total_s": round(time.time() - start, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "name": name,
+        "recipe": recipe,
+        "seed": args.seed,
+        "procs": args.procs,
+        "pairs_per_step": args.pairs,
+        "extra": args.extra,
+        "steps": summary["steps"],
+        "wall_s": round(summary["wall_s"], 1),
+        "tokens_per_s": round(summary["tokens_per_s"]),
+        "langs": langs,
+        "pooled_error_pct": round(pooled(res), 2),
+        **{k: round(v, 4) for k, v in summary.items() if k.startswith("final_")},
+        "total_s": round(time.time() - start, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def table(root: Path) -> str:
     """Markdown of every record in root/log.jsonl: the settings that differ from the reference, steps, losses
     (KoLeo at the first and last 10 steps: rising = the embeddings collapse), pooled error."""
-    lines = ["| run | settings (vs reference) | steps | mlm | cls | koleo first -> last 10 | langs | pooled error % |",
-             "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |"]
+    lines = [
+        "| run | settings (vs reference) | steps | mlm | cls | koleo first -> last 10 | langs | pooled error % |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |",
+    ]
     for line in (root / "log.jsonl").read_text().splitlines():
         r = json.loads(line)
         diff = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if REFERENCE.get(k) != v) or "reference"
@@ -86,8 +111,10 @@ def table(root: Path) -> str:
         first, last = sum(koleo[:10]) / 10, sum(koleo[-10:]) / 10
         langs = r.get("langs", "all")
         langs = "all" if langs == "all" else f"{len(langs.split(','))}"
-        lines.append(f"| {r['name']} | {diff} | {r['steps']} | {r['final_mlm_loss']:.2f} | {r['final_cls_loss']:.3f} | "
-                     f"{first:.2f} -> {last:.2f} | {langs} | {r['pooled_error_pct']:.2f} |")
+        lines.append(
+            f"| {r['name']} | {diff} | {r['steps']} | {r['final_mlm_loss']:.2f} | {r['final_cls_loss']:.3f} | "
+            f"{first:.2f} -> {last:.2f} | {langs} | {r['pooled_error_pct']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -53,8 +53,7 @@ def start(cmd: list[str], out: Path) -> subprocess.Popen:
     """Launch in a new session (its own process group), output to out.log."""
     out.parent.mkdir(parents=True, exist_ok=True)
     log = open(f"{out}.log", "a")  # noqa: SIM115 - closed when the process is reaped (see kill_group)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = log
     return proc
 
@@ -120,8 +119,14 @@ DEEPSPEED = str(ROOT / ".venv/bin/deepspeed")
 
 
 def ds_cmd(prepared: Path, out: Path, port: int) -> list[str]:
-    return train_cmd(prepared, out, *TINY_RUN_FLAGS, "--grad-accum", "2",
-                     launcher=[DEEPSPEED, "--num_gpus", "2", "--master_port", str(port)])
+    return train_cmd(
+        prepared,
+        out,
+        *TINY_RUN_FLAGS,
+        "--grad-accum",
+        "2",
+        launcher=[DEEPSPEED, "--num_gpus", "2", "--master_port", str(port)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +200,14 @@ def test_kill_inside_a_checkpoint_save_keeps_latest_on_the_previous(prepared, ti
     note = f"killed inside the save of {tag}"
     out = tmp_path / "killed"
     cmd = train_cmd(prepared, out, *TINY_RUN_FLAGS)
-    proc = subprocess.run([cmd[0], "-c", KILL_INSIDE_SAVE, *cmd[2:]], cwd=ROOT, env=dict(run_env(), KILL_AT_TAG=tag),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [cmd[0], "-c", KILL_INSIDE_SAVE, *cmd[2:]],
+        cwd=ROOT,
+        env=dict(run_env(), KILL_AT_TAG=tag),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, f"{note}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
     assert (out / "checkpoints" / tag).is_dir() and not (out / "checkpoints" / tag / "COMPLETE.json").exists()
     assert marked(out) == previous, note

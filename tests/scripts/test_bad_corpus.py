@@ -30,10 +30,13 @@ def write_line_formats(root, good: list[tuple[str, str]]):
     expected: dict[str, int] = {}
     for _, _, reason in BAD_PAIRS:
         expected[reason] = 4  # once per format
-    (root / "a.tsv").write_bytes(("src\ttrg\n" + "".join(f"{s}\t{t}\n" for s, t in good[:40] + bad + good[:5])
-                                  + "one field only\n").encode() + b"caf\xe9\tcoffee\n")
-    (root / "b.csv").write_bytes(("src,trg\n" + "".join(f'"{s}","{t}"\n' for s, t in good[40:80] + bad)
-                                  + '"unclosed,quote\n').encode())
+    (root / "a.tsv").write_bytes(
+        ("src\ttrg\n" + "".join(f"{s}\t{t}\n" for s, t in good[:40] + bad + good[:5]) + "one field only\n").encode()
+        + b"caf\xe9\tcoffee\n"
+    )
+    (root / "b.csv").write_bytes(
+        ("src,trg\n" + "".join(f'"{s}","{t}"\n' for s, t in good[40:80] + bad) + '"unclosed,quote\n').encode()
+    )
     jsonl = [json.dumps({"src": s, "trg": t}) for s, t in good[80:120] + bad]
     jsonl += ["{not json", json.dumps({"src": "no target"}), json.dumps({"src": 1, "trg": "y"})]
     (root / "c.jsonl").write_bytes(("\n".join(jsonl) + "\n").encode() + b'{"src": "\xff", "trg": "b"}\n')
@@ -65,8 +68,19 @@ def built(tmp_path_factory):
     sources, expected = write_line_formats(root, good)
     sources.append(write_catalogue(root / "locale", good[160:200]))
     out = root / "out"
-    argv = ["--out", str(out), "--train-tokenizer", "120", "--workers", "1", "--src-lang", "fra_Latn",
-            "--trg-lang", "eng_Latn", "-q"]
+    argv = [
+        "--out",
+        str(out),
+        "--train-tokenizer",
+        "120",
+        "--workers",
+        "1",
+        "--src-lang",
+        "fra_Latn",
+        "--trg-lang",
+        "eng_Latn",
+        "-q",
+    ]
     for source in sources:
         argv += ["--source", source]
     assert main(argv) == 0

@@ -21,8 +21,9 @@ def test_untrained_model_is_the_training_initialisation(prepared, tmp_path):
 
     recipe = {**demo.DEMO, "warmup-start-factor": 0.0, "warmup-fraction": 0.9}  # round(0.9 x 1) = 1 warmup step
     run = tmp_path / "lr0"
-    run_train(tiny_train_cmd(prepared, run, "--max-steps", "1", "--seed", "3", "--valid-every", "-1",
-                             *recipe_flags(recipe)))
+    run_train(
+        tiny_train_cmd(prepared, run, "--max-steps", "1", "--seed", "3", "--valid-every", "-1", *recipe_flags(recipe))
+    )
     load = lambda path: XLMRobertaModel.from_pretrained(path, add_pooling_layer=False)  # noqa: E731
     trained = load(export_checkpoint(str(run), str(tmp_path / "lr0-hf")))
     built = load(build_untrained(str(prepared), tmp_path / "untrained", recipe, seed=3, extra=TINY_MODEL_FLAGS[2:]))
@@ -38,7 +39,7 @@ def test_recipes_parse_as_train_flags(tmp_path):
     for recipe in (REFERENCE, demo.DEMO):
         cmd = train_cmd("data/prepared", tmp_path / "r", recipe, steps=400, minutes=5.0, seed=1)
         assert cmd[1:3] == ["--num_gpus", "2"] and "pipeline/train.py" in cmd
-        cfg = parse_args(cmd[cmd.index("pipeline/train.py") + 1:])
+        cfg = parse_args(cmd[cmd.index("pipeline/train.py") + 1 :])
         assert (cfg.optim.lr, cfg.model.koleo_weight) == (recipe["lr"], recipe["koleo-weight"])
         assert (cfg.data.batch_pairs, cfg.run.max_steps, cfg.run.max_minutes, cfg.run.seed) == (16, 400, 5.0, 1)
         assert cfg.model.koleo_global == recipe.get("koleo-global", False)

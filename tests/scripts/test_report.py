@@ -40,8 +40,18 @@ def fake_run(root: Path, steps: int = 30, slope: float = 0.05) -> Path:
     with open(root / "metrics.jsonl", "w") as f:
         for s in range(1, steps + 1):
             mlm, cls, koleo = 9.0 - slope * s, 0.5 / s, -1.0 + 0.01 * s
-            rec = {"split": "train", "step": s, "loss": mlm + cls + 0.3 * koleo, "mlm_loss": mlm, "cls_loss": cls,
-                   "koleo_loss": koleo, "tokens": 1000, "pairs": 32, "elapsed_s": 2.0 * s, "skipped_total": 0}
+            rec = {
+                "split": "train",
+                "step": s,
+                "loss": mlm + cls + 0.3 * koleo,
+                "mlm_loss": mlm,
+                "cls_loss": cls,
+                "koleo_loss": koleo,
+                "tokens": 1000,
+                "pairs": 32,
+                "elapsed_s": 2.0 * s,
+                "skipped_total": 0,
+            }
             f.write(json.dumps(rec) + "\n")
         f.write(json.dumps({"split": "valid", "step": steps, "loss": 1.0}) + "\n")  # ignored by the summary
     return root
@@ -51,8 +61,10 @@ def fake_eval(root: Path, errors: dict[str, int], n: int = 50) -> Path:
     root.mkdir(parents=True)
     langs = {g: {"errors": e, "n": n, "error_pct": 100 * e / n} for g, e in errors.items()}
     total = sum(errors.values())
-    res = {"languages": langs, "average": {"errors": total, "n": n * len(errors),
-                                           "error_pct": 100 * total / (n * len(errors))}}
+    res = {
+        "languages": langs,
+        "average": {"errors": total, "n": n * len(errors), "error_pct": 100 * total / (n * len(errors))},
+    }
     (root / "results.json").write_text(json.dumps(res))
     return root
 
@@ -62,8 +74,12 @@ def demo_dir(tmp_path) -> Path:
     out = tmp_path / "demo"
     fake_run(out / "train")
     fake_run(out / "reference-train", slope=0.01)
-    for label, errs in (("untrained", (45, 44, 48)), ("trained", (10, 12, 20)), ("reference", (49, 49, 50)),
-                        ("char3gram", (25, 26, 40))):
+    for label, errs in (
+        ("untrained", (45, 44, 48)),
+        ("trained", (10, 12, 20)),
+        ("reference", (49, 49, 50)),
+        ("char3gram", (25, 26, 40)),
+    ):
         fake_eval(out / label, dict(zip(LANGS, errs)))
     return out
 
