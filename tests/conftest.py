@@ -2,6 +2,7 @@
 
 import os
 import random
+import zlib
 
 import numpy as np
 import pytest
@@ -14,7 +15,11 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 @pytest.fixture(autouse=True)
 def _seed_everything(request):
-    seed = abs(hash(request.node.nodeid)) % (2**31)
+    """Each test its own seed, stable across runs (str hash() is salted per process, crc32 is not).
+
+    MEXMA_TEST_SEED=N shifts every seed, to sweep fresh inputs when hunting a flaky tolerance.
+    """
+    seed = (zlib.crc32(request.node.nodeid.encode()) + int(os.environ.get("MEXMA_TEST_SEED", "0"))) % (2**31)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -46,6 +46,32 @@ def assert_same_grads(packed, reference, rtol=2e-4):
         assert diff <= rtol * scale, f"{name}: max |grad diff| {diff:.3g} vs scale {scale:.3g}"
 
 
+def neighbour_gap(cls: torch.Tensor) -> float:
+    """Smallest margin between a row's nearest and second-nearest other row (cosine, float64).
+
+    A random-init encoder puts all CLS rows near cos 0.9999, so KoLeo's argmax can sit on a near-tie that
+    1e-7 of fp32 reordering flips (packed vs padded), changing the loss by ~1e-4: a property of the input, not
+    a mismatch. Tests draw inputs whose neighbours are unambiguous instead of loosening the tolerance.
+    """
+    x = torch.nn.functional.normalize(cls.detach().double(), dim=-1)
+    sims = (x @ x.t()).fill_diagonal_(-2.0)  # (B, B), self excluded
+    top2 = sims.topk(2, dim=1).values  # (B, 2)
+    return (top2[:, 0] - top2[:, 1]).min().item()
+
+
+def well_conditioned_rows(cfg, n, hi, min_gap=5e-7, tries=30):
+    """Random rows (row 0 heavily padded) whose clean CLS rows have unambiguous KoLeo neighbours."""
+    for _ in range(tries):
+        rows = make_rows(n, lo=1, hi=hi, vocab=V)
+        rows[0] = {"src_ids": [0, 7, 2], "trg_ids": [0, *range(4, 40), 2]}  # length 3 vs 38: heavy padding
+        with torch.no_grad():
+            torch.manual_seed(0)
+            out = build_model(cfg, V)(**MexmaCollator(SPECIAL, V, seed=11)(rows))
+        if min(neighbour_gap(out["src_cls"]), neighbour_gap(out["trg_cls"])) > min_gap:
+            return rows
+    raise AssertionError(f"no well-conditioned batch in {tries} draws")
+
+
 def run_both(cfg, rows, ce_chunk_bytes=None):
     if ce_chunk_bytes is not None:
         cfg.ce_chunk_bytes = ce_chunk_bytes
@@ -60,8 +86,8 @@ def run_both(cfg, rows, ce_chunk_bytes=None):
 
 @pytest.mark.parametrize(("attention", "chunk_bytes"), [("sdpa", None), ("ref", 4 * V * 5)])
 def test_packed_matches_padded_reference(attention, chunk_bytes):
-    rows = make_rows(6, lo=1, hi=20, vocab=V)
-    rows[0] = {"src_ids": [0, 7, 2], "trg_ids": [0, *range(4, 40), 2]}  # length 3 vs 38: heavy padding
+    rows = well_conditioned_rows(small_config(attention=attention), 6, hi=20)
+    torch.manual_seed(0)  # the same weights as the draw above
     model, reference, out, ref = run_both(small_config(attention=attention), rows, chunk_bytes)
     for key in LOSSES:
         torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
