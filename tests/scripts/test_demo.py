@@ -36,13 +36,18 @@ def test_untrained_model_is_the_training_initialisation(prepared, tmp_path):
 
 
 def test_recipes_parse_as_train_flags(tmp_path):
-    for recipe in (REFERENCE, demo.DEMO):
+    for recipe in (REFERENCE, demo.DEMO, demo.REFERENCE_RUN):
         cmd = train_cmd("data/prepared", tmp_path / "r", recipe, steps=400, minutes=5.0, seed=1)
         assert cmd[1:3] == ["--num_gpus", "2"] and "pipeline/train.py" in cmd
         cfg = parse_args(cmd[cmd.index("pipeline/train.py") + 1 :])
         assert (cfg.optim.lr, cfg.model.koleo_weight) == (recipe["lr"], recipe["koleo-weight"])
         assert (cfg.data.batch_pairs, cfg.run.max_steps, cfg.run.max_minutes, cfg.run.seed) == (16, 400, 5.0, 1)
         assert cfg.model.koleo_global == recipe.get("koleo-global", False)
+        shape = (recipe.get("head-layers", 6), recipe.get("head-ffn", 3072))
+        assert (cfg.model.head_layers, cfg.model.head_ffn) == shape
+    # both demo trainings share the model; the reference run keeps the reference's dropout, the demo recipe drops it
+    assert {k: demo.REFERENCE_RUN[k] for k in demo.DEMO_MODEL} == {k: demo.DEMO[k] for k in demo.DEMO_MODEL}
+    assert "hidden-dropout" not in demo.REFERENCE_RUN and demo.DEMO["hidden-dropout"] == 0.0
     with pytest.raises(ValueError, match="pairs per step 33 is not divisible by 2"):
         train_cmd("d", tmp_path, REFERENCE, steps=1, minutes=1, pairs_per_step=33)
 
