@@ -47,7 +47,16 @@ def test_recipes_parse_as_train_flags(tmp_path):
         assert (cfg.model.head_layers, cfg.model.head_ffn) == shape
     # both demo trainings share the model; the reference run keeps the reference's dropout, the demo recipe drops it
     assert {k: demo.REFERENCE_RUN[k] for k in demo.DEMO_MODEL} == {k: demo.DEMO[k] for k in demo.DEMO_MODEL}
-    assert "hidden-dropout" not in demo.REFERENCE_RUN and demo.DEMO["hidden-dropout"] == 0.0
+    assert demo.REFERENCE_RUN["hidden-dropout"] == 0.1 and demo.DEMO["hidden-dropout"] == 0.0
+    flags = train_cmd("d", tmp_path, demo.REFERENCE_RUN, steps=1, minutes=1)
+    ref = parse_args(flags[flags.index("pipeline/train.py") + 1 :])
+    default = parse_args(["--data", "d", "--output-dir", str(tmp_path)])
+    assert default.model.hidden_dropout is None  # None = the preset's 0.1 (pipeline/model.py encoder_config)
+    assert (ref.model.hidden_dropout, ref.model.head_dropout, ref.model.koleo_global) == (
+        0.1,
+        default.model.head_dropout,
+        default.model.koleo_global,
+    )  # spelled out, yet the defaults
     with pytest.raises(ValueError, match="pairs per step 33 is not divisible by 2"):
         train_cmd("d", tmp_path, REFERENCE, steps=1, minutes=1, pairs_per_step=33)
 
