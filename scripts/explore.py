@@ -9,7 +9,7 @@ trainer's schedule (linear warmup from 0.1 x lr, cosine to 0); every --eval-ever
 of the held-out test set (data/testset devtest, 8 languages -> eng_Latn) are scored with eval.xsim, so one run gives
 the whole curve in about 5 minutes on 2 cores (0.5 s per 32-pair step with the 2-layer head). It does not replace
 train.py: the demo's recipe was chosen here and then confirmed through the real ZeRO-2 path (docs/demo.md). Appends
-one JSON line per run to runs/explore/log.jsonl.
+one JSON line per run to --log (runs/explore/log.jsonl).
 """
 
 import argparse
@@ -29,19 +29,9 @@ from eval.xsim import xsim  # noqa: E402
 from pipeline import data as D  # noqa: E402
 from pipeline.collate import MexmaCollator, pack  # noqa: E402
 from pipeline.model import ModelConfig, build_model  # noqa: E402
+from scripts.sweep import parse_value  # noqa: E402
 
 LANGS = "deu_Latn,fra_Latn,spa_Latn,rus_Cyrl,jpn_Jpan,zho_Hans,tur_Latn,ell_Grek".split(",")
-
-
-def parse_value(text):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 @torch.no_grad()
@@ -69,11 +59,12 @@ def evaluate(model, test):
     return round(100 * err / n, 2), per
 
 
-def main():
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("name", help="run name (the log record's key)")
     p.add_argument("--data", default="data/prepared", help="prepared data (python -m data_prep.offline --out data)")
     p.add_argument("--testset", default="data/testset", help="held-out test set (devtest split)")
+    p.add_argument("--log", default="runs/explore/log.jsonl", help="JSON-lines record of every run (appended)")
     p.add_argument("--langs", default=",".join(LANGS), help="comma-separated test languages, scored -> eng_Latn")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--pairs", type=int, default=32)
@@ -86,7 +77,7 @@ def main():
     p.add_argument("--max-len", type=int, default=200)
     p.add_argument("--langs-only", action="store_true", help="train only on pairs whose trg lang is in the test set")
     p.add_argument("--set", action="append", default=[], help="ModelConfig FIELD=VALUE (e.g. head_layers=2)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(2)
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
@@ -134,7 +125,7 @@ def main():
     t0 = time.time()
     hist = []
     for step in range(a.steps):
-        idx = order[step * a.pairs : (step + 1) * a.pairs]
+        idx = order[np.arange(step * a.pairs, (step + 1) * a.pairs) % len(order)]  # wraps on small data
         batch = col(D.fetch_rows(ds, idx, a.max_len))
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -158,10 +149,11 @@ def main():
         "train_s": round(time.time() - t0),
         "final": np.mean(hist[-25:], axis=0).round(4).tolist(),
     }
-    Path("runs/explore").mkdir(parents=True, exist_ok=True)
-    with open("runs/explore/log.jsonl", "a") as f:
+    Path(a.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.log, "a") as f:
         f.write(json.dumps(rec) + "\n")
     print(json.dumps(rec))
+    return rec
 
 
 if __name__ == "__main__":
