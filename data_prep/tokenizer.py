@@ -91,11 +91,40 @@ def train_unigram(texts: Iterator[str], vocab_size: int, out_dir: Path, show_pro
     return describe(out_dir, name=f"trained-unigram-{len(vocab) + 1}")
 
 
+REQUIRED_CHAR_STEP = 1e-4  # the trainer's score decrement between the required characters it appends
+
+
 def canonical_pieces(pieces: list[tuple[str, float]], decimals: int = 8) -> list[tuple[str, float]]:
     """Scores rounded and pieces sorted by (score desc, piece): the trainer sums in HashMap order (random
-    per process), which moves scores in the 15th digit and reorders equal-score pieces between runs."""
+    per process), which moves scores in the 15th digit and reorders equal-score pieces between runs.
+
+    The trainer also appends the characters of the text that no learned piece covers, walking a HashSet (random
+    order per process): a run of single characters 1e-4 apart, then single characters at one lower score. Which
+    character gets which score (and id) changes from run to run, the set does not. That block is sorted by character
+    and given the same scores in order, so a rerun on the same text yields the same file (same ids)."""
     rounded = [(piece, round(score, decimals)) for piece, score in pieces]
-    return sorted(rounded, key=lambda ps: (-ps[1], ps[0]))
+    ordered = sorted(rounded, key=lambda ps: (-ps[1], ps[0]))
+    tol = 10.0 ** (2 - decimals)
+    step = lambda k: (  # noqa: E731 - ordered[k] follows ordered[k - 1] as the trainer's next required character
+        len(ordered[k][0]) == 1
+        and len(ordered[k - 1][0]) == 1
+        and abs(ordered[k - 1][1] - ordered[k][1] - REQUIRED_CHAR_STEP) <= tol
+    )
+    k = 1
+    while k < len(ordered):
+        if not step(k):
+            k += 1
+            continue
+        start, end = k - 1, k + 1  # a run of single characters one step apart: ordered[start:end]
+        while end < len(ordered) and step(end):
+            end += 1
+        if end - start >= 3:  # learned pieces never fall exactly 1e-4 apart three times in a row
+            while end < len(ordered) and len(ordered[end][0]) == 1:  # + the equal-score characters set after it
+                end += 1
+            scores = [score for _, score in ordered[start:end]]
+            ordered[start:end] = zip(sorted(piece for piece, _ in ordered[start:end]), scores)
+        k = end
+    return ordered
 
 
 def save_pretrained_copy(name_or_path: str, out_dir: Path) -> TokenizerInfo:
