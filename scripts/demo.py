@@ -65,7 +65,7 @@ DEMO = {
 # The reference's hyperparameters (lr, warmup, loss weights, dropout, masking) on the demo's model and budget.
 # Its defaults are spelled out so the report's settings table shows them.
 REFERENCE_RUN = {**REFERENCE, **DEMO_MODEL, "koleo-global": False, "hidden-dropout": 0.1, "head-dropout": 0.1}
-STEPS, MINUTES, PAIRS = 600, 9.0, 32  # about 6.5 min per training on an idle 2-core machine; the cap bounds a slow one
+STEPS, MINUTES, PAIRS = 600, 9.0, 32  # 5.5-5.8 min per training on an idle 2-core machine; the cap bounds a slow one
 MODEL_SHAPE_FLAGS = ("num-layers", "hidden-size", "num-heads", "ffn-size", "max-positions")
 STAGES = ("prep", "untrained", "char3gram", "trained", "reference", "report")
 

@@ -14,7 +14,6 @@ one JSON line per run to --log (runs/explore/log.jsonl).
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,9 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from eval.xsim import xsim  # noqa: E402
 from pipeline import data as D  # noqa: E402
-from pipeline.collate import MexmaCollator, pack  # noqa: E402
+from pipeline.collate import IGNORE_INDEX, MexmaCollator, pack  # noqa: E402
+from pipeline.config import OptimConfig  # noqa: E402
+from pipeline.engine import WarmupCosine  # noqa: E402
 from pipeline.model import ModelConfig, build_model  # noqa: E402
 from scripts.sweep import parse_value  # noqa: E402
 
@@ -35,24 +36,24 @@ LANGS = "deu_Latn,fra_Latn,spa_Latn,rus_Cyrl,jpn_Jpan,zho_Hans,tur_Latn,ell_Grek
 
 
 @torch.no_grad()
-def embed(model, ids_list, bos_pad=1, chunk=256):
+def embed(model, ids_list, pad_id=1, chunk=256):
     model.eval()
     out = []
     for i in range(0, len(ids_list), chunk):
         seqs = [torch.tensor(x) for x in ids_list[i : i + chunk]]
-        b = pack(seqs, [torch.full_like(s, -100) for s in seqs], n_pairs=0, pad_id=bos_pad)
+        b = pack(seqs, [torch.full_like(s, IGNORE_INDEX) for s in seqs], n_pairs=0, pad_id=pad_id)
         h = model.encode_packed(b["input_ids"], b["position_ids"], b["cu_seqlens"], b["max_seqlen"])
         out.append(h[b["cu_seqlens"][:-1].long()].float().numpy())
     model.train()
     return np.concatenate(out)
 
 
-def evaluate(model, test):
-    y = embed(model, test["eng_Latn"])
+def evaluate(model, test, pad_id):
+    y = embed(model, test["eng_Latn"], pad_id)
     err = n = 0
     per = {}
     for lang in (x for x in test if x != "eng_Latn"):
-        e, m = xsim(embed(model, test[lang]), y, "ratio", 4)
+        e, m = xsim(embed(model, test[lang], pad_id), y, "ratio", 4)
         per[lang] = round(100 * e / m, 1)
         err += e
         n += m
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = {}
     for lang in [*langs, "eng_Latn"]:
         lines = Path(f"{a.testset}/devtest/{lang}.devtest").read_text().splitlines()
-        test[lang] = tok(lines, truncation=True, max_length=200)["input_ids"]
+        test[lang] = tok(lines, truncation=True, max_length=a.max_len)["input_ids"]
     col = MexmaCollator(sp, vocab, a.mask, a.mask, seed=a.seed)
     rng = np.random.default_rng(a.seed)
     if a.langs_only:
@@ -110,16 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
     order = rng.permutation(pool)
     # as the DeepSpeed config's AdamW: one group, weight decay on every parameter
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=a.wd)
-    warm = max(1, int(a.warmup * a.steps))
-
-    def lr_at(s):
-        if s < warm:
-            return a.lr * (0.1 + 0.9 * s / warm)
-        t = (s - warm) / max(1, a.steps - warm)
-        return a.lr * 0.5 * (1 + math.cos(math.pi * t))
+    trainer = OptimConfig()  # the trainer's warmup start and cosine floor
+    lr_factor = WarmupCosine(a.steps, a.warmup, trainer.warmup_start_factor, trainer.min_lr_ratio)
 
     curve = []
-    e0, _ = evaluate(model, test)
+    e0, _ = evaluate(model, test, sp["pad"])
     curve.append((0, e0))
     print(f"[{a.name}] step 0 err {e0}", flush=True)
     t0 = time.time()
@@ -128,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         idx = order[np.arange(step * a.pairs, (step + 1) * a.pairs) % len(order)]  # wraps on small data
         batch = col(D.fetch_rows(ds, idx, a.max_len))
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = a.lr * lr_factor(step)
         out = model(**batch)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -139,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
             h = np.mean(hist[-25:], axis=0)
             print(f"  {step + 1} mlm {h[0]:.3f} cls {h[1]:.4f} koleo {h[2]:.3f}  {time.time() - t0:.0f}s", flush=True)
         if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
-            e, per = evaluate(model, test)
+            e, per = evaluate(model, test, sp["pad"])
             curve.append((step + 1, e))
             print(f"[{a.name}] step {step + 1} err {e} {per}", flush=True)
     rec = {
