@@ -1,0 +1,100 @@
+"""The DeepSpeed JSON: load and check a `ds_configs/*.json`, fill its "auto" values from the typed config, and the
+batch arithmetic (micro batch x gradient accumulation x world size = `train_batch_size`), checked in one place with a
+message that spells it out (STYLE.md #6)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from pipeline.config.schema import ConfigError, TrainConfig
+
+REFERENCE_MICRO_BATCH = 150  # pairs per GPU in the original recipe (seed README `--batch_size 150`)
+REFERENCE_GRAD_ACCUM = 2  # seed README `--number_of_iterations_to_accumulated_gradients 2`
+
+
+def load_ds_config(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--ds-config {path}: no such file")
+    try:
+        ds = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--ds-config {path}: invalid JSON: {e}") from e
+    if not isinstance(ds, dict):
+        raise ConfigError(f"--ds-config {path}: expected a JSON object")
+    if "scheduler" in ds:
+        raise ConfigError(
+            f"--ds-config {path}: remove the 'scheduler' block; the schedule comes from --lr, "
+            "--warmup-fraction, --warmup-start-factor, --min-lr-ratio (pipeline/engine.py)"
+        )
+    if ds.get("bf16", {}).get("enabled") and ds["bf16"].get("check_grad_overflow") is False:
+        raise ConfigError(
+            f"--ds-config {path}: bf16.check_grad_overflow must stay true: a non-finite loss is skipped through "
+            "ZeRO's overflow check (pipeline/engine.py), without it NaN gradients would reach the weights"
+        )
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2):
+        raise ConfigError(
+            f"--ds-config {path}: zero_optimization.stage {stage} unsupported (0, 1 or 2; ZeRO-3 "
+            "shards the parameters, which export and the packed model do not expect)"
+        )
+    return ds
+
+
+def _int_or_auto(ds: dict, key: str, path: str) -> int | None:
+    v = ds.get(key, "auto")
+    if v == "auto" or v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f'--ds-config {path}: {key} must be a positive integer or "auto", got {v!r}')
+    return v
+
+
+def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int) -> dict:
+    """Fill the DeepSpeed JSON's "auto" values from `cfg` and check micro x accumulation x world = global batch.
+
+    Precedence of the micro batch and the accumulation: flag/config file > a number in the JSON > reference default.
+    """
+    path = cfg.run.ds_config
+    out = copy.deepcopy(ds)
+    micro = cfg.data.batch_pairs or _int_or_auto(ds, "train_micro_batch_size_per_gpu", path) or REFERENCE_MICRO_BATCH
+    gas = cfg.optim.grad_accum or _int_or_auto(ds, "gradient_accumulation_steps", path)
+    total = _int_or_auto(ds, "train_batch_size", path)
+    if gas is None:
+        gas = REFERENCE_GRAD_ACCUM if total is None else max(total // (micro * world_size), 1)
+    if total is not None and total != micro * gas * world_size:
+        raise ConfigError(
+            f"batch arithmetic: train_batch_size {total} (from {path}) != micro batch {micro} (--batch-pairs or "
+            f"train_micro_batch_size_per_gpu) x gradient accumulation {gas} (--grad-accum or "
+            f"gradient_accumulation_steps) x world size {world_size} = {micro * gas * world_size}; "
+            'set train_batch_size to "auto" or make the three agree'
+        )
+    out.update(
+        train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=gas, train_batch_size=micro * gas * world_size
+    )
+    o = cfg.optim
+    _fill(out, "gradient_clipping", o.grad_clip, "grad-clip", path)
+    optimizer = out.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    params = optimizer.setdefault("params", {})
+    for key, value, flag in (
+        ("lr", o.lr, "lr"),
+        ("betas", list(o.betas), "betas"),
+        ("eps", o.eps, "eps"),
+        ("weight_decay", o.weight_decay, "weight-decay"),
+    ):
+        _fill(params, key, value, flag, path)
+    out.setdefault("steps_per_print", 10**9)  # our own progress line replaces DeepSpeed's
+    return out
+
+
+def _fill(obj: dict, key: str, value, flag: str, path: str) -> None:
+    """The typed config owns this value: fill "auto", refuse a different number in the JSON."""
+    current = obj.get(key, "auto")
+    if current != "auto" and current != value:
+        raise ConfigError(
+            f"--ds-config {path}: {key} = {current!r} conflicts with --{flag} {value!r}; "
+            f'set it to "auto" in the JSON and use --{flag}'
+        )
+    obj[key] = value
