@@ -1,0 +1,33 @@
+"""The docs' flag table is generated from the same help texts as `--help` (issue #11: one way to document a field)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pipeline.config import build_parser, flag_table
+from pipeline.config.__main__ import with_table
+from pipeline.config.schema import SECTIONS, flag_name, section_fields
+from tests.pipeline.conftest import ROOT
+
+
+def test_every_field_has_a_help_text_shown_by_help_and_docs():
+    help_text = build_parser().format_help()
+    table = flag_table()
+    for section in SECTIONS:
+        for f, _ in section_fields(section):
+            text = f.metadata.get("help", "")
+            assert text, f"{section}.{f.name} has no help text (declare it with pipeline.fields.opt)"
+            assert f"--{flag_name(f)}" in help_text and f"`--{flag_name(f)}" in table
+            assert text.split()[0] in table
+
+
+def test_docs_training_md_holds_the_generated_table():
+    doc = (ROOT / "docs" / "training.md").read_text()
+    stale = "docs/training.md is stale: run `python -m pipeline.config --write-docs docs/training.md`"
+    assert with_table(doc) == doc, stale
+
+
+def test_model_config_fields_carry_their_help_in_metadata():
+    from pipeline.model import ModelConfig
+
+    assert all(f.metadata.get("help") for f in dataclasses.fields(ModelConfig))
