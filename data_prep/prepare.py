@@ -6,9 +6,11 @@ Passes over the data (memory stays flat: nothing holds the corpus):
 3. train the tokenizer on the spool's kept text (or copy a pretrained one);
 4. tokenise the spool in parallel (encode.py) and save `train/`, `valid/` with `datasets`;
 5. write `manifest.json` last: its presence marks a complete directory.
+Every skipped record goes to `skipped.jsonl` (skiplog.py). All of it is built in a work directory beside
+`--out` that replaces the old output only once complete (workdir.py).
 
-Re-running with the same inputs (sha256) and arguments finds the same fingerprint in the manifest
-and does nothing unless `force`.
+Re-running with the same inputs (sha256, the `--tokenizer` files included) and arguments finds the same
+fingerprint in the manifest and does nothing unless `force`.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import encode, output, spool
-from .clean import DUPLICATE, Cleaner
+from . import encode, output, spool, workdir
+from .clean import DUPLICATE, SAME_LANGUAGE, UNKNOWN_LANGUAGE, Cleaner
+from .langcodes import to_flores
 from .records import Skip
+from .skiplog import SKIPPED_FILE, SkipLog
 from .sources import ReadOptions, Source
-from .tokenizer import TokenizerInfo, save_pretrained_copy, train_unigram
+from .tokenizer import TokenizerInfo, backend_json, dir_sha256, save_pretrained_copy, train_unigram
 
 log = logging.getLogger("data_prep")
-FORMAT_VERSION = 1  # bump when the output of the same inputs changes
-_LOGGED_SKIPS = {"invalid_utf8", "malformed"}  # reasons worth a warning with file:line (first 20)
+FORMAT_VERSION = 2  # bump when the output of the same inputs changes (2: language checks, skipped.jsonl)
 
 
 @dataclass
@@ -84,6 +87,9 @@ class PrepConfig:
             raise ValueError(f"--valid-fraction {self.valid_fraction}: must be in [0, 1)")
         if self.max_ratio < 1.0 or self.max_chars < 1:
             raise ValueError(f"--max-ratio {self.max_ratio} must be >= 1 and --max-chars {self.max_chars} >= 1")
+        for flag, code in (("--src-lang", self.read.src_lang), ("--trg-lang", self.read.trg_lang)):
+            if to_flores(code) is None:
+                raise ValueError(f"{flag} {code!r}: not a FLORES-200 code (fra_Latn) nor a known locale (fr, pt_BR)")
 
     def args_json(self) -> dict:
         """The arguments that decide the output (not `workers`, `force`: the output does not depend on them)."""
@@ -91,38 +97,64 @@ class PrepConfig:
 
 
 def prepare(cfg: PrepConfig) -> dict:
-    """Build (or confirm up to date) the prepared directory `cfg.out`; returns the manifest."""
+    """Build (or confirm up to date) the prepared directory `cfg.out`; returns the manifest.
+
+    A failure at any point (bad input, SIGKILL) leaves a previous output of `cfg.out` as it was."""
     cfg.check()
     out = Path(cfg.out)
     sources = [Source.parse(s) for s in cfg.sources]
     inputs = _input_entries(sources, cfg)
     fingerprint = _fingerprint(cfg, inputs)
+    workdir.settle(out)
     old = _up_to_date(out, fingerprint)
     if old is not None and not cfg.force:
         log.info("%s is up to date (fingerprint %s); nothing to do (--force rebuilds)", out, fingerprint[:12])
         return old
-    _clear(out)
-    work = out / ".work"
-    work.mkdir(parents=True)
-    timer = _StageTimer()
-    counts, cleaner, stopped = _spool_sources(sources, cfg, work / "spool.arrow")
+    workdir.check_replaceable(out)
+    build = workdir.start(out)
+    try:
+        manifest = _build(cfg, sources, inputs, fingerprint, build)
+    except BaseException:
+        workdir.abandon(build)
+        raise
+    workdir.commit(build, out)
+    log.info("wrote %s: %d train + %d valid pairs", out, manifest["rows"]["train"], manifest["rows"]["valid"])
+    return manifest
+
+
+def _build(cfg: PrepConfig, sources: list[Source], inputs: list[dict], fingerprint: str, build: Path) -> dict:
+    """Every output into `build` (temporary files in `build/.work`), `manifest.json` last."""
+    work = build / ".work"
+    work.mkdir()
+    timer, skips = _StageTimer(), SkipLog(build / SKIPPED_FILE)
+    counts, stopped = _spool_sources(sources, cfg, work / "spool.arrow", skips)
     timer.done("read + clean + spool")
     table = spool.open_spool(work / "spool.arrow")
-    splits = spool.assign_splits(table.column("key").to_numpy(), cfg.valid_fraction, cfg.min_valid)
+    keys = table.column("key").to_numpy()
+    splits = spool.assign_splits(keys, cfg.valid_fraction, cfg.min_valid)
+    _log_duplicates(table, keys, splits, skips)
     counts["skipped"][DUPLICATE] = int((splits == spool.DROP).sum())
     counts["kept"] = counts["spooled"] - counts["skipped"][DUPLICATE]
     np.save(work / "splits.npy", splits)
     timer.done("dedup + split")
-    tok = _tokenizer(cfg, table, splits, out / "tokenizer")
+    tok = _tokenizer(cfg, table, splits, build / "tokenizer")
     timer.done("tokenizer")
-    stats = _encode(cfg, table.num_rows, work, out, tok, timer)
-    manifest = _manifest(cfg, fingerprint, inputs, tok, counts, cleaner, stats, out, stopped)
+    stats = _encode(cfg, table.num_rows, work, build, tok, timer)
+    manifest = _manifest(cfg, fingerprint, inputs, tok, counts, skips, stats, build, stopped)
     manifest["seconds"] = timer.seconds  # wall time per stage (not part of the fingerprint)
     del table
     shutil.rmtree(work)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    log.info("wrote %s: %d train + %d valid pairs", out, manifest["rows"]["train"], manifest["rows"]["valid"])
+    (build / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
+
+
+def _log_duplicates(table, keys: np.ndarray, splits: np.ndarray, skips: SkipLog) -> None:
+    """One skipped.jsonl line per duplicate, naming the earlier pair it repeats; then the log is complete."""
+    where = table.column("where")
+    for rows, firsts in spool.duplicates(keys, splits):
+        for dup, first in zip(where.take(rows).to_pylist(), where.take(firsts).to_pylist()):
+            skips.add(DUPLICATE, dup, f"same pair as {first}")
+    skips.close()
 
 
 def _input_entries(sources: list[Source], cfg: PrepConfig) -> list[dict]:
@@ -147,7 +179,27 @@ def _input_entries(sources: list[Source], cfg: PrepConfig) -> list[dict]:
                     "sha256": output.file_sha256(path),
                 }
             )
+    if cfg.tokenizer is not None:
+        entries.append(_tokenizer_entry(cfg.tokenizer))
     return entries
+
+
+def _tokenizer_entry(name_or_path: str) -> dict:
+    """The `--tokenizer` as an input: the sha256 of its files (a local path) or of the tokenizer that
+    transformers resolves for a hub name, so a changed tokenizer changes the fingerprint."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return {"source": "tokenizer", "path": name_or_path, "size": size, "sha256": dir_sha256(path)}
+    if path.is_file():
+        return {"source": "tokenizer", "path": name_or_path, "size": path.stat().st_size,
+                "sha256": output.file_sha256(path)}  # fmt: skip
+    try:
+        backend = backend_json(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--tokenizer {name_or_path}: cannot load ({e})") from None
+    digest = hashlib.sha256(backend.encode()).hexdigest()
+    return {"source": "tokenizer", "path": name_or_path, "size": None, "sha256": digest}
 
 
 def _fingerprint(cfg: PrepConfig, inputs: list[dict]) -> str:
@@ -166,16 +218,6 @@ def _up_to_date(out: Path, fingerprint: str) -> dict | None:
     if not all((out / s["file"]).is_file() for s in manifest.get("shards", [])):
         return None
     return manifest
-
-
-def _clear(out: Path) -> None:
-    """Remove a previous build; refuse to wipe a non-empty folder that is not a prepared dir."""
-    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists() and not (out / ".work").exists():
-        raise FileExistsError(f"--out {out}: exists, is not empty and has no manifest.json; refusing to overwrite")
-    (out / "manifest.json").unlink(missing_ok=True)  # first: a half-rebuilt dir is never taken as complete
-    for name in ("train", "valid", "tokenizer", ".work"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 class _StageTimer:
@@ -207,7 +249,7 @@ def _held_out_keys(folder: str | None) -> frozenset[str]:
     return frozenset(keys)
 
 
-def _spool_sources(sources: list[Source], cfg: PrepConfig, path: Path) -> tuple[dict, Cleaner, bool]:
+def _spool_sources(sources: list[Source], cfg: PrepConfig, path: Path, skips: SkipLog) -> tuple[dict, bool]:
     """Pass 1: every record read, counted and either skipped by reason or appended to the spool."""
     from tqdm import tqdm
 
@@ -225,7 +267,7 @@ def _spool_sources(sources: list[Source], cfg: PrepConfig, path: Path) -> tuple[
                     break
                 counts["read"] += 1
                 bar.update()
-                reason = _take(rec, cleaner, writer)
+                reason = _take(rec, cleaner, writer, skips)
                 if reason:
                     counts["skipped"][reason] += 1
         counts["by_source"][name] = {
@@ -238,18 +280,18 @@ def _spool_sources(sources: list[Source], cfg: PrepConfig, path: Path) -> tuple[
             break
     writer.close()
     counts["spooled"] = writer.rows
-    return counts, cleaner, stopped
+    return counts, stopped
 
 
-def _take(rec, cleaner: Cleaner, writer: spool.SpoolWriter) -> str | None:
-    """Spool a record or return its skip reason (readers' malformed lines are logged with file:line)."""
+def _take(rec, cleaner: Cleaner, writer: spool.SpoolWriter, skips: SkipLog) -> str | None:
+    """Spool a record or return its skip reason (every skip goes to skipped.jsonl with its file:line)."""
     if isinstance(rec, Skip):
-        cleaner.note(rec.reason, rec.where)
-        if rec.reason in _LOGGED_SKIPS and len(cleaner.examples[rec.reason]) < cleaner.max_examples:
-            log.warning("skipped %s: %s %s", rec.where, rec.reason, rec.detail)
+        skips.add(rec.reason, rec.where, rec.detail)
         return rec.reason
     result = cleaner.check(rec)
     if isinstance(result, str):
+        langs = result in (UNKNOWN_LANGUAGE, SAME_LANGUAGE)
+        skips.add(result, rec.where, f"src_lang {rec.src_lang!r}, trg_lang {rec.trg_lang!r}" if langs else "")
         return result
     writer.add(result)
     return None
@@ -296,7 +338,7 @@ def _encode(cfg: PrepConfig, n_rows: int, work: Path, out: Path, tok: TokenizerI
     return stats
 
 
-def _manifest(cfg, fingerprint, inputs, tok, counts, cleaner, stats, out, stopped) -> dict:
+def _manifest(cfg, fingerprint, inputs, tok, counts, skips: SkipLog, stats, out, stopped) -> dict:
     hist = {
         side: sum((s.length_hist[side] for s in stats if side in s.length_hist), np.zeros(cfg.max_tokens + 1))
         for side in ("src", "trg")
@@ -320,7 +362,8 @@ def _manifest(cfg, fingerprint, inputs, tok, counts, cleaner, stats, out, stoppe
         "truncated": {side: sum(s.truncated.get(side, 0) for s in stats) for side in ("src", "trg")},
         "token_lengths": {side: output.length_stats(h.astype(np.int64)) for side, h in hist.items()},
         "language_pairs": _language_pairs(out),
-        "skip_examples": {k: cleaner.examples[k] for k in sorted(cleaner.examples)},
+        "skip_examples": skips.summary(),  # the first few per reason; every one is in skipped.jsonl
+        "skipped_file": SKIPPED_FILE,
         "shards": shards,
         "versions": _versions(),
     }

@@ -17,29 +17,22 @@ Formats (`--source FORMAT:PATH`):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import csv_reader
 from .langcodes import ENGLISH, to_flores
-from .records import INVALID_UTF8, MALFORMED, Pair, Record, Skip
+from .records import EXTRA_FIELDS, INVALID_UTF8, MALFORMED, Pair, Record, Skip, SourceError
+from .textio import raw_lines, strip_compression_suffix
 
 UNKNOWN_LANG = "und_Zzzz"  # ISO 639 "undetermined" + ISO 15924 "unknown script"
 _COLUMNS = ("src", "trg", "src_lang", "trg_lang")
 
 
-class SourceError(ValueError):
-    """An input that cannot be read at all (the message names the file and the flag)."""
-
-
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line without the newline) for every line of a file."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            yield lineno, raw.rstrip(b"\r\n")
+    """(1-based line number, raw line without the newline) for every line of a file (gzip/xz/zstd: decompressed)."""
+    return raw_lines(path)
 
 
 def _decode(raw: bytes, where: str) -> str | Skip:
@@ -57,12 +50,15 @@ def _header_index(fields: list[str], path: Path) -> dict[str, int]:
             f"{path}:1: header {names} lacks column(s) {missing}; expected src, trg[, src_lang, trg_lang]"
         )
     index = {c: names.index(c) for c in _COLUMNS if c in names}
-    return {**index, "_width": max(len(index), max(index.values()) + 1)}  # fields a row needs at least
+    # fields a row needs at least, and has at most (a tab or comma inside an unquoted sentence adds one)
+    return {**index, "_width": max(len(index), max(index.values()) + 1), "_max": len(names)}
 
 
 def _row_pair(fields: list[str], index: dict[str, int], langs: tuple[str, str], where: str) -> Record:
     if len(fields) < index["_width"]:
         return Skip(MALFORMED, where, f"{len(fields)} field(s), header has {index['_width']}")
+    if len(fields) > index["_max"]:
+        return Skip(EXTRA_FIELDS, where, f"{len(fields)} fields, header has {index['_max']} (a separator in a text?)")
     src_lang = fields[index["src_lang"]].strip() if "src_lang" in index else langs[0]
     trg_lang = fields[index["trg_lang"]].strip() if "trg_lang" in index else langs[1]
     return Pair(fields[index["src"]], fields[index["trg"]], src_lang or langs[0], trg_lang or langs[1], where)
@@ -85,34 +81,20 @@ def tsv_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
 
 
 def csv_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
-    """RFC 4180 CSV; bytes that are not UTF-8 survive as surrogates and are reported per record."""
-    csv.field_size_limit(sys.maxsize)
-    with open(path, "rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-        reader = csv.reader(text)
-        try:
-            index = _header_index(next(reader), path)
-        except StopIteration:
-            raise SourceError(f"{path}: empty file, expected a header line with src and trg") from None
-        while True:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield Skip(MALFORMED, f"{path}:{reader.line_num}", str(e))
-                continue
-            where = f"{path}:{reader.line_num}"
-            if any(_has_surrogate(f) for f in fields):
-                yield Skip(INVALID_UTF8, where, "undecodable bytes")
-            elif fields:
-                yield _row_pair(fields, index, langs, where)
-            else:
-                yield Skip(MALFORMED, where, "blank line")
+    """RFC 4180 CSV (see csv_reader.py: an unclosed quote costs one record, not the rest of the file); bytes
+    that are not UTF-8 survive as surrogates and are reported per record."""
+    header, rows = csv_reader.csv_rows(path)
+    index = _header_index(header, path)
+    for row in rows:
+        if isinstance(row, Skip):
+            yield row
+        elif any(_has_surrogate(f) for f in row[1]):
+            yield Skip(INVALID_UTF8, row[0], "undecodable bytes")
+        else:
+            yield _row_pair(row[1], index, langs, row[0])
 
 
-def _has_surrogate(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+_has_surrogate = csv_reader.has_surrogate
 
 
 def jsonl_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
@@ -146,7 +128,7 @@ def moses_paths(spec: str) -> tuple[Path, Path, str, str]:
     """(src file, trg file, src lang, trg lang) for `PREFIX.L1-L2` or `SRC_PATH,TRG_PATH`."""
     if "," in spec:
         src, trg = (Path(p) for p in spec.split(",", 1))
-        codes = (src.suffix.lstrip("."), trg.suffix.lstrip("."))
+        codes = tuple(strip_compression_suffix(p).suffix.lstrip(".") for p in (src, trg))
     else:
         pair = Path(spec).suffix.lstrip(".")
         if pair.count("-") != 1:

@@ -29,6 +29,11 @@ class Skip(NamedTuple):
 
 Record = Pair | Skip
 
+
+class SourceError(ValueError):
+    """An input that cannot be read at all (the message names the file and the flag)."""
+
+
 # Skip reasons used by readers (the cleaner adds its own, see clean.py).
 MALFORMED = "malformed"
 INVALID_UTF8 = "invalid_utf8"
@@ -36,3 +41,4 @@ UNTRANSLATED = "untranslated"
 FUZZY = "fuzzy"
 OBSOLETE = "obsolete"
 UNKNOWN_LOCALE = "unknown_locale"
+EXTRA_FIELDS = "extra_fields"

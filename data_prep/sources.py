@@ -11,6 +11,7 @@ from . import readers
 from .records import Record
 
 FORMATS = ("csv", "tsv", "moses", "jsonl", "hf", "flores", "gettext")
+FILE_FORMATS = ("csv", "tsv", "moses", "jsonl")  # one file per path (plain, .gz, .xz or .zst), not a folder
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class Source:
         for p in source.required_paths():
             if not p.exists():
                 raise readers.SourceError(f"--source {spec}: {p} does not exist")
+            if fmt in FILE_FORMATS and p.is_dir():
+                raise readers.SourceError(
+                    f"--source {spec}: {p} is a directory; {fmt} reads one file (give one --source per file)"
+                )
         return source
 
     def required_paths(self) -> list[Path]:

@@ -24,6 +24,7 @@ SCHEMA = pa.schema(
         ("src_lang", pa.string()),
         ("trg_lang", pa.string()),
         ("key", pa.uint64()),
+        ("where", pa.string()),  # file:line, for skipped.jsonl's duplicate entries
     ]
 )
 DROP, TRAIN, VALID = -1, 0, 1
@@ -49,7 +50,7 @@ class SpoolWriter:
         return self._flushed + len(self._rows)
 
     def add(self, pair: Pair) -> None:
-        self._rows.append((pair.src, pair.trg, pair.src_lang, pair.trg_lang, pair_key(pair.src, pair.trg)))
+        self._rows.append((pair.src, pair.trg, pair.src_lang, pair.trg_lang, pair_key(pair.src, pair.trg), pair.where))
         if len(self._rows) >= self._batch_rows:
             self._flush()
 
@@ -84,6 +85,17 @@ def assign_splits(keys: np.ndarray, valid_fraction: float, min_valid: int) -> np
         valid = first[: min(min_valid, max(len(first) - 1, 0))]  # `first` is sorted by key; keep 1 train pair
     splits[valid] = VALID
     return splits
+
+
+def duplicates(keys: np.ndarray, splits: np.ndarray, batch_rows: int = 1 << 16) -> Iterator[tuple[np.ndarray, ...]]:
+    """(rows dropped as duplicates, the earlier row each repeats) in batches, in row order."""
+    rows = np.flatnonzero(splits == DROP)
+    if not len(rows):
+        return
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    for start in range(0, len(rows), batch_rows):
+        part = rows[start : start + batch_rows]
+        yield part, first[inverse[part]]
 
 
 def sample_mask(keys: np.ndarray, splits: np.ndarray, limit: int | None) -> np.ndarray:
