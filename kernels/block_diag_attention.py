@@ -34,6 +34,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from kernels._env import kernels_forced_ref
+
 _INTERPRET = bool(triton.knobs.runtime.interpret)  # fixed when the @triton.jit kernels below are decorated
 _MAX_HEAD_DIM = 256
 
@@ -363,7 +365,7 @@ def _last_dim_contiguous(t):
 
 def _use_triton(t):
     """CUDA -> Triton; CPU -> Triton only under the interpreter; MEXMA_KERNELS=ref -> reference always."""
-    if os.environ.get("MEXMA_KERNELS", "").strip().lower() == "ref":
+    if kernels_forced_ref():
         return False
     return t.is_cuda or (_INTERPRET and t.device.type == "cpu")
 

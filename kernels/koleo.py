@@ -28,13 +28,13 @@ Caution:
   TRITON_INTERPRET=1 was set before `kernels` was imported.
 """
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+
+from kernels._env import kernels_forced_ref
 
 _INTERPRET = bool(triton.knobs.runtime.interpret)  # fixed when the @triton.jit kernels below are decorated
 _MAX_DIM = 16384
@@ -166,10 +166,11 @@ def _koleo_backward(grad_loss, x_dtype, xn, norm, nn, dist, eps):
     safe = torch.where(dist > 0, dist, torch.ones_like(dist))
     coef = torch.where(dist > 0, -grad_loss / (B * (dist + eps) * safe), torch.zeros_like(dist))  # (B,)
     nn_long = nn.long()
-    in_order = torch.argsort(nn_long, stable=True).to(torch.int32)  # rows grouped by the neighbour they chose
-    in_count = torch.bincount(nn_long, minlength=B)  # (B,)
-    in_start = torch.zeros(B + 1, device=xn.device, dtype=torch.int64)
-    in_start[1:] = torch.cumsum(in_count, 0)  # CSR offsets into in_order
+    nn_sorted, in_order = torch.sort(nn_long, stable=True)  # rows grouped by the neighbour they chose
+    # CSR offsets: in_start[j] = #rows whose neighbour is < j. searchsorted, not bincount: CUDA's bincount
+    # reads max(input) back to the host, a sync inside every step.
+    in_start = torch.searchsorted(nn_sorted, torch.arange(B + 1, device=xn.device))  # (B + 1,) int64
+    in_order = in_order.to(torch.int32)
     dx = torch.empty((B, D), device=xn.device, dtype=x_dtype)
     _koleo_bwd_kernel[(B,)](xn, norm, nn, coef, in_order, in_start.to(torch.int32), dx, dx.stride(0), D, eps,
                             BLOCK_D=triton.next_power_of_2(D))  # fmt: skip
@@ -195,7 +196,7 @@ class KoLeoFunction(torch.autograd.Function):
 
 def _use_triton(t):
     """CUDA -> Triton; CPU -> Triton only under the interpreter; MEXMA_KERNELS=ref -> reference always."""
-    if os.environ.get("MEXMA_KERNELS", "").strip().lower() == "ref":
+    if kernels_forced_ref():
         return False
     return t.is_cuda or (_INTERPRET and t.device.type == "cpu")
 

@@ -10,6 +10,13 @@ selected, of those 80% become `<mask>`, 10% a random token, 10% stay unchanged. 
 
 Packed layout (contract 3 in DESIGN): the 4B sequences masked src (B), masked trg (B), clean src (B),
 clean trg (B) are concatenated into one token stream with FlashAttention-style `cu_seqlens`.
+
+Everything that decides a shape in the model's forward is computed here, on the CPU, and shipped with the batch
+(python ints stay ints, index tensors travel to the device with the rest), so the forward makes no host sync
+and has no data-dependent shape (DESIGN "The GPU path"; issue #10 part 2): `head_tokens` (the 2B masked views'
+length of the stream), `mlm_positions` (flat indices of the masked tokens in it, src first), their
+`mlm_labels` and `mlm_weights` (each side's mean, then the mean of both sides), and the counts `n_masked`,
+`n_masked_src`, `n_masked_trg`, `max_seqlen`.
 """
 
 from __future__ import annotations
@@ -136,11 +143,38 @@ def pack(seqs: list[torch.Tensor], labels: list[torch.Tensor], n_pairs: int, pad
     cu_seqlens = torch.zeros(len(seqs) + 1, dtype=torch.int32)
     cu_seqlens[1:] = torch.cumsum(lens, dim=0)
     position_ids = torch.cat([torch.arange(pad_id + 1, pad_id + 1 + n, dtype=torch.long) for n in lens.tolist()])
+    flat_labels = torch.cat(labels).long()  # (T,)
     return {
         "input_ids": torch.cat(seqs).long(),  # (T,)
         "position_ids": position_ids,  # (T,)
         "cu_seqlens": cu_seqlens,  # (4B + 1,)
         "max_seqlen": int(lens.max()),
-        "labels": torch.cat(labels).long(),  # (T,)
+        "labels": flat_labels,
         "n_pairs": int(n_pairs),
+        **mlm_targets(flat_labels, cu_seqlens, int(n_pairs)),
+    }
+
+
+def mlm_targets(labels: torch.Tensor, cu_seqlens: torch.Tensor, n_pairs: int) -> dict:
+    """CPU-side shapes and weights of the cross-unmasking loss, so the model's forward needs no host sync.
+
+    The head's stream is the first head_tokens = cu_seqlens[2B] tokens (masked src views, then masked trg);
+    every position with a label must lie in it. Weights: 0.5 / n_side per token, so sum(w * CE) is the mean
+    of the two sides' mean CE (an empty side contributes 0), as the original's two CE means averaged.
+    """
+    head_tokens = int(cu_seqlens[2 * n_pairs]) if n_pairs else 0
+    positions = (labels != IGNORE_INDEX).nonzero().squeeze(1)  # (N,) ascending: src views first
+    if positions.numel() and int(positions[-1]) >= head_tokens:
+        raise ValueError(f"labels at position {int(positions[-1])}, outside the 2B masked views (< {head_tokens})")
+    n_src = int((positions < (int(cu_seqlens[n_pairs]) if n_pairs else 0)).sum())
+    n_trg = positions.numel() - n_src
+    is_src = torch.arange(positions.numel()) < n_src
+    return {
+        "head_tokens": head_tokens,
+        "mlm_positions": positions,  # (N,) int64
+        "mlm_labels": labels[positions],  # (N,) int64
+        "mlm_weights": torch.where(is_src, 0.5 / max(n_src, 1), 0.5 / max(n_trg, 1)).float(),  # (N,) fp32
+        "n_masked": int(positions.numel()),
+        "n_masked_src": n_src,
+        "n_masked_trg": n_trg,
     }

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from pipeline.attention import kernels_forced_ref
+from kernels import kernels_forced_ref
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # one (rows, V) fp32 logits block; 256 MiB = 268 rows at V = 250k
 

@@ -24,9 +24,17 @@ from torch import nn
 from transformers import XLMRobertaConfig, XLMRobertaModel
 from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEncoder
 
+from kernels import kernels_forced_ref
 from pipeline import losses
-from pipeline.attention import ATTN_IMPLEMENTATION, BACKENDS, kernels_forced_ref, resolve_backend, varlen_layout
-from pipeline.collate import IGNORE_INDEX
+from pipeline.attention import (
+    ATTN_IMPLEMENTATION,
+    BACKENDS,
+    resolve_backend,
+    select_backend,
+    select_koleo,
+    varlen_layout,
+)
+from pipeline.fields import opt
 
 # Encoder shapes: layers, hidden, heads, FFN. large = xlm-roberta-large, base = xlm-roberta-base.
 PRESETS = {
@@ -47,28 +55,28 @@ _SHAPE_OVERRIDES = {  # ModelConfig field -> XLMRobertaConfig field, for presets
 class ModelConfig:
     """Model and loss settings; every field has a default (the reference recipe's where it has one)."""
 
-    model: str = "tiny"  # preset name (tiny, base, large; random init) or a local HF dir / hub name (real weights)
-    num_layers: int | None = None  # preset override: encoder layers
-    hidden_size: int | None = None  # preset override: hidden size
-    num_heads: int | None = None  # preset override: attention heads
-    ffn_size: int | None = None  # preset override: encoder FFN width
-    max_positions: int = 514  # preset position table (XLM-R: 512 tokens + padding_idx + 1)
-    hidden_dropout: float | None = None  # encoder hidden dropout; None keeps the preset's / checkpoint's (0.1)
-    attention_dropout: float = 0.0  # encoder and head; the reference turns it off
-    head_layers: int = 6  # cross-unmasking head depth (reference --number_of_transformer_layers_in_head)
-    head_heads: int = 8  # head attention heads (reference --number_of_transformer_attention_heads_in_head)
-    head_ffn: int = 3072  # head FFN width (the reference's default XLMRobertaConfig)
-    head_dropout: float = 0.1  # head hidden dropout
-    head_init: str = "torch_default"  # head init: torch_default (reference) or normal (HF, std 0.02)
-    mlm_weight: float = 1.0  # w_mlm
-    cls_weight: float = 1.0  # w_cls
-    koleo_weight: float = 0.01  # w_koleo
-    koleo_eps: float = 1e-8  # KoLeo's eps inside the log
-    koleo_global: bool = False  # KoLeo over the all-gathered global batch instead of each rank's batch
-    attention: str = "auto"  # auto (kernel on CUDA, else sdpa), kernel, sdpa, ref; MEXMA_KERNELS=ref forces ref
-    kernels: bool = True  # False: KoLeo through its PyTorch reference too (as MEXMA_KERNELS=ref)
-    gradient_checkpointing: bool = False  # recompute encoder and head layers in backward
-    ce_chunk_bytes: int = losses.DEFAULT_CHUNK_BYTES  # byte budget of one fp32 (rows, V) logits block
+    model: str = opt("tiny", "preset name (tiny, base, large; random init) or a local HF dir / hub name (real weights)")
+    num_layers: int | None = opt(None, "preset override: encoder layers")
+    hidden_size: int | None = opt(None, "preset override: hidden size")
+    num_heads: int | None = opt(None, "preset override: attention heads")
+    ffn_size: int | None = opt(None, "preset override: encoder FFN width")
+    max_positions: int = opt(514, "preset position table (XLM-R: 512 tokens + padding_idx + 1)")
+    hidden_dropout: float | None = opt(None, "encoder hidden dropout; None keeps the preset's / checkpoint's (0.1)")
+    attention_dropout: float = opt(0.0, "encoder and head; the reference turns it off")
+    head_layers: int = opt(6, "cross-unmasking head depth (reference --number_of_transformer_layers_in_head)")
+    head_heads: int = opt(8, "head attention heads (reference --number_of_transformer_attention_heads_in_head)")
+    head_ffn: int = opt(3072, "head FFN width (the reference's default XLMRobertaConfig)")
+    head_dropout: float = opt(0.1, "head hidden dropout")
+    head_init: str = opt("torch_default", "head init: torch_default (reference) or normal (HF, std 0.02)")
+    mlm_weight: float = opt(1.0, "w_mlm")
+    cls_weight: float = opt(1.0, "w_cls")
+    koleo_weight: float = opt(0.01, "w_koleo")
+    koleo_eps: float = opt(1e-8, "KoLeo's eps inside the log")
+    koleo_global: bool = opt(False, "KoLeo over the all-gathered global batch instead of each rank's batch")
+    attention: str = opt("auto", "auto, kernel, varlen, sdpa, ref (pipeline/attention.py); MEXMA_KERNELS=ref: ref")
+    kernels: bool = opt(True, "False: KoLeo through its PyTorch reference too (as MEXMA_KERNELS=ref)")
+    gradient_checkpointing: bool = opt(False, "recompute encoder and head layers in backward")
+    ce_chunk_bytes: int = opt(losses.DEFAULT_CHUNK_BYTES, "byte budget of one fp32 (rows, V) logits block")
 
     def validate(self) -> ModelConfig:
         """Raise ValueError naming the field on any bad value; returns self."""
@@ -91,7 +99,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.attention must be one of {BACKENDS}, got {self.attention!r}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"ModelConfig.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
-        if self.attention_dropout > 0 and self.attention in ("kernel", "ref"):
+        if self.attention_dropout > 0 and self.attention in ("kernel", "varlen", "ref"):
             raise ValueError(f"ModelConfig.attention_dropout must be 0 with attention={self.attention!r}")
         if not self.model:
             raise ValueError("ModelConfig.model must name a preset (tiny, base, large) or a model path")
@@ -204,6 +212,7 @@ class MexmaModel(nn.Module):
         # Own bias of the tied projection, nn.Linear(H, V)'s default init as in the original: U(-1/sqrt(H), +).
         bound = 1.0 / math.sqrt(hidden)
         self.vocab_bias = nn.Parameter(torch.empty(vocab_size).uniform_(-bound, bound))
+        self._selected: dict = {}  # select_backends' choices: encoder / head backend names, koleo_kernel
 
     @property
     def vocab_weight(self) -> torch.Tensor:
@@ -216,37 +225,72 @@ class MexmaModel(nn.Module):
         for layer in self.head.layer:
             layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, ckpt
 
-    def _attn_kwargs(self, cu_seqlens: torch.Tensor, max_seqlen: int) -> dict:
-        backend = resolve_backend(self.cfg.attention, cu_seqlens.device)
-        if backend == "kernel" and self.cfg.attention == "auto" and self.cfg.attention_dropout > 0 and self.training:
-            backend = "sdpa"  # the kernel has no attention dropout; auto falls back rather than failing
+    def select_backends(self, device, dtype, lengths, **injected) -> dict:
+        """Resolve attention="auto" (and the KoLeo kernel) for this run on CUDA; call once at start-up.
+
+        Runs `pipeline.attention.select_backend` for the encoder's and the head's (heads, head_dim) on a
+        packed batch of `lengths` (token counts of one step's sequences) in `dtype`, and `select_koleo` for
+        (B = len(lengths) // 4 rows, hidden). Keeps the choices for every later forward and returns
+        {"encoder": report, "head": report, "koleo": report} for the log and the run's config.json.
+        `injected` (check=..., timer=..., koleo_check=..., koleo_timer=...) replaces the measurements in tests.
+        """
+        device, hidden = torch.device(device), self.vocab_weight.shape[1]
+        enc_heads, head_heads = self.encoder.config.num_attention_heads, self.head.config.num_attention_heads
+        report, koleo_kw = {}, {k.removeprefix("koleo_"): v for k, v in injected.items() if k.startswith("koleo_")}
+        attn_kw = {k: v for k, v in injected.items() if not k.startswith("koleo_")}
+        for stack, heads in (("encoder", enc_heads), ("head", head_heads)):
+            if self.cfg.attention == "auto":
+                name, report[stack] = select_backend(device, dtype, heads, hidden // heads, lengths, **attn_kw)
+                self._selected[stack] = name
+        use_kernel, report["koleo"] = select_koleo(device, dtype, max(2, len(lengths) // 4), hidden, **koleo_kw)
+        self._selected["koleo_kernel"] = use_kernel
+        return report
+
+    def _compute_dtype(self) -> torch.dtype:
+        """dtype that q, k, v will have: autocast's when it is on, else the weights'."""
+        device = self.vocab_weight.device.type
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.vocab_weight.dtype
+
+    def _attn_kwargs(self, cu_seqlens: torch.Tensor, max_seqlen: int, n_tokens: int, stack: str) -> dict:
+        requested = self._selected.get(stack, self.cfg.attention)
+        backend = resolve_backend(requested, cu_seqlens.device, self._compute_dtype())
+        if backend != "sdpa" and self.cfg.attention == "auto" and self.cfg.attention_dropout > 0 and self.training:
+            backend = "sdpa"  # kernel / varlen have no attention dropout; auto falls back rather than failing
         kwargs = {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen, "attention_backend": backend}
         if backend == "sdpa":  # token -> padded-grid map, built once per call instead of once per layer
-            kwargs["varlen_layout"] = varlen_layout(cu_seqlens)
+            kwargs["varlen_layout"] = varlen_layout(cu_seqlens, max_seqlen, n_tokens)
         return kwargs
 
     def encode_packed(self, input_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
         """(T,) packed ids -> (T, H) last hidden states, one encoder call with block-diagonal attention."""
         out = self.encoder(
-            input_ids=input_ids[None], position_ids=position_ids[None], **self._attn_kwargs(cu_seqlens, max_seqlen)
+            input_ids=input_ids[None],
+            position_ids=position_ids[None],
+            **self._attn_kwargs(cu_seqlens, max_seqlen, input_ids.numel(), "encoder"),
         )
         return out.last_hidden_state[0]
 
-    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, labels, n_pairs, **extra) -> dict:
-        """Packed batch -> {loss, mlm_loss, cls_loss, koleo_loss, src_cls, trg_cls, n_masked, ...}.
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, labels, n_pairs, **batch) -> dict:
+        """Packed batch (pipeline.collate.pack) -> {loss, mlm_loss, cls_loss, koleo_loss, n_masked, src_cls, ...}.
 
+        No host synchronisation and no data-dependent shape: every size comes from the collator as a python
+        int (n_pairs, max_seqlen, head_tokens, n_masked_src/trg) and every index as a tensor (mlm_positions).
+        Metrics are 0-d device tensors, so a trainer can accumulate them without reading them back.
         Extra batch keys (bookkeeping a data loader may add) are ignored.
         """
-        b = int(n_pairs)
+        missing = [k for k in _MLM_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"batch lacks {missing}: build it with pipeline.collate.pack / MexmaCollator")
+        b, max_seqlen = int(n_pairs), int(max_seqlen)
         if cu_seqlens.numel() != 4 * b + 1:
             raise ValueError(f"cu_seqlens has {cu_seqlens.numel()} entries, expected 4 * n_pairs + 1 = {4 * b + 1}")
-        hidden = self.encode_packed(input_ids, position_ids, cu_seqlens, int(max_seqlen))  # (T, H)
-        starts = cu_seqlens[:-1].long()  # (4B,) CLS positions
-        cls = hidden[starts]  # (4B, H): masked src, masked trg, clean src, clean trg
+        hidden = self.encode_packed(input_ids, position_ids, cu_seqlens, max_seqlen)  # (T, H)
+        cls = hidden[cu_seqlens[:-1].long()]  # (4B, H) CLS rows: masked src, masked trg, clean src, clean trg
         src_cls, trg_cls = cls[2 * b : 3 * b], cls[3 * b :]
-        mlm, parts = self._unmasking_loss(hidden, labels, cu_seqlens[: 2 * b + 1], src_cls, trg_cls, int(max_seqlen))
+        mlm, parts = self._unmasking_loss(hidden, cu_seqlens[: 2 * b + 1], src_cls, trg_cls, max_seqlen, batch)
         cls_loss = losses.cls_alignment_loss(src_cls, trg_cls)
-        use_kernel = self.cfg.kernels and not kernels_forced_ref() and self.cfg.attention != "ref"
+        use_kernel = self._selected.get("koleo_kernel", True)
+        use_kernel = use_kernel and self.cfg.kernels and not kernels_forced_ref() and self.cfg.attention != "ref"
         koleo = 0.5 * sum(
             losses.koleo(losses.gather_for_koleo(x, self.cfg.koleo_global), self.cfg.koleo_eps, use_kernel)
             for x in (src_cls, trg_cls)
@@ -262,28 +306,29 @@ class MexmaModel(nn.Module):
             **parts,
         }
 
-    def _unmasking_loss(self, hidden, labels, head_cu, src_cls, trg_cls, max_seqlen):
+    def _unmasking_loss(self, hidden, head_cu, src_cls, trg_cls, max_seqlen, batch):
         """Cross-unmasking over both directions in one packed head call -> (mlm loss, logging parts).
 
         Masked src tokens see the clean trg CLS in their CLS slot and vice versa; the head runs on the 2B masked
-        views (the first head_cu[-1] tokens), the projection only at masked positions.
+        views (the first head_tokens tokens), the projection only at the collator's mlm_positions (src first).
         """
-        b, n_tok = src_cls.shape[0], int(head_cu[-1])
+        n_src, n_trg = batch["n_masked_src"], batch["n_masked_trg"]
         other_cls = torch.cat([trg_cls, src_cls], dim=0)  # (2B, H): masked src <- clean trg, masked trg <- src
-        head_in = hidden[:n_tok].index_copy(0, head_cu[:-1].long(), other_cls)  # (T_m, H), out of place
-        head_out = self.head(head_in[None], **self._attn_kwargs(head_cu, max_seqlen)).last_hidden_state[0]
-        pos = (labels[:n_tok] != IGNORE_INDEX).nonzero().squeeze(1)  # (N,) masked positions
-        is_src = pos < head_cu[b]
-        n_src, n_trg = int(is_src.sum()), int(pos.numel() - is_src.sum())
-        # mean over each side's masked tokens, then the mean of the two sides (an empty side contributes 0)
-        weight = torch.where(is_src, 0.5 / max(n_src, 1), 0.5 / max(n_trg, 1)).float()
+        head_in = hidden[: batch["head_tokens"]].index_copy(0, head_cu[:-1].long(), other_cls)  # (T_m, H)
+        attn = self._attn_kwargs(head_cu, max_seqlen, batch["head_tokens"], "head")
+        head_out = self.head(head_in[None], **attn).last_hidden_state[0]
+        pos = batch["mlm_positions"]  # (N,) = (n_src + n_trg,)
         rows = losses.chunk_rows(self.vocab_weight.shape[0], self.cfg.ce_chunk_bytes)
         mlm, ce = losses.linear_cross_entropy(
-            head_out[pos], self.vocab_weight, self.vocab_bias, labels[pos], weight, rows
+            head_out[pos], self.vocab_weight, self.vocab_bias, batch["mlm_labels"], batch["mlm_weights"], rows
         )
+        ce = ce.detach()
         parts = {
-            "n_masked": int(pos.numel()),
-            "src_mlm_loss": ce[is_src].sum().detach() / max(n_src, 1),
-            "trg_mlm_loss": ce[~is_src].sum().detach() / max(n_trg, 1),
+            "n_masked": torch.full((), n_src + n_trg, dtype=torch.long, device=hidden.device),  # no H2D copy
+            "src_mlm_loss": ce[:n_src].sum() / max(n_src, 1),
+            "trg_mlm_loss": ce[n_src:].sum() / max(n_trg, 1),
         }
         return mlm, parts
+
+
+_MLM_KEYS = ("head_tokens", "mlm_positions", "mlm_labels", "mlm_weights", "n_masked_src", "n_masked_trg")
