@@ -15,10 +15,10 @@ import time
 from tqdm import tqdm
 
 from eval import dist
-from eval.data import available_languages, load_augmented, load_texts, resolve_languages
+from eval.data import load_flores
 from eval.encode import BUILTIN, POOLINGS, ModelError, export_if_needed, load_encoder
 from eval.report import markdown, write_all
-from eval.score import Scorer, score_nway, score_to_target, score_xsimpp
+from eval.score import Scorer, score_nway, score_sets
 from eval.xsim import MARGINS
 
 
@@ -68,13 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_data(args) -> tuple[list[str], dict[str, list[str]], object]:
     """Source languages, the sentence sets to encode (languages + augmented target) and the xsim++ files."""
-    available = available_languages(args.flores, args.split)
-    langs = resolve_languages(args.langs, available, args.target, args.nway)
-    texts = load_texts(args.flores, args.split, sorted(set(langs) | {args.target}))
-    aug = None if args.nway or args.no_xsimpp else load_augmented(args.flores, args.split, args.target)
-    if aug is not None:
-        texts[f"{args.target}_augmented"] = aug.lines
-    return langs, texts, aug
+    return load_flores(args.flores, args.split, args.langs, args.target, args.nway, not args.no_xsimpp)
 
 
 def resolve_model(args, rank: int) -> tuple[str, str | None]:
@@ -127,9 +121,7 @@ def score(args, emb: dict, texts: dict, langs: list[str], aug) -> dict:
         nway = score_nway(scorer, emb, texts, langs)
         results.update(languages=nway["languages"], average=nway["average"], nway=nway)
     else:
-        results.update(score_to_target(scorer, emb, texts, langs, args.target))
-    if aug is not None:
-        results["xsimpp"] = score_xsimpp(scorer, emb, texts, langs, args.target, aug)
+        results.update(score_sets(scorer, emb, texts, langs, args.target, aug))
     return results
 
 

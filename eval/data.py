@@ -125,3 +125,18 @@ def load_augmented(root: str | Path, split: str, target: str) -> Augmented | Non
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{json_path}: not valid JSON ({err})") from err
     return Augmented(read_lines(lines_path), _check_errtypes(json_path, errtypes), lines_path)
+
+
+def load_flores(root, split: str, langs_spec: str, target: str, nway: bool = False, xsimpp: bool = True):
+    """-> (source languages, {set name: lines}, Augmented | None): every check of ``python -m eval``'s inputs.
+
+    The sets are the languages (and the target); with xsim++ files present (and ``xsimpp``, not ``nway``) also
+    ``{target}_augmented``. Shared by ``python -m eval`` and the evaluation inside training (pipeline/xsim_eval.py).
+    """
+    available = available_languages(root, split)
+    langs = resolve_languages(langs_spec, available, target, nway)
+    texts = load_texts(root, split, sorted(set(langs) | {target}))
+    aug = load_augmented(root, split, target) if xsimpp and not nway else None
+    if aug is not None:
+        texts[f"{target}_augmented"] = aug.lines
+    return langs, texts, aug

@@ -41,6 +41,22 @@ def length_batches(lengths: list[int], batch_tokens: int, max_rows: int = 512) -
     return batches
 
 
+def tokenize(tokenizer, sentences: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each sentence with <s> and </s>, truncated to max_length (the tokenizer keeps </s>)."""
+    return tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
+
+
+def encode_ids(ids: list[list[int]], embed, dim: int, batch_tokens: int, desc=None, progress=False) -> np.ndarray:
+    """(n, dim) float32 rows in input order: ``embed(rows: list[list[int]]) -> (B, dim) tensor`` on the
+    ``length_batches`` of ``ids``. Shared by ``HFEncoder`` and the evaluation inside training
+    (pipeline/xsim_eval.py, which embeds with the live model); the caller sets no_grad / eval mode."""
+    out = np.zeros((len(ids), dim), dtype=np.float32)
+    batches = length_batches([len(x) for x in ids], batch_tokens)
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        out[batch] = embed([ids[i] for i in batch]).float().cpu().numpy()
+    return out
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype (None: plain fp32). ``auto``: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
     if dtype == "fp32" or (dtype == "auto" and device.type != "cuda"):
@@ -79,19 +95,19 @@ class HFEncoder:
         mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
+    def _embed(self, rows: list[list[int]]) -> torch.Tensor:
+        """One batch of token id lists -> (B, H) pooled embeddings (padded, autocast as configured)."""
+        enc = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+        enc = {key: value.to(self.device) for key, value in enc.items()}
+        autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with autocast:
+            hidden = self.model(**enc).last_hidden_state  # (B, L, H)
+        return self._pool(hidden.float(), enc["attention_mask"])
+
     @torch.inference_mode()
     def encode(self, sentences: list[str], desc: str | None = None, progress: bool = False) -> np.ndarray:
-        ids = self.tokenizer(sentences, truncation=True, max_length=self.max_length)["input_ids"]
-        out = np.zeros((len(sentences), self.dim), dtype=np.float32)
-        batches = length_batches([len(x) for x in ids], self.batch_tokens)
-        autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
-            enc = {key: value.to(self.device) for key, value in enc.items()}
-            with autocast:
-                hidden = self.model(**enc).last_hidden_state  # (B, L, H)
-            out[batch] = self._pool(hidden.float(), enc["attention_mask"]).cpu().numpy()
-        return out
+        ids = tokenize(self.tokenizer, sentences, self.max_length)
+        return encode_ids(ids, self._embed, self.dim, self.batch_tokens, desc, progress)
 
 
 class STEncoder:

@@ -71,3 +71,12 @@ def score_nway(scorer: Scorer, emb: dict, texts: dict, langs: list[str]) -> dict
         "average": pooled(pairs),
         "global_mean_pct": float(np.mean(columns)) if len(langs) > 1 else 0.0,
     }
+
+
+def score_sets(scorer: Scorer, emb: dict, texts: dict, langs: list[str], target: str, aug: Augmented | None) -> dict:
+    """X -> target xsim (``languages``, ``average``) and, when ``aug`` is given, ``xsimpp``: what ``python -m eval``
+    reports without ``--nway``, and what the evaluation inside training (pipeline/xsim_eval.py) records."""
+    results = score_to_target(scorer, emb, texts, langs, target)
+    if aug is not None:
+        results["xsimpp"] = score_xsimpp(scorer, emb, texts, langs, target, aug)
+    return results

@@ -6,6 +6,8 @@ Layout (OUTPUT/checkpoints/):
     step_00000050/client_rank{r:05d}.pt                ours: sampler position, RNG states, collator, counters
     step_00000050/COMPLETE.json                        ours: written last, {file: {size, sha256}} of the above
     latest                                             tag of the newest complete checkpoint (DeepSpeed's format)
+    best, best.json                                    tag of the best-scoring one (--xsim-every) + {tag, step,
+                                                       score, metric}; `prune` never removes it
 
 Commit protocol: every rank writes its files; all ranks agree that nobody failed (all-reduce); rank 0 hashes the
 files into COMPLETE.json and only then replaces `latest` (tmp file + os.replace, atomic on POSIX). A kill at any
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step_(\d{8})$")
 COMPLETE = "COMPLETE.json"
 LATEST = "latest"
+BEST, BEST_JSON = "best", "best.json"  # tag of the best-scoring checkpoint (text, as `latest`) + {tag, step, score}
 
 
 class CheckpointError(RuntimeError):
@@ -236,14 +239,50 @@ class CheckpointManager:
         return moved
 
     def prune(self) -> None:
-        """Rank 0: keep the newest `keep` complete checkpoints (never the marked one); drop older and broken ones."""
+        """Rank 0: keep the newest `keep` complete checkpoints (never the marked one nor `best`); drop older and
+        broken ones."""
         marked = self.latest_marked()
         complete = [t for t in self.tags() if (self.root / t / COMPLETE).is_file()]
-        keep = set(complete[: self.keep]) | {marked}
+        keep = set(complete[: self.keep]) | {marked} | self._best_tags()
         for tag in self.tags():
             newer_than_marked = marked is not None and tag > marked
             if tag not in keep and not newer_than_marked:
                 shutil.rmtree(self.root / tag, ignore_errors=True)
+
+    # -- best ----------------------------------------------------------------------------------------------------
+    def best_tag(self) -> str | None:
+        path = self.root / BEST
+        return path.read_text().strip() if path.is_file() else None
+
+    def _best_tags(self) -> set[str]:
+        """The `best` marker's tag and best.json's (they differ only after a kill between the two writes)."""
+        try:
+            recorded = {json.loads((self.root / BEST_JSON).read_text())["tag"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = set()
+        return recorded | ({self.best_tag()} - {None})
+
+    def best(self) -> dict | None:
+        """{tag, step, score, metric} of the best checkpoint so far (checkpoints/best.json), None before one."""
+        try:
+            return json.loads((self.root / BEST_JSON).read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, OSError) as e:
+            log.warning("%s unreadable (%s): the next evaluation starts a new best", self.root / BEST_JSON, e)
+            return None
+
+    def mark_best(self, tag: str, step: int, score: float, metric: str) -> None:
+        """Rank 0: record the complete checkpoint `tag` as `best` (best.json first, then the `best` marker, both
+        atomic); pruning then keeps it until a better one replaces it. No-op on other ranks."""
+        if self.rank != 0:
+            return
+        if not (self.root / tag / COMPLETE).is_file():
+            raise CheckpointError(f"{self.root / tag}: not a complete checkpoint, cannot mark it {BEST}")
+        record = {"tag": tag, "step": step, "score": score, "metric": metric, "time": time.time()}
+        write_atomic(self.root / BEST_JSON, (json.dumps(record, indent=1) + "\n").encode())
+        write_atomic(self.root / BEST, tag.encode())
+        self.prune()  # the previous best, if now outside the newest `keep`, goes
 
     # -- loading -------------------------------------------------------------------------------------------------
     def load(self, engine, tag: str) -> dict:

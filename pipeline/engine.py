@@ -35,6 +35,7 @@ from pipeline.config import TrainConfig, resolve_ds_config
 from pipeline.metrics import MetricsLogger, log
 from pipeline.model import build_model
 from pipeline.validate import Validator
+from pipeline.xsim_eval import XsimHook
 
 
 class TrainingStoppedError(RuntimeError):
@@ -142,6 +143,7 @@ class Trainer:
         self.ds_config = resolve_ds_config(cfg, ds_config, self.world)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self._load_data()
+        self.xsim = XsimHook.for_run(cfg, self.specials, self.rank, self.world)  # checks --xsim-data now
         self.max_steps = cfg.run.max_steps or max(1, int(cfg.run.epochs * len(self.sampler) / self.gas))
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)  # applied in build_engine only
         model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
@@ -279,6 +281,8 @@ class Trainer:
         every = self.cfg.run.valid_every
         if stop != "signal" and (every == 0 or (every > 0 and self.step % every)):
             self.validate()
+        if self.xsim is not None and stop != "signal":
+            self.xsim.at_end(self)  # scores the last step unless the cadence just did (may save it as `best`)
         self.ckpt.save(self.engine, self.step, self.client_state())
         self.metrics.close()
         return self.step
@@ -298,6 +302,8 @@ class Trainer:
             self.validate()
         if r.save_every and self.step % r.save_every == 0:
             self.ckpt.save(self.engine, self.step, self.client_state())
+        if self.xsim is not None:
+            self.xsim.after_step(self)  # every --xsim-every steps; an improvement saves this step as `best`
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
