@@ -285,11 +285,17 @@ def select_backend(device, dtype, n_heads, head_dim, lengths, check=None, timer=
     return _decide(report, "kernel", fallback, "attention")
 
 
+def _error_text(check: dict) -> str:
+    if isinstance(check.get("max_err"), float) and isinstance(check.get("tol"), float):
+        return f"max error {check['max_err']:.3g} > tolerance {check['tol']:.3g}"
+    return f"check returned {check}"
+
+
 def _decide(report, kernel, fallback, what) -> tuple[str, dict]:
     """Kernel when its check passed and its timing is no slower than the fallback's; else the fallback, warned."""
     check, ms = report["check"], report.get("ms", {})
     if not check.get("ok"):
-        why = check.get("error") or f"max error {check.get('max_err'):.3g} > tolerance {check.get('tol'):.3g}"
+        why = check.get("error") or _error_text(check)
         reason = f"{what} kernel failed its check against the reference: {why}"
     elif "error" in ms:
         reason = f"{what} timing failed: {ms['error']}"
