@@ -1,0 +1,407 @@
+"""Deterministic, lazily evaluated batches of rows: per-rank memory independent of the corpus size, a data order that
+does not depend on the number of ranks, and language-pair sampling with a temperature.
+
+The plan is a sequence of *global micro batches* per epoch, a function of (seed, epoch) only. Optimizer step s of a
+run with W ranks and gradient accumulation gas reads global micro batches s*G ... s*G + G - 1 (G = W x gas); rank r
+takes micro batches r, r + W, ... of each step. With W' x gas' = G the same step reads the same rows, so a run
+resumes on another number of ranks (the global batch kept through accumulation). An epoch ends at its last whole
+step: micro batches that cannot fill G are dropped.
+
+Order of the rows (no array of N entries anywhere):
+- proportional (the default, --lang-alpha 1 without --lang-weights): epoch position t -> row perm_e(t), perm_e a keyed
+  Feistel bijection of [0, N) (cycle-walking on the next even power of two) seeded by (seed, epoch): every row once.
+- language-pair sampling: position t draws its pair from the categorical n_pair ** alpha (normalised; overridden by
+  --lang-weights), seeded by (seed, epoch, block); the k-th draw of pair p reads its row perm_{e,p,k // n_p}(k mod n_p)
+  of the pair's rows (a per-pair Feistel permutation through the shared pair index): without replacement until the
+  pair is exhausted, then reshuffled. The state carries one draw counter per pair (hundreds of integers).
+- fixed pairs: global micro batch j = positions [j x micro, (j + 1) x micro).
+- token budget: blocks of `bucket_batches` batches' worth of consecutive positions (fairseq-style bucketing, done per
+  block): sorted by packed cost 2 x (src + trg) tokens, cut greedily under the budget, batches shuffled in the block.
+  Only the current block is in memory; the epoch's batch count is estimated from a sample (for --epochs).
+
+State (saved in the checkpoint, JSON-safe): epoch, block, batches consumed of the block, per-pair counters at the block
+start, global micro batches consumed; plus seed and G, which a resume must keep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ROUNDS = 6
+_C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finaliser constants
+COST_SAMPLE = 1 << 16  # rows whose mean packed cost sizes the token-budget blocks
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a 64-bit avalanche hash (uint64 arithmetic wraps, as intended)."""
+    z = (z ^ (z >> np.uint64(30))) * _C1
+    z = (z ^ (z >> np.uint64(27))) * _C2
+    return z ^ (z >> np.uint64(31))
+
+
+class FeistelPermutation:
+    """A keyed bijection of [0, n), evaluated on any array of positions without materialising the permutation.
+
+    Balanced Feistel network (ROUNDS rounds of splitmix64) on 2h bits, 4^h >= n; values >= n walk the cycle again
+    (expected < 4 passes since 4^h < 4n). Keys from numpy's SeedSequence of `key`."""
+
+    def __init__(self, n: int, key: tuple[int, ...]):
+        self.n = int(n)
+        bits = max(2, (self.n - 1).bit_length())
+        self.half = np.uint64((bits + 1) // 2)
+        self.mask = np.uint64((1 << int(self.half)) - 1)
+        self.keys = np.random.SeedSequence(list(key)).generate_state(ROUNDS, np.uint64)
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half, x & self.mask
+        for k in self.keys:
+            left, right = right, left ^ (_mix(right ^ k) & self.mask)
+        return (left << self.half) | right
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        if self.n <= 1:
+            return np.asarray(positions, dtype=np.int64)
+        with np.errstate(over="ignore"):
+            y = self._encrypt(np.asarray(positions, dtype=np.uint64))
+            bad = np.flatnonzero(y >= self.n)
+            while len(bad):
+                y[bad] = self._encrypt(y[bad])
+                bad = bad[y[bad] >= self.n]
+        return y.astype(np.int64)
+
+
+@dataclass
+class PairTable:
+    """Language pairs of a split: names, rows per pair, the shared pair-grouped row index and each row's pair code."""
+
+    names: list[str]
+    counts: np.ndarray  # (P,) int64
+    index: np.ndarray  # (N,) rows grouped by pair (memory-mapped)
+    codes: np.ndarray  # (N,) uint16 pair of each row (memory-mapped)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+
+
+def pair_probabilities(counts: np.ndarray, alpha: float, overrides: dict[int, float] | None = None) -> np.ndarray:
+    """p_i proportional to n_i ** alpha (pairs without rows get 0); `overrides` {pair code: weight} replace the
+    normalised alpha share of those pairs before renormalising. ValueError on a zero total."""
+    counts = np.asarray(counts, dtype=np.float64)
+    w = np.where(counts > 0, np.power(counts, alpha, where=counts > 0, out=np.zeros_like(counts)), 0.0)
+    w = w / w.sum() if w.sum() > 0 else w
+    for code, weight in (overrides or {}).items():
+        w[code] = weight if counts[code] > 0 else 0.0
+    if not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError("the pair weights sum to zero (every weighted pair has no rows or weight 0)")
+    return w / w.sum()
+
+
+class _Positions:
+    """Epoch position -> row: proportional (one Feistel permutation) or pair-sampled (categorical + pair cursors)."""
+
+    def __init__(self, n_rows: int, seed: int, shuffle: bool, pairs: PairTable | None, probs: np.ndarray | None):
+        self.n_rows, self.seed, self.shuffle, self.pairs, self.probs = n_rows, seed, shuffle, pairs, probs
+        self.cum = np.cumsum(probs) if probs is not None else None
+        self._perm_key, self._perm = None, None
+
+    @property
+    def sampled(self) -> bool:
+        return self.probs is not None
+
+    def rows(self, epoch: int, start: int, stop: int, cursors: np.ndarray | None) -> np.ndarray:
+        """Rows at positions [start, stop) of `epoch`; advances `cursors` (pair mode) in place."""
+        if not self.sampled:
+            pos = np.arange(start, stop, dtype=np.int64)
+            return self._perm_of(epoch)(pos) if self.shuffle else pos
+        u = np.random.default_rng([self.seed, epoch, start]).random(stop - start)
+        draws = np.minimum(np.searchsorted(self.cum, u * self.cum[-1], side="right"), len(self.cum) - 1)
+        out = np.empty(stop - start, dtype=np.int64)
+        starts, counts = self.pairs.starts, self.pairs.counts
+        for p in np.unique(draws):
+            where = np.flatnonzero(draws == p)
+            k = cursors[p] + np.arange(len(where), dtype=np.int64)  # draw numbers of pair p in this epoch
+            cursors[p] += len(where)
+            local = np.empty(len(k), dtype=np.int64)
+            for cycle in np.unique(k // counts[p]):  # a new permutation each time the pair is exhausted
+                sel = k // counts[p] == cycle
+                local[sel] = FeistelPermutation(counts[p], (self.seed, epoch, int(p), int(cycle), 7))(
+                    k[sel] % counts[p]
+                )
+            out[where] = self.pairs.index[starts[p] + local]
+        return out
+
+    def _perm_of(self, epoch: int) -> FeistelPermutation:
+        if self._perm_key != epoch:
+            self._perm_key, self._perm = epoch, FeistelPermutation(self.n_rows, (self.seed, epoch))
+        return self._perm
+
+
+@dataclass
+class SamplerState:
+    epoch: int = 0
+    index: int = 0  # micro batches this rank consumed in `epoch`
+
+
+class _EpochStream:
+    """Global micro batches of one epoch, in order; state() / restore() make the position checkpointable."""
+
+    def __init__(self, plan: DistributedBatchSampler, epoch: int):
+        self.plan, self.epoch = plan, epoch
+        self.block, self.offset, self.micro = 0, 0, 0
+        self.cursors = np.zeros(len(plan.pairs.counts), dtype=np.int64) if plan.positions.sampled else None
+        self._cached_block, self._batches, self._cursors_after = -1, [], None
+
+    def state(self) -> dict:
+        cursors = None if self.cursors is None else self.cursors.tolist()
+        return {
+            "epoch": self.epoch,
+            "block": self.block,
+            "offset": self.offset,
+            "micro": self.micro,
+            "cursors": cursors,
+        }
+
+    def restore(self, s: dict) -> None:
+        self.epoch, self.block, self.offset, self.micro = (
+            int(s["epoch"]),
+            int(s["block"]),
+            int(s["offset"]),
+            int(s["micro"]),
+        )
+        self.cursors = None if s.get("cursors") is None else np.asarray(s["cursors"], dtype=np.int64)
+        self._cached_block = -1
+
+    def next(self) -> np.ndarray | None:
+        """The next global micro batch, or None when the epoch is exhausted."""
+        while True:
+            if self.block >= self.plan.n_blocks:
+                return None
+            batches = self._block_batches()
+            if self.offset < len(batches):
+                self.offset += 1
+                self.micro += 1
+                return batches[self.offset - 1]
+            self.block, self.offset = self.block + 1, 0
+            if self._cursors_after is not None:
+                self.cursors = self._cursors_after
+
+    def _block_batches(self) -> list[np.ndarray]:
+        if self._cached_block != self.block:
+            cursors = None if self.cursors is None else self.cursors.copy()
+            self._batches = self.plan.block_batches(self.epoch, self.block, cursors)
+            self._cached_block, self._cursors_after = self.block, cursors
+        return self._batches
+
+
+class DistributedBatchSampler:
+    """This rank's micro batches of row indices, from the global plan (see the module docstring).
+
+    lengths: (N, 2) token counts (any integer dtype, memory-mapped is fine), clipped at max_length when given.
+    Exactly one of batch_pairs / batch_tokens (> 0) picks the mode. pairs + probs switch on pair sampling
+    (probs from `pair_probabilities`); epoch_pairs then sets the positions per epoch (default N).
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        *,
+        batch_pairs: int = 0,
+        batch_tokens: int = 0,
+        bucket_batches: int = 100,
+        max_length: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        grad_accum: int = 1,
+        shuffle: bool = True,
+        pairs: PairTable | None = None,
+        probs: np.ndarray | None = None,
+        epoch_pairs: int = 0,
+    ):
+        if (batch_pairs > 0) == (batch_tokens > 0):
+            raise ValueError(f"exactly one of batch_pairs ({batch_pairs}) / batch_tokens ({batch_tokens}) must be > 0")
+        if not 0 <= rank < world_size or grad_accum < 1:
+            raise ValueError(f"rank {rank} outside world size {world_size} or grad_accum {grad_accum} < 1")
+        self.lengths, self.max_length = lengths, max_length
+        self.batch_pairs, self.batch_tokens, self.bucket_batches = batch_pairs, batch_tokens, bucket_batches
+        self.seed, self.rank, self.world_size, self.gas = seed, rank, world_size, grad_accum
+        self.global_micro = world_size * grad_accum  # G: micro batches per optimizer step, all ranks
+        self.pairs = pairs
+        self.positions = _Positions(len(lengths), seed, shuffle, pairs if probs is not None else None, probs)
+        self.n_positions = (epoch_pairs or len(lengths)) if probs is not None else len(lengths)
+        self.block_size = batch_pairs or self._token_block_size()
+        self.n_blocks = math.ceil(self.n_positions / self.block_size) if self.n_positions else 0
+        if batch_pairs:
+            self.n_blocks = self.n_positions // batch_pairs  # the last partial batch is dropped
+        self.state = SamplerState()
+        self._stream = _EpochStream(self, 0)
+        self._step, self._k, self._before = None, 0, None
+        self._pair_counts = np.zeros(len(pairs.counts), dtype=np.int64) if pairs is not None else None
+        self._len_cache = None
+
+    # -- the plan --------------------------------------------------------------------------------------------------
+    def cost(self, rows: np.ndarray) -> np.ndarray:
+        """Tokens a pair puts in the packed stream: 4 views = 2 x (src + trg), each side cut to max_length."""
+        lens = np.asarray(self.lengths[np.sort(rows)] if len(rows) else np.zeros((0, 2)), dtype=np.int64)
+        lens = lens[np.argsort(np.argsort(rows, kind="stable"), kind="stable")]  # back to the order of rows
+        if self.max_length:
+            lens = np.minimum(lens, self.max_length)
+        return 2 * lens.sum(axis=1)
+
+    def _token_block_size(self) -> int:
+        n = min(len(self.lengths), COST_SAMPLE)
+        sample = self.positions._perm_of(0)(np.arange(n)) if n else np.zeros(0, np.int64)
+        mean = max(1, int(self.cost(sample).mean())) if n else 1
+        return max(1, self.batch_tokens // mean) * self.bucket_batches
+
+    def block_batches(self, epoch: int, block: int, cursors: np.ndarray | None) -> list[np.ndarray]:
+        """Global micro batches of one block (fixed pairs: one batch per block); advances cursors in place."""
+        start = block * self.block_size
+        stop = min(start + self.block_size, self.n_positions)
+        rows = self.positions.rows(epoch, start, stop, cursors)
+        if self.batch_pairs:
+            return [rows]
+        cost = self.cost(rows)
+        order = np.argsort(cost, kind="stable")
+        batches = _cut(rows[order], cost[order], self.batch_tokens)
+        shuffle = np.random.default_rng([self.seed, epoch, block, 1]).permutation(len(batches))
+        return [batches[i] for i in shuffle]
+
+    # -- this rank's view ------------------------------------------------------------------------------------------
+    def next_batch(self) -> np.ndarray:
+        """This rank's next micro batch; advances (and rolls into the next epoch at its last whole step)."""
+        if self._step is None or self._k >= self.gas:
+            self._begin_step()
+        batch = self._step[self._k * self.world_size + self.rank]
+        self._k += 1
+        self.state.index += 1
+        return batch
+
+    def _begin_step(self) -> None:
+        self._before = self._stream.state()
+        step = self._take(self._stream)
+        if step is None:
+            self._stream = _EpochStream(self, self.state.epoch + 1)
+            self.state = SamplerState(self.state.epoch + 1, 0)
+            self._before = self._stream.state()
+            step = self._take(self._stream)
+        if step is None:
+            from pipeline.data import DataError  # data.py re-exports this module: import at call time
+
+            raise DataError(
+                f"an epoch yields no batch for a whole optimizer step: {self.global_micro} micro batches needed "
+                f"(world size "
+                f"{self.world_size} x gradient accumulation {self.gas}) from {self.n_positions} pairs (--batch-pairs "
+                f"{self.batch_pairs} / --batch-tokens {self.batch_tokens}); lower the batch size or add data"
+            )
+        self._step, self._k = step, 0
+        if self._pair_counts is not None:
+            rows = np.concatenate(step)
+            self._pair_counts += np.bincount(
+                np.asarray(self.pairs.codes[np.sort(rows)]), minlength=len(self._pair_counts)
+            )
+
+    def _take(self, stream: _EpochStream) -> list[np.ndarray] | None:
+        out = []
+        for _ in range(self.global_micro):
+            batch = stream.next()
+            if batch is None:
+                return None
+            out.append(batch)
+        return out
+
+    def __len__(self) -> int:
+        """Micro batches per epoch on this rank (token budget: estimated from the first block)."""
+        if self._len_cache is None:
+            if self.batch_pairs:
+                micro = self.n_blocks
+            else:
+                first = self.block_batches(0, 0, self._fresh_cursors())
+                per_batch = max(1.0, sum(len(b) for b in first) / max(1, len(first)))
+                micro = int(self.n_positions / per_batch)
+            self._len_cache = (micro // self.global_micro) * self.gas
+        return self._len_cache
+
+    def _fresh_cursors(self) -> np.ndarray | None:
+        return np.zeros(len(self.pairs.counts), dtype=np.int64) if self.positions.sampled else None
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """Every micro batch of this rank in `epoch`, materialised (small data: validation and tests only)."""
+        stream, out = _EpochStream(self, epoch), []
+        while (step := self._take(stream)) is not None:
+            out.extend(step[k * self.world_size + self.rank] for k in range(self.gas))
+        return out
+
+    # -- pair statistics -------------------------------------------------------------------------------------------
+    def pair_shares(self) -> dict[str, float]:
+        """Target share of each language pair in the sampled rows."""
+        if self.pairs is None:
+            return {}
+        probs = self.positions.probs
+        if probs is None:
+            probs = self.pairs.counts / max(1, self.pairs.counts.sum())
+        return {name: float(p) for name, p in zip(self.pairs.names, probs)}
+
+    def take_pair_counts(self) -> dict[str, int]:
+        """Rows per pair of the global steps begun since the last call (identical on every rank: no collective)."""
+        if self._pair_counts is None:
+            return {}
+        out = {n: int(c) for n, c in zip(self.pairs.names, self._pair_counts) if c}
+        self._pair_counts[:] = 0
+        return out
+
+    # -- checkpointing ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        at_boundary = self._step is None or self._k >= self.gas
+        stream = self._stream.state() if at_boundary else self._before
+        return {
+            "version": 2,
+            "epoch": self.state.epoch,
+            "index": self.state.index,
+            "seed": self.seed,
+            "global_micro": self.global_micro,
+            "world_size": self.world_size,
+            "in_step": 0 if at_boundary else self._k,
+            "stream": stream,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                f"sampler state was saved with seed {state.get('seed')}, this run has {self.seed}: resuming would not "
+                "continue the same data order (keep --seed)"
+            )
+        if "stream" not in state:
+            raise ValueError("sampler state of an older version (per-rank plan): resume with the version that wrote it")
+        saved_g, in_step = state.get("global_micro"), int(state.get("in_step", 0))
+        if saved_g != self.global_micro or (in_step and state.get("world_size") != self.world_size):
+            raise ValueError(
+                f"sampler state was saved with a global batch of {saved_g} micro batches (world size "
+                f"{state.get('world_size')} x gradient accumulation), this run has world size {self.world_size} x "
+                f"gradient accumulation {self.gas} = {self.global_micro}: resuming would change the data order"
+            )
+        self._stream = _EpochStream(self, int(state["stream"]["epoch"]))
+        self._stream.restore(state["stream"])
+        steps = self._stream.micro // self.global_micro
+        self.state = SamplerState(self._stream.epoch, steps * self.gas)
+        self._step, self._k = None, 0
+        if in_step:
+            self._begin_step()
+            self._k, self.state.index = in_step, self.state.index + in_step
+
+
+def _cut(idx: np.ndarray, cost: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Greedy cut of length-sorted idx into runs with sum(cost) <= budget (a lone pair over budget stays alone)."""
+    out, start, total = [], 0, 0
+    for i, c in enumerate(cost.tolist()):
+        if i > start and total + c > budget:
+            out.append(idx[start:i])
+            start, total = i, 0
+        total += c
+    if start < len(idx):
+        out.append(idx[start:])
+    return out
