@@ -23,10 +23,19 @@ def test_cleaner_reasons(src, trg, reason):
     cleaner = Cleaner()
     result = cleaner.check(_pair(src, trg))
     assert (result if isinstance(result, str) else None) == reason
-    if reason:
-        assert cleaner.examples == {reason: ["t:1"]}
-    else:
+    if not reason:
         assert result.src == src.strip()
+
+
+@pytest.mark.parametrize(
+    "langs, result",
+    [(("fr", "en_GB"), ("fra_Latn", "eng_Latn")), (("und_Zzzz", "und_Zzzz"), ("und_Zzzz", "und_Zzzz")),
+     (("la tab 107", "eng_Latn"), "unknown_language"), (("fra_Latn", ""), "unknown_language"),
+     (("en", "eng_Latn"), "same_language")],
+)  # fmt: skip
+def test_cleaner_languages(langs, result):
+    got = Cleaner().check(Pair("un chat", "a cat", *langs, "t:1"))
+    assert (got if isinstance(got, str) else (got.src_lang, got.trg_lang)) == result
 
 
 def test_cleaner_nfc_and_held_out():
