@@ -7,6 +7,11 @@ metrics.jsonl holds one JSON object per line:
   pairs, time, elapsed_s.
 On resume, records after the resumed step (logged by the interrupted run after its last checkpoint) are dropped, so
 the file reads as one uninterrupted history.
+
+Train records may hold 0-d device tensors (the step's loss sums, left on the accelerator so the step never waits for
+the host): they are buffered and read together, one `torch.stack(...).tolist()` per device, every --log-every steps,
+at a skipped step, before any other record, and at `flush()` (the trainer calls it before each checkpoint) and
+`close()`. The file's content is the same as with per-step reads: one record per step.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import math
 import os
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger("pipeline.train")
 METRICS = "metrics.jsonl"
+INT_KEYS = frozenset({"tokens", "pairs", "n_masked"})  # counts summed as float64 on the device, written as ints
 
 
 def _finite_or_none(v):
@@ -41,6 +49,8 @@ class MetricsLogger:
         self.path = Path(output_dir) / METRICS
         self.enabled, self.log_every = rank == 0, log_every
         self._wandb = None
+        self._buffer: list[dict] = []  # records not yet written (their tensors not yet read)
+        self._progress: list[tuple[dict, int]] = []  # progress lines due for buffered records
         if self.enabled and wandb_mode != "off":
             self._wandb = _start_wandb(output_dir, wandb_mode, project, run_name, config)
 
@@ -54,20 +64,39 @@ class MetricsLogger:
         os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
+        """Append `record` (tensor values read later, in a batch: see the module docstring)."""
         if not self.enabled:
             return
-        record = {k: _finite_or_none(v) for k, v in record.items()}
+        if record.get("split", "train") != "train":
+            self.flush()  # records stay in order
+        self._buffer.append(record)
+        if not _pending(record) or record["step"] % self.log_every == 0 or record.get("skipped"):
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the buffered records' tensors (one sync per device) and write them all."""
+        if not self.enabled or not self._buffer:
+            return
+        _resolve(self._buffer)
+        records = [{k: _finite_or_none(v) for k, v in r.items()} for r in self._buffer]
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._wandb is not None:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+        for record in records if self._wandb is not None else ():
             prefix = record.get("split", "train")
             self._wandb.log(
                 {f"{prefix}/{k}": v for k, v in record.items() if isinstance(v, int | float)}, step=record["step"]
             )
+        self._buffer.clear()
+        due, self._progress = self._progress, []
+        for r, max_steps in due:
+            self.progress(r, max_steps)
 
     def progress(self, r: dict, max_steps: int) -> None:
-        """One line per --log-every steps, and for every skipped step."""
+        """One line per --log-every steps, and for every skipped step (printed once the record is read)."""
         if not self.enabled or (r["step"] % self.log_every and not r["skipped"] and r["step"] != max_steps):
+            return
+        if _pending(r):
+            self._progress.append((r, max_steps))
             return
         skipped = f" SKIPPED (non-finite loss; {r['skipped_total']} so far)" if r["skipped"] else ""
         log.info(
@@ -88,8 +117,26 @@ class MetricsLogger:
         )
 
     def close(self) -> None:
+        self.flush()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _pending(record: dict) -> bool:
+    return any(isinstance(v, torch.Tensor) for v in record.values())
+
+
+def _resolve(records: list[dict]) -> None:
+    """Replace every tensor value of `records` by its number, in place: one stack + tolist per device."""
+    by_device: dict[torch.device, list[tuple[dict, str]]] = {}
+    for r in records:
+        for k, v in r.items():
+            if isinstance(v, torch.Tensor):
+                by_device.setdefault(v.device, []).append((r, k))
+    for slots in by_device.values():
+        values = torch.stack([r[k].detach().reshape(()).double() for r, k in slots]).tolist()
+        for (r, k), v in zip(slots, values):
+            r[k] = int(round(v)) if k in INT_KEYS and math.isfinite(v) else v
 
 
 def _step(line: str) -> int:

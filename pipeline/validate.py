@@ -3,15 +3,16 @@
 Mining: within each validation batch of B pairs, source i is counted correct when the target with the highest
 cosine similarity to its clean CLS embedding is target i (src->trg), and the same from the targets (trg->src); the
 chance level is 1/B. Masking uses its own fixed-seed collator, so every evaluation of a run sees the same masks.
-Sums are all-reduced, so the numbers cover every rank's share of the split.
+Sums stay on the device and are all-reduced (pipeline/distributed.py), so the numbers cover every rank's share of the
+split; they are read once, at the end.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from pipeline import distributed
 from pipeline.collate import MexmaCollator
 from pipeline.data import DistributedBatchSampler, fetch_rows
 from pipeline.metrics import log
@@ -20,11 +21,18 @@ VALID_SEED_OFFSET = 1_000_003  # masking seed of validation = run seed + this (d
 LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
 
 
-def mining_correct(src: torch.Tensor, trg: torch.Tensor) -> tuple[int, int]:
-    """src, trg: (B, H) aligned rows -> (#rows whose nearest target is its own, same for targets), by cosine."""
+def mining_counts(src: torch.Tensor, trg: torch.Tensor) -> torch.Tensor:
+    """src, trg: (B, H) aligned rows -> (2,) on their device: #rows whose nearest target is its own, same for
+    targets, by cosine."""
     sim = F.normalize(src.float(), dim=-1) @ F.normalize(trg.float(), dim=-1).T  # (B, B)
-    gold = torch.arange(sim.shape[0])
-    return int((sim.argmax(dim=1) == gold).sum()), int((sim.argmax(dim=0) == gold).sum())
+    gold = torch.arange(sim.shape[0], device=sim.device)
+    return torch.stack([(sim.argmax(dim=1) == gold).sum(), (sim.argmax(dim=0) == gold).sum()])
+
+
+def mining_correct(src: torch.Tensor, trg: torch.Tensor) -> tuple[int, int]:
+    """mining_counts as two ints."""
+    s2t, t2s = mining_counts(src, trg).tolist()
+    return s2t, t2s
 
 
 class Validator:
@@ -75,21 +83,17 @@ class Validator:
             return None
         collator = MexmaCollator(**self.collator_args)
         engine.eval()
-        sums = torch.zeros(len(LOSS_KEYS) + 4, dtype=torch.float64)  # losses..., n_batches, ok_s2t, ok_t2s, pairs
+        dev = engine.device
+        sums = torch.zeros(len(LOSS_KEYS) + 4, dtype=torch.float64, device=dev)  # losses, n_batches, s2t, t2s, pairs
         for idx in self.batches:
             batch = collator(fetch_rows(self.ds, idx, self.max_length))
-            out = engine(**{k: _to(v, engine.device) for k, v in batch.items()})
-            s2t, t2s = mining_correct(out["src_cls"].cpu(), out["trg_cls"].cpu())
-            losses = [float(out[k]) for k in LOSS_KEYS]
-            sums += torch.tensor(losses + [1, s2t, t2s, len(idx)], dtype=torch.float64)
+            out = engine(**distributed.to_device(batch, dev))
+            losses = torch.stack([out[k].detach().reshape(()).double() for k in LOSS_KEYS])
+            ok = mining_counts(out["src_cls"], out["trg_cls"]).double()
+            sums += torch.cat([losses, torch.ones(1, dtype=torch.float64, device=dev), ok, ok.new_full((1,), len(idx))])
         engine.train()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
-        n, pairs = sums[len(LOSS_KEYS)].item(), sums[-1].item()
-        result = {k: sums[i].item() / n for i, k in enumerate(LOSS_KEYS)}
-        result.update(acc_src2trg=sums[-3].item() / pairs, acc_trg2src=sums[-2].item() / pairs, pairs=int(pairs))
+        values = distributed.all_reduce(sums).tolist()  # the one read of the validation
+        n, pairs = values[len(LOSS_KEYS)], values[-1]
+        result = {k: values[i] / n for i, k in enumerate(LOSS_KEYS)}
+        result.update(acc_src2trg=values[-3] / pairs, acc_trg2src=values[-2] / pairs, pairs=int(pairs))
         return result
-
-
-def _to(v, device):
-    return v.to(device) if isinstance(v, torch.Tensor) else v
