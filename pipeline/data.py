@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from pathlib import Path
 
 import datasets
@@ -19,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "valid")
 COLUMNS = ("src_ids", "trg_ids", "src_lang", "trg_lang")
 REQUIRED_SPECIALS = ("bos", "pad", "eos", "unk", "mask")
@@ -172,6 +175,43 @@ def _truncate(ids: list[int], max_length: int) -> list[int]:
 # -- batching ----------------------------------------------------------------------------------------------------
 # The sampler lives in pipeline/sampler.py (lazy global plan, language-pair sampling); re-exported for importers.
 from pipeline.sampler import DistributedBatchSampler, SamplerState  # noqa: E402,F401
+
+
+def sampling_tables(data_dir: str | Path, split: str, manifest: dict, verify: str = "size", rank: int = 0) -> dict:
+    """The split's shared, memory-mapped sampling files (data_prep/lengths.py): lengths (N, 2) uint16, pair_ids,
+    pair_index, pairs, counts. A dataset prepared before them gets them built once by global rank 0 (logged), the
+    other ranks wait for its verdict; a file that does not match the manifest's row count is rebuilt the same way."""
+    from data_prep import lengths as L
+    from pipeline import distributed
+
+    rows = sum(s["rows"] for s in manifest["shards"] if s["split"] == split)
+    error = None
+    if rank == 0:
+        try:
+            L.open_sampling_files(data_dir, split, rows, verify)
+        except (L.LengthsError, OSError, ValueError) as e:
+            log.info("building %s for split %s (%s); once per dataset", L.sampling_dir(data_dir), split, e)
+            error = _build_sampling(data_dir, split)
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise DataError(error)
+    try:
+        return L.open_sampling_files(data_dir, split, rows, verify)
+    except (L.LengthsError, OSError, ValueError) as e:
+        raise DataError(f"{e}; re-run data_prep or delete {L.sampling_dir(data_dir)}") from e
+
+
+def _build_sampling(data_dir: str | Path, split: str) -> str | None:
+    from data_prep import lengths as L
+
+    t0 = time.time()
+    try:
+        meta = L.write_sampling_files(data_dir, split)
+    except (L.LengthsError, OSError) as e:
+        return f"cannot build the sampling files of {Path(data_dir) / split} in {L.sampling_dir(data_dir)}: {e}"
+    n_pairs, dt = len(meta["pairs"]), time.time() - t0
+    log.info("wrote %s: %d rows, %d language pairs in %.1f s", L.meta_path(data_dir, split), meta["rows"], n_pairs, dt)
+    return None
 
 
 def special_ids(manifest: dict) -> dict:

@@ -405,3 +405,81 @@ def _cut(idx: np.ndarray, cost: np.ndarray, budget: int) -> list[np.ndarray]:
     if start < len(idx):
         out.append(idx[start:])
     return out
+
+
+def sampling_probabilities(alpha: float, weights_file: str, pairs: PairTable) -> np.ndarray | None:
+    """Pair probabilities of --lang-alpha / --lang-weights; None for proportional sampling (alpha 1, no file).
+
+    Raises ConfigError naming the flag: alpha < 0, an unreadable file, a pair the data does not have, a weight that
+    is negative or not finite, a zero total."""
+    from pipeline.config.schema import ConfigError
+
+    if not (alpha >= 0 and math.isfinite(alpha)):
+        raise ConfigError(f"--lang-alpha: must be a finite number >= 0, got {alpha}")
+    if alpha == 1.0 and not weights_file:
+        return None
+    overrides = _read_weights(weights_file, pairs.names) if weights_file else None
+    try:
+        return pair_probabilities(pairs.counts, alpha, overrides)
+    except ValueError as e:
+        flag = "--lang-weights " + weights_file if weights_file else f"--lang-alpha {alpha}"
+        raise ConfigError(f"{flag}: {e}") from e
+
+
+def _read_weights(path: str, names: list[str]) -> dict[int, float]:
+    import json
+
+    from pipeline.config.schema import ConfigError
+
+    try:
+        obj = json.loads(open(path).read())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--lang-weights {path}: unreadable JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise ConfigError(f'--lang-weights {path}: expected an object {{"src-trg": weight}}, got {type(obj).__name__}')
+    code = {n: i for i, n in enumerate(names)}
+    out = {}
+    for name, w in obj.items():
+        if name not in code:
+            raise ConfigError(f"--lang-weights {path}: pair {name!r} is not in the training data (pairs: {names})")
+        if isinstance(w, bool) or not isinstance(w, int | float) or not (math.isfinite(w) and w >= 0):
+            raise ConfigError(f"--lang-weights {path}: weight of {name!r} must be a finite number >= 0, got {w!r}")
+        out[code[name]] = float(w)
+    return out
+
+
+def make_train_sampler(cfg, manifest: dict, micro: int, grad_accum: int, rank: int, world_size: int):
+    """The training sampler of a TrainConfig over the split's shared sampling files; rank 0 logs the pair shares."""
+    import logging
+
+    from pipeline import data as D
+
+    c = cfg.data
+    tables = D.sampling_tables(c.path, "train", manifest, c.verify, rank)
+    pairs = PairTable(tables["pairs"], tables["counts"], tables["pair_index"], tables["pair_ids"])
+    probs = sampling_probabilities(c.lang_alpha, c.lang_weights, pairs)
+    sampler = DistributedBatchSampler(
+        tables["lengths"],
+        batch_pairs=0 if c.batch_tokens else micro,
+        batch_tokens=c.batch_tokens,
+        bucket_batches=c.bucket_batches,
+        max_length=c.max_length,
+        seed=cfg.run.seed,
+        rank=rank,
+        world_size=world_size,
+        grad_accum=grad_accum,
+        pairs=pairs,
+        probs=probs,
+        epoch_pairs=c.epoch_pairs,
+    )
+    if rank == 0:
+        shares = " ".join(f"{k} {100 * v:.2f}%" for k, v in sampler.pair_shares().items())
+        mode = "proportional to rows" if probs is None else f"alpha {c.lang_alpha}, weights {c.lang_weights or '-'}"
+        logging.getLogger("pipeline.train").info(
+            "sampling %d language pairs (%s), %d pairs per epoch: %s",
+            len(pairs.names),
+            mode,
+            sampler.n_positions,
+            shares,
+        )
+    return sampler

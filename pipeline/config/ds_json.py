@@ -52,15 +52,21 @@ def _int_or_auto(ds: dict, key: str, path: str) -> int | None:
     return v
 
 
-def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int) -> dict:
+def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int, previous: dict | None = None) -> dict:
     """Fill the DeepSpeed JSON's "auto" values from `cfg` and check micro x accumulation x world = global batch.
 
     Precedence of the micro batch and the accumulation: flag/config file > a number in the JSON > reference default.
+    previous: the resumed checkpoint's `batch_record` ({micro, gas, world_size}). On another world size the global
+    batch is kept through the accumulation (gas' = W x gas / W') and DeepSpeed loads a universal checkpoint
+    (ZeRO state re-partitioned, pipeline/checkpoint.py); ConfigError when W x gas / W' is not an integer.
     """
     path = cfg.run.ds_config
     out = copy.deepcopy(ds)
     micro = cfg.data.batch_pairs or _int_or_auto(ds, "train_micro_batch_size_per_gpu", path) or REFERENCE_MICRO_BATCH
     gas = cfg.optim.grad_accum or _int_or_auto(ds, "gradient_accumulation_steps", path)
+    if previous is not None and int(previous["world_size"]) != world_size:
+        gas = _gas_for_new_world(previous, micro, gas, world_size)
+        out["checkpoint"] = {**out.get("checkpoint", {}), "load_universal": True}
     total = _int_or_auto(ds, "train_batch_size", path)
     if gas is None:
         gas = REFERENCE_GRAD_ACCUM if total is None else max(total // (micro * world_size), 1)
@@ -87,6 +93,37 @@ def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int) -> dict:
         _fill(params, key, value, flag, path)
     out.setdefault("steps_per_print", 10**9)  # our own progress line replaces DeepSpeed's
     return out
+
+
+def batch_record(ds: dict, world_size: int) -> dict:
+    """The batch arithmetic a checkpoint is saved with (its run record), read back by `resolve_ds_config`."""
+    micro, gas = ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]
+    return {"micro": micro, "gas": gas, "world_size": world_size}
+
+
+def _gas_for_new_world(previous: dict, micro: int, gas: int | None, world: int) -> int:
+    """Accumulation that keeps the checkpoint's global batch (micro x gas x W) on `world` ranks, or ConfigError."""
+    p_micro, p_gas, p_world = int(previous["micro"]), int(previous["gas"]), int(previous["world_size"])
+    per_micro = p_gas * p_world  # micro batches per optimizer step, all ranks (the sampler's global plan)
+    fits = [w for w in range(1, per_micro + 1) if per_micro % w == 0]
+    how = (
+        f"the checkpoint has micro batch {p_micro} x gradient accumulation {p_gas} x world size {p_world} = "
+        f"{p_micro * per_micro} pairs per step; this run has world size {world}"
+    )
+    if micro != p_micro:
+        raise ConfigError(f"--batch-pairs {micro}: {how}; keep --batch-pairs {p_micro} to resume on another world size")
+    if per_micro % world:
+        raise ConfigError(
+            f"resuming on {world} ranks: {how}, and {p_gas} x {p_world} / {world} is not an integer, so the global "
+            f"batch cannot be kept; relaunch on a world size in {fits} (--grad-accum {per_micro} / world size), "
+            "or --no-resume to start a new run"
+        )
+    if gas is not None and gas * world != per_micro:
+        raise ConfigError(
+            f"--grad-accum {gas}: {how}; keeping the global batch needs --grad-accum {per_micro // world} "
+            f"({p_gas} x {p_world} / {world}), or leave --grad-accum unset"
+        )
+    return per_micro // world
 
 
 def _fill(obj: dict, key: str, value, flag: str, path: str) -> None:
