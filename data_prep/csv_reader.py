@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from .records import MALFORMED, Skip, SourceError
+from .records import INVALID_UTF8, MALFORMED, Skip, SourceError
 from .textio import raw_lines
 
 MAX_RECORD_LINES = 100
@@ -59,17 +59,27 @@ def ends_in_quote(line: str, in_quote: bool) -> tuple[bool, bool]:
     return state == _QUOTED, opened_here and state == _QUOTED
 
 
+_Line = tuple[int, str, int, bool]  # (line number, text with its end, bytes, had undecodable bytes)
+
+
+def _decode(lineno: int, raw: bytes) -> _Line:
+    try:
+        return lineno, raw.decode("utf-8"), len(raw), False
+    except UnicodeDecodeError:  # kept as surrogates so the quote state still advances; the record is skipped
+        return lineno, raw.decode("utf-8", "surrogateescape"), len(raw), True
+
+
 class _Lines:
-    """Decoded lines (with their ends) of a file, with a push-back queue to resume after a bad record."""
+    """Decoded lines of a file, with a push-back queue to resume after a bad record."""
 
     def __init__(self, path: Path):
-        self._it = ((n, raw.decode("utf-8", "surrogateescape"), len(raw)) for n, raw in raw_lines(path, keep_ends=True))
-        self.back: deque[tuple[int, str, int]] = deque()
+        self._it = (_decode(n, raw) for n, raw in raw_lines(path, keep_ends=True))
+        self.back: deque[_Line] = deque()
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> tuple[int, str, int]:
+    def __next__(self) -> _Line:
         return self.back.popleft() if self.back else next(self._it)
 
 
@@ -81,10 +91,14 @@ def records(path: Path) -> Iterator[tuple[str, list[str]] | Skip]:
     csv.field_size_limit(sys.maxsize)
     lines = _Lines(path)
     while True:
-        record: list[tuple[int, str, int]] = []
+        record: list[_Line] = []
         opened, size = 0, 0
-        for lineno, text, nbytes in lines:
-            record.append((lineno, text, nbytes))
+        for line in lines:
+            lineno, text, nbytes, bad = line
+            if not record and '"' not in text and not bad and "\r" not in (body := text.rstrip("\r\n")) and body:
+                yield f"{path}:{lineno}", body.split(",")  # no quote: what csv.reader gives, 3x faster
+                continue
+            record.append(line)
             size += nbytes
             still_open, here = ends_in_quote(text.rstrip("\r\n"), len(record) > 1)
             opened = lineno if here else opened
@@ -101,24 +115,22 @@ def records(path: Path) -> Iterator[tuple[str, list[str]] | Skip]:
         lines.back.extendleft(reversed([r for r in record if r[0] > opened]))
 
 
-def _unclosed(path: Path, record: list[tuple[int, str, int]], opened: int, why: str) -> Skip:
+def _unclosed(path: Path, record: list[_Line], opened: int, why: str) -> Skip:
     first = f" (record from line {record[0][0]})" if record[0][0] != opened else ""
     return Skip(MALFORMED, f"{path}:{opened}", f"quote opened on this line{first} is {why}; reading resumes after it")
 
 
-def _parse(path: Path, record: list[tuple[int, str, int]]) -> tuple[str, list[str]] | Skip:
+def _parse(path: Path, record: list[_Line]) -> tuple[str, list[str]] | Skip:
     where = f"{path}:{record[0][0]}"
+    if any(bad for *_, bad in record):
+        return Skip(INVALID_UTF8, where, "undecodable bytes")
     try:
-        rows = list(csv.reader([text for _, text, _ in record]))
+        rows = list(csv.reader([text for _, text, _, _ in record]))
     except csv.Error as e:
         return Skip(MALFORMED, where, str(e))
     if len(rows) != 1:
         return Skip(MALFORMED, where, "blank line" if not rows or not rows[0] else f"{len(rows)} records in one")
     return where, rows[0]
-
-
-def has_surrogate(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[str, list[str]] | Skip]]:
@@ -127,6 +139,6 @@ def csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[str, list[str]] | Sk
     first = next(it, None)
     if first is None:
         raise SourceError(f"{path}: empty file, expected a header line with src and trg")
-    if isinstance(first, Skip) or any(has_surrogate(f) for f in first[1]):
-        raise SourceError(f"{path}:1: unreadable header ({getattr(first, 'detail', 'not valid UTF-8')})")
+    if isinstance(first, Skip):
+        raise SourceError(f"{path}:1: unreadable header ({first.reason}: {first.detail})")
     return first[1], it

@@ -86,15 +86,11 @@ def csv_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
     header, rows = csv_reader.csv_rows(path)
     index = _header_index(header, path)
     for row in rows:
-        if isinstance(row, Skip):
-            yield row
-        elif any(_has_surrogate(f) for f in row[1]):
-            yield Skip(INVALID_UTF8, row[0], "undecodable bytes")
-        else:
-            yield _row_pair(row[1], index, langs, row[0])
+        yield row if isinstance(row, Skip) else _row_pair(row[1], index, langs, row[0])
 
 
-_has_surrogate = csv_reader.has_surrogate
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def jsonl_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
