@@ -24,7 +24,6 @@ The module reads the live model from `engine.module`: ZeRO stages 0-2 keep every
 
 from __future__ import annotations
 
-import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +35,7 @@ from eval import dist as edist
 from eval.data import DataError, load_flores
 from eval.encode import encode_ids, tokenize
 from eval.score import Scorer, score_sets
+from pipeline import distributed
 from pipeline.collate import IGNORE_INDEX, pack
 from pipeline.config import ConfigError
 from pipeline.metrics import log
@@ -60,16 +60,11 @@ def _training_flags(message: str) -> str:
 @contextmanager
 def preserved_rng():
     """Restore the python, numpy, torch and CUDA RNG states on exit (evaluation draws nothing, but must not)."""
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    state = distributed.rng_state()
     try:
         yield
     finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-        torch.set_rng_state(state[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        distributed.set_rng_state(state)
 
 
 def load_tokenizer(data_dir: str | Path):

@@ -162,7 +162,7 @@ def train_cmd(
     return [DEEPSPEED, "--num_gpus", str(procs), "--master_port", str(free_port()), "pipeline/train.py", *args]
 
 
-def eval_cmd(model: str, flores: str, out: Path, langs: str = "all") -> list[str]:
+def eval_cmd(model: str, flores: str, out: Path, langs: str = "all", split: str = "devtest") -> list[str]:
     return [
         PY,
         "-m",
@@ -172,7 +172,7 @@ def eval_cmd(model: str, flores: str, out: Path, langs: str = "all") -> list[str
         "--flores",
         flores,
         "--split",
-        "devtest",
+        split,
         "--langs",
         langs,
         "--out",

@@ -5,13 +5,16 @@
 Stages (each prints its command and its progress; outputs under runs/demo/):
   1. prep       python -m data_prep.offline --out data       (skipped by data_prep when nothing changed)
   2. untrained  the tiny model as training initialises it (same flags and seed) -> untrained-hf/, eval -> untrained/
-  3. char3gram  python -m eval --model char3gram                                  -> char3gram/
-  4. trained    deepspeed --num_gpus 2 pipeline/train.py (ZeRO-2, CPU) with the demo recipe -> train/,
-                export -> trained-hf/, eval -> trained/
+                (devtest) and untrained-dev/ (dev)
+  3. char3gram  python -m eval --model char3gram                                  -> char3gram/, char3gram-dev/
+  4. trained    deepspeed --num_gpus 2 pipeline/train.py (ZeRO-2, CPU) with the demo recipe, scoring xsim on the dev
+                split every XSIM_EVERY steps (--xsim-every) -> train/, export -> trained-hf/, eval -> trained/
   5. reference  the same with the reference recipe (DESIGN.md, scaled down)      -> reference-train/, ... reference/
-  6. report     runs/demo/report.md + losses.png + errors.png (scripts/report.py)
+  6. report     runs/demo/report.md + losses.png + errors.png + xsim.png (scripts/report.py)
 
-Both trainings have the same pairs per step, step cap, wall-clock cap and seed. A stage whose inputs (command, data
+Both trainings have the same pairs per step, step cap, wall-clock cap and seed. They score xsim on data/testset's
+dev split during training (the learning curves of the report); the devtest split, which the final table reports,
+stays held out. A stage whose inputs (command, data
 manifest, upstream stage) are unchanged since it last succeeded is skipped, so a rerun after an interruption picks
 up where it stopped (training resumes from its last checkpoint); --force redoes everything. docs/demo.md has the
 evidence for the demo recipe.
@@ -65,6 +68,9 @@ DEMO = {
 # The reference's hyperparameters (lr, warmup, loss weights, dropout, masking) on the demo's model and budget.
 # Its defaults are spelled out so the report's settings table shows them.
 REFERENCE_RUN = {**REFERENCE, **DEMO_MODEL, "koleo-global": False, "hidden-dropout": 0.1, "head-dropout": 0.1}
+# xsim during training: every XSIM_EVERY steps on the dev split (129 sentences x 30 languages + English on the
+# default catalogues; a few seconds per evaluation on 2 CPU ranks, inside the wall-clock cap).
+XSIM_EVERY, XSIM_SPLIT = 100, "dev"
 STEPS, MINUTES, PAIRS = 600, 9.0, 32  # 5.5-5.8 min per training on an idle 2-core machine; the cap bounds a slow one
 MODEL_SHAPE_FLAGS = ("num-layers", "hidden-size", "num-heads", "ffn-size", "max-positions")
 STAGES = ("prep", "untrained", "char3gram", "trained", "reference", "report")
@@ -101,13 +107,14 @@ class Demo:
             "prep", [PY, "-m", "data_prep.offline", "--out", self.args.data], self.logs / "prep.log"
         )
 
-    def evaluate(self, name: str, model: str, out: Path, key: dict) -> None:
-        self.cached(
-            f"eval {name}",
-            out,
-            key,
-            lambda: run_stage(f"eval {name}", eval_cmd(model, self.flores, out), self.logs / f"eval_{name}.log"),
-        )
+    def evaluate(self, name: str, model: str, out: Path, key: dict, split: str = "devtest") -> None:
+        cmd = eval_cmd(model, self.flores, out, split=split)
+        self.cached(f"eval {name}", out, key, lambda: run_stage(f"eval {name}", cmd, self.logs / f"eval_{name}.log"))
+
+    def baseline(self, name: str, model: str, key: dict) -> None:
+        """A model that does not train: on devtest (the final table) and on the dev split (the curves' levels)."""
+        self.evaluate(name, model, self.out / name, key)
+        self.evaluate(f"{name} {XSIM_SPLIT}", model, self.out / f"{name}-{XSIM_SPLIT}", key, split=XSIM_SPLIT)
 
     def untrained(self) -> None:
         hf = self.out / "untrained-hf"
@@ -119,13 +126,21 @@ class Demo:
             build_untrained(self.prepared, hf, DEMO, self.args.seed)
 
         self.cached("untrained", hf, key, build)
-        self.evaluate("untrained", str(hf), self.out / "untrained", {**key, "stage": "eval"})
+        self.baseline("untrained", str(hf), {**key, "stage": "eval"})
 
     def train(self, label: str, run_name: str, recipe: dict) -> None:
         """Train (fresh when the command changed, else resume/skip), export, evaluate."""
         a, run = self.args, self.out / run_name
+        xsim = ["--xsim-every", str(XSIM_EVERY), "--xsim-data", self.flores, "--xsim-split", XSIM_SPLIT]
         cmd = train_cmd(
-            self.prepared, run, recipe, steps=a.steps, minutes=a.minutes, seed=a.seed, pairs_per_step=a.pairs
+            self.prepared,
+            run,
+            recipe,
+            steps=a.steps,
+            minutes=a.minutes,
+            seed=a.seed,
+            pairs_per_step=a.pairs,
+            extra=xsim,
         )
         key = self.key(cmd=[c for c in cmd if "master_port" not in c][4:])  # the port is drawn per launch
 
@@ -151,7 +166,8 @@ class Demo:
         write_stamp(self.out / "demo_state.json", {"settings": settings, "stages": self.stages})
         runs = {label: self.out / ("train" if label == "trained" else "reference-train") for label in labels}
         evals = {label: self.out / label for label in ("untrained", *labels, "char3gram")}
-        return write_demo_report(self.out, self.manifest, runs, evals, settings, self.stages)
+        dev = {label: self.out / f"{label}-{XSIM_SPLIT}" for label in ("untrained", "char3gram")}
+        return write_demo_report(self.out, self.manifest, runs, evals, settings, self.stages, dev)
 
     def settings(self, recipe: dict) -> dict:
         a = self.args
@@ -161,6 +177,7 @@ class Demo:
             "step cap": a.steps,
             "wall-clock cap (min)": a.minutes,
             "seed": a.seed,
+            "xsim during training": f"every {XSIM_EVERY} steps, {XSIM_SPLIT} split",
             "model": f"tiny (4 x 256, head {recipe['head-layers']} x 256, FFN {recipe['head-ffn']})",
         }
 
@@ -201,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = {
         "prep": demo.prep,
         "untrained": demo.untrained,
-        "char3gram": lambda: demo.evaluate("char3gram", "char3gram", demo.out / "char3gram", demo.key(stage="c3")),
+        "char3gram": lambda: demo.baseline("char3gram", "char3gram", demo.key(stage="c3")),
         "trained": lambda: demo.train("trained", "train", DEMO),
         "reference": lambda: None if args.skip_reference else demo.train("reference", "reference-train", REFERENCE_RUN),
         "report": demo.report,

@@ -1,7 +1,8 @@
 """Markdown + PNG reports of the demo and the ablation from files the stages leave behind.
 
 Inputs are only files: the prepared dataset's `manifest.json` (data_prep), a run's `metrics.jsonl`
-(pipeline/metrics.py: one record per optimizer step) and each evaluation's `results.json` (python -m eval:
+(pipeline/metrics.py: one record per optimizer step, and with --xsim-every one `"split": "xsim"` record per
+in-training evaluation) and each evaluation's `results.json` (python -m eval:
 `{"languages": {lang: {"errors", "n", "error_pct"}}, "average": {...}}`, the average pooled as
 100 x sum(errors) / sum(n)). So a report can be rebuilt after the fact: `python scripts/report.py runs/demo`.
 """
@@ -20,6 +21,7 @@ if __package__ in (None, ""):  # `python scripts/report.py`: make the project im
 from pipeline.metrics import read_metrics
 
 LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
+XSIM_KEY = "xsim_error_pct"  # pipeline/xsim_eval.py METRIC: pooled X -> target error % of an in-training evaluation
 
 
 class ReportError(RuntimeError):
@@ -174,6 +176,62 @@ def plot_errors(results: dict[str, dict], path: Path) -> Path:
     return Path(path)
 
 
+def xsim_curves(runs: dict[str, Path]) -> dict[str, list[tuple[int, float]]]:
+    """label -> [(step, pooled xsim error %)] of the run's in-training evaluations (empty without --xsim-every)."""
+    return {
+        label: [(r["step"], float(r[XSIM_KEY])) for r in read_metrics(d, split="xsim")] for label, d in runs.items()
+    }
+
+
+def xsim_table(curves: dict[str, list[tuple[int, float]]]) -> str:
+    """Markdown: one row per evaluated step, one column per run (blank where a run has no evaluation there)."""
+    by_run = {label: dict(points) for label, points in curves.items()}
+    steps = sorted(set().union(*by_run.values()))
+    lines = ["| step | " + " | ".join(by_run) + " |", "| ---: |" + " ---: |" * len(by_run)]
+    for step in steps:
+        lines.append(f"| {step} | " + " | ".join(f"{v[step]:.2f}" if step in v else "" for v in by_run.values()) + " |")
+    return "\n".join(lines)
+
+
+def plot_xsim(curves: dict[str, list[tuple[int, float]]], levels: dict[str, float], path: Path) -> Path:
+    """Pooled xsim error % against step, one line per run, the `levels` (untrained, char3gram) as horizontal lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (label, points) in enumerate(curves.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, color=f"C{i}")
+    for j, (label, value) in enumerate(levels.items()):
+        ax.axhline(value, color=f"C{len(curves) + j}", linestyle="--", linewidth=1.0, label=f"{label} ({value:.1f})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("pooled xsim error % (dev split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("retrieval during training (X -> eng_Latn, dev split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def steps_line(summaries: dict[str, dict], settings: dict[str, dict] | None) -> str:
+    """How many steps each run got, against its step cap (a run below its cap hit the wall-clock cap)."""
+    parts = []
+    for label, s in summaries.items():
+        cap = (settings or {}).get(label, {}).get("step cap")
+        why = "" if cap is None or s["steps"] >= cap else ", stopped by the wall-clock cap"
+        parts.append(f"{label} {s['steps']}" + (f" of {cap}" if cap is not None else "") + why)
+    return "Steps each run got: " + "; ".join(parts) + "."
+
+
+def _xsim_section(curves: dict, levels: dict[str, float], out: Path) -> list[str]:
+    if not any(curves.values()):
+        return []
+    plot_xsim(curves, levels, out / "xsim.png")
+    lines = ["## Retrieval during training (pooled xsim error %, dev split)", "", xsim_table(curves), ""]
+    if levels:
+        lines += ["Levels on the same split: " + ", ".join(f"{k} {v:.2f}" for k, v in levels.items()) + ".", ""]
+    return lines + ["![xsim during training](xsim.png)", ""]
+
+
 # -- the demo report -------------------------------------------------------------------------------------------------
 def _settings_table(settings: dict[str, dict]) -> str:
     keys = sorted(set().union(*settings.values()))
@@ -203,8 +261,11 @@ def write_demo_report(
     evals: dict[str, Path],
     settings: dict[str, dict] | None = None,
     stage_times: dict[str, float] | None = None,
+    dev_evals: dict[str, Path] | None = None,
 ) -> Path:
-    """out/report.md + out/losses.png + out/errors.png; runs: label -> training dir, evals: label -> eval dir."""
+    """out/report.md + out/losses.png + out/errors.png (+ out/xsim.png when the runs scored xsim during training);
+    runs: label -> training dir, evals: label -> eval dir, dev_evals: label -> eval dir on the split the runs scored
+    during training (the horizontal lines of xsim.png)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = data_summary(read_json(manifest_path))
@@ -216,6 +277,8 @@ def write_demo_report(
     results = {label: load_results(d) for label, d in evals.items()}
     plot_losses(metrics, out / "losses.png")
     plot_errors(results, out / "errors.png")
+    curves = xsim_curves(runs)
+    levels = {label: pooled(load_results(d)) for label, d in (dev_evals or {}).items()}
     lines = [
         "# MEXMA demo report",
         "",
@@ -231,6 +294,7 @@ def write_demo_report(
         _training_table(summaries),
         "",
         "Final losses: mean of the last 10 steps. tokens/s: all four views' tokens over the run's wall time.",
+        steps_line(summaries, settings),
         "",
     ]
     if settings:
@@ -242,6 +306,7 @@ def write_demo_report(
         "",
         "![error per language](errors.png)",
         "",
+        *_xsim_section(curves, levels, out),
         "## Loss curves",
         "",
         "![losses](losses.png)",
@@ -273,10 +338,17 @@ def main(argv: list[str] | None = None) -> int:
         for label in ("untrained", "trained", "reference", "char3gram")
         if (root / label / "results.json").is_file()
     }
+    dev_evals = {
+        label: root / f"{label}-dev"
+        for label in ("untrained", "char3gram")
+        if (root / f"{label}-dev" / "results.json").is_file()
+    }
     saved = root / "demo_state.json"
     state = read_json(saved) if saved.is_file() else {}
     try:
-        path = write_demo_report(root, Path(args.manifest), runs, evals, state.get("settings"), state.get("stages"))
+        path = write_demo_report(
+            root, Path(args.manifest), runs, evals, state.get("settings"), state.get("stages"), dev_evals
+        )
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -78,3 +78,28 @@ def test_demo_refuses_bad_flags(argv, message, capsys):
     with pytest.raises(SystemExit):
         demo.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_demo_trainings_score_xsim_on_the_dev_split(tmp_path, monkeypatch):
+    """Both trainings get --xsim-every on data/testset's dev split; the baselines are also scored on dev (the curves'
+    levels) while the final table stays on devtest."""
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "manifest.json").write_text("{}")
+    cmds = []
+    monkeypatch.setattr(demo, "run_stage", lambda name, cmd, log, **kw: cmds.append(cmd) or 0.0)
+    monkeypatch.setattr(demo, "build_untrained", lambda *a, **kw: None)
+    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--stages", "untrained,char3gram,trained"]
+    assert demo.main(argv) == 0
+    train = next(c for c in cmds if "pipeline/train.py" in c)
+    cfg = parse_args(train[train.index("pipeline/train.py") + 1 :])
+    assert (cfg.run.xsim_every, cfg.run.xsim_split) == (demo.XSIM_EVERY, "dev") == (100, "dev")
+    assert cfg.run.xsim_data == str(tmp_path / "data" / "testset")
+    evals = {c[c.index("--out") + 1]: c[c.index("--split") + 1] for c in cmds if c[1:3] == ["-m", "eval"]}
+    out = tmp_path / "out"
+    assert evals == {
+        str(out / "untrained"): "devtest",
+        str(out / "untrained-dev"): "dev",
+        str(out / "char3gram"): "devtest",
+        str(out / "char3gram-dev"): "dev",
+        str(out / "trained"): "devtest",
+    }

@@ -35,7 +35,7 @@ def fake_manifest(path: Path) -> Path:
     return path
 
 
-def fake_run(root: Path, steps: int = 30, slope: float = 0.05) -> Path:
+def fake_run(root: Path, steps: int = 30, slope: float = 0.05, xsim_every: int = 0) -> Path:
     root.mkdir(parents=True)
     with open(root / "metrics.jsonl", "w") as f:
         for s in range(1, steps + 1):
@@ -53,6 +53,8 @@ def fake_run(root: Path, steps: int = 30, slope: float = 0.05) -> Path:
                 "skipped_total": 0,
             }
             f.write(json.dumps(rec) + "\n")
+            if xsim_every and s % xsim_every == 0:  # pipeline/xsim_eval.py's record (fields the report reads)
+                f.write(json.dumps({"split": "xsim", "step": s, "xsim_error_pct": 100.0 - slope * 10 * s}) + "\n")
         f.write(json.dumps({"split": "valid", "step": steps, "loss": 1.0}) + "\n")  # ignored by the summary
     return root
 
@@ -72,16 +74,21 @@ def fake_eval(root: Path, errors: dict[str, int], n: int = 50) -> Path:
 @pytest.fixture
 def demo_dir(tmp_path) -> Path:
     out = tmp_path / "demo"
-    fake_run(out / "train")
-    fake_run(out / "reference-train", slope=0.01)
+    fake_run(out / "train", xsim_every=10)
+    fake_run(out / "reference-train", steps=25, slope=0.01, xsim_every=10)  # stopped early by its wall-clock cap
     for label, errs in (
         ("untrained", (45, 44, 48)),
         ("trained", (10, 12, 20)),
         ("reference", (49, 49, 50)),
         ("char3gram", (25, 26, 40)),
+        ("untrained-dev", (46, 46, 46)),
+        ("char3gram-dev", (30, 30, 30)),
     ):
         fake_eval(out / label, dict(zip(LANGS, errs)))
     return out
+
+
+DEV = ("untrained", "char3gram")
 
 
 def test_summaries_do_the_arithmetic(tmp_path):
@@ -97,19 +104,24 @@ def test_summaries_do_the_arithmetic(tmp_path):
 
 
 def test_demo_report_has_tables_and_pictures(demo_dir, tmp_path):
-    settings = {"trained": {"lr": 1e-3}, "reference": {"lr": 1e-4}}
+    settings = {"trained": {"lr": 1e-3, "step cap": 30}, "reference": {"lr": 1e-4, "step cap": 30}}
     path = write_demo_report(demo_dir, fake_manifest(tmp_path / "manifest.json"),
                              {"trained": demo_dir / "train", "reference": demo_dir / "reference-train"},
                              {g: demo_dir / g for g in ("untrained", "trained", "reference", "char3gram")},
-                             settings, {"prep": 10.0, "train trained": 300.0})  # fmt: skip
+                             settings, {"prep": 10.0, "train trained": 300.0},
+                             {g: demo_dir / f"{g}-dev" for g in DEV})  # fmt: skip
     text = path.read_text()
+    assert "Steps each run got: trained 30 of 30; reference 25 of 30, stopped by the wall-clock cap." in text
+    assert "| step | trained | reference |" in text and "| 10 | 95.00 | 99.00 |" in text
+    assert "| 30 | 85.00 |  |" in text  # the reference stopped at 25: no evaluation at 30
+    assert "Levels on the same split: untrained 92.00, char3gram 60.00." in text
     assert "| language | untrained | trained | reference | char3gram |" in text
     assert "| **pooled** | **91.33** | **28.00** | **98.67** | **60.67** |" in text
     assert "| deu_Latn | 90.0 | 20.0 | 98.0 | 50.0 |" in text
     assert "110 train + 10 valid pairs in 2 language pairs (3 languages), 2,700 tokens" in text
     assert "| trained | 30 | 32 | 1.0 min | 500 |" in text
     assert "| **total** | 310 |" in text and "| lr | 0.001 | 0.0001 |" in text
-    for png in ("losses.png", "errors.png"):
+    for png in ("losses.png", "errors.png", "xsim.png"):
         assert f"]({png})" in text
         assert (demo_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (demo_dir / png).stat().st_size > 5000
 
@@ -119,7 +131,18 @@ def test_cli_rebuilds_from_what_exists(demo_dir, tmp_path, capsys):
     (demo_dir / "reference-train" / "metrics.jsonl").unlink()  # a demo cut short: no reference run
     assert main([str(demo_dir), "--manifest", str(manifest)]) == 0
     assert f"report: {demo_dir / 'report.md'}" in capsys.readouterr().out
-    assert "| run | steps |" in (demo_dir / "report.md").read_text()
+    text = (demo_dir / "report.md").read_text()
+    assert "| run | steps |" in text and "Levels on the same split: untrained 92.00, char3gram 60.00." in text
+
+
+def test_runs_without_xsim_records_have_no_curve_section(tmp_path):
+    out = tmp_path / "demo"
+    fake_run(out / "train")
+    fake_eval(out / "trained", dict(zip(LANGS, (10, 12, 20))))
+    path = write_demo_report(out, fake_manifest(tmp_path / "m.json"), {"trained": out / "train"},
+                             {"trained": out / "trained"})  # fmt: skip
+    assert "Retrieval during training" not in path.read_text() and not (out / "xsim.png").exists()
+    assert "Steps each run got: trained 30." in path.read_text()
 
 
 def test_bad_inputs_are_named(demo_dir, tmp_path, capsys):
