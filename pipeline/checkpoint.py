@@ -35,12 +35,16 @@ log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step_(\d{8})$")
 COMPLETE = "COMPLETE.json"
 LATEST = "latest"
+RUN_RECORD = "run_record.json"  # pipeline/runrecord.py: the config and data this checkpoint was trained with
 BEST, BEST_JSON = "best", "best.json"  # tag of the best-scoring checkpoint (text, as `latest`) + {tag, step, score}
 
 
 class CheckpointError(RuntimeError):
     """Saving failed (disk full, I/O error); the message says which checkpoint survives."""
 
+
+class NoUsableCheckpointError(CheckpointError):
+    """Checkpoints were saved but none verifies: resuming is refused (exit 2), the message lists each one's fault."""
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
@@ -120,27 +124,48 @@ class CheckpointManager:
         return None
 
     def find_resume(self) -> str | None:
-        """Rank 0 picks the newest checkpoint that verifies (the marked one first) and tells every rank."""
-        choice = None
+        """Rank 0 picks the newest checkpoint that verifies (the marked one first) and tells every rank.
+
+        None when no checkpoint was ever completed (a fresh directory, or a first save killed before its commit).
+        When some checkpoint was completed but none verifies now, every rank raises NoUsableCheckpointError listing
+        each checkpoint and why it failed: starting over silently would overwrite the old run."""
+        verdict: tuple[str | None, str | None] = (None, None)
         if self.rank == 0:
-            marked = self.latest_marked()
-            for tag in (t for t in self.tags() if marked and t > marked):  # a save killed before its commit
-                log.warning(
-                    "checkpoint %s is not usable: %s; ignored (newer than %s/%s = %s)",
-                    tag,
-                    self.verify(tag) or "never marked complete",
-                    self.root,
-                    LATEST,
-                    marked,
-                )
-            candidates = ([marked] if marked else []) + [t for t in self.tags() if t != marked]
-            for tag in candidates:
-                reason = self.verify(tag)
-                if reason is None:
-                    choice = tag
-                    break
-                log.warning("checkpoint %s is not usable: %s; falling back to an older one", tag, reason)
-        return _broadcast(choice)
+            verdict = self._choose()
+        choice, error = _broadcast(verdict)
+        if error is not None:
+            raise NoUsableCheckpointError(error)
+        return choice
+
+    def _choose(self) -> tuple[str | None, str | None]:
+        """-> (tag, None) for the checkpoint to resume, (None, None) for a fresh start, (None, message) to refuse."""
+        marked = self.latest_marked()
+        for tag in (t for t in self.tags() if marked and t > marked):  # a save killed before its commit
+            log.warning(
+                "checkpoint %s is not usable: %s; ignored (newer than %s/%s = %s)",
+                tag,
+                self.verify(tag) or "never marked complete",
+                self.root,
+                LATEST,
+                marked,
+            )
+        candidates = ([marked] if marked else []) + [t for t in self.tags() if t != marked]
+        reasons = {}
+        for tag in candidates:
+            reason = self.verify(tag)
+            if reason is None:
+                return tag, None
+            reasons[tag] = reason
+            log.warning("checkpoint %s is not usable: %s; falling back to an older one", tag, reason)
+        committed = marked is not None or any((self.root / t / COMPLETE).exists() for t in self.tags())
+        if not committed:
+            return None, None
+        listing = "\n".join(f"  {tag}: {why}" for tag, why in reasons.items()) or f"  {self.root / LATEST}: {marked}"
+        return None, (
+            f"no checkpoint in {self.root} verifies, although a complete one was saved ({LATEST} = {marked}):\n"
+            f"{listing}\nRestore the damaged files, or relaunch with --no-resume to start over (the old run is "
+            "moved to OUTPUT/replaced-<time>/, nothing is deleted). Nothing was changed on disk"
+        )
 
     # -- saving --------------------------------------------------------------------------------------------------
     def save(self, engine, step: int, client_state: dict) -> str:
@@ -186,6 +211,8 @@ class CheckpointManager:
             )
             data = _torch_bytes(client_state)
             write_atomic(self.root / tag / f"client_rank{self.rank:05d}.pt", data)
+            if self.rank == 0 and "run_record" in client_state:  # what this checkpoint was trained with (readable)
+                write_atomic(self.root / tag / RUN_RECORD, json.dumps(client_state["run_record"], indent=1).encode())
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("... write failed")
             return e
         return None
@@ -226,15 +253,22 @@ class CheckpointManager:
         write_atomic(ckpt / COMPLETE, json.dumps(record, indent=1).encode())
         write_atomic(self.root / LATEST, tag.encode())
 
-    def set_aside(self) -> Path | None:
-        """--no-resume: move an existing checkpoints/ to checkpoints.replaced-<time> (rank 0), so the new run's
-        `latest`, pruning and fallbacks never meet the old run's checkpoints. Returns the new name, if any."""
+    def set_aside(self, also: tuple[str, ...] = ()) -> Path | None:
+        """--no-resume: move checkpoints/ and the run files named in `also` (metrics.jsonl, wandb_id.txt, config.json,
+        ...) of OUTPUT into OUTPUT/replaced-<time>/ (rank 0), so the new run's `latest`, pruning, metrics and wandb id
+        never meet the old run's, and the old run stays whole. Returns that folder, or None when there was nothing."""
         moved = None
-        if self.rank == 0 and any(self.root.iterdir()):
-            moved = self.root.with_name(f"{self.root.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(self.root, moved)
+        out = self.root.parent
+        present = [out / name for name in also if (out / name).exists()]
+        if self.rank == 0 and (any(self.root.iterdir()) or present):
+            moved = out / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            while moved.exists():  # two --no-resume launches within a second
+                moved = moved.with_name(moved.name + "-1")
+            moved.mkdir()
+            for path in [self.root, *present]:
+                os.replace(path, moved / path.name)
             self.root.mkdir()
-            log.warning("--no-resume: the previous run's checkpoints were moved to %s", moved)
+            log.warning("--no-resume: the previous run (checkpoints, metrics, records) was moved to %s", moved)
         _barrier()
         return moved
 

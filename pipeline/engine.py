@@ -31,9 +31,10 @@ from deepspeed.accelerator import get_accelerator
 from pipeline import data as D
 from pipeline.checkpoint import CheckpointManager
 from pipeline.collate import MexmaCollator
-from pipeline.config import TrainConfig, resolve_ds_config
+from pipeline.config import TrainConfig, resolve_ds_config, write_run_files
 from pipeline.metrics import MetricsLogger, log
 from pipeline.model import build_model
+from pipeline.runrecord import RUN_FILES, check_relaunch_on_rank0, manifest_sha256, run_record, take_output_lock
 from pipeline.validate import Validator
 from pipeline.xsim_eval import XsimHook
 
@@ -110,11 +111,37 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict, max_
     schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        model_parameters=model.parameters(),
+        model_parameters=param_groups(model, o.weight_decay),
         config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
     return engine
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as the original's configure_optimizers: decay only parameters of >= 2 dimensions (matrices,
+    embeddings), never biases or LayerNorm weights; the empty group is left out. Order: decayed, then not."""
+    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) parameters appear once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def apply_optim_config(engine, cfg: TrainConfig, max_steps: int) -> None:
+    """After a checkpoint load, make the optimizer and the LR schedule this config's: DeepSpeed restores the saved
+    param groups (lr, betas, eps, weight decay) and LambdaLR.load_state_dict the old WarmupCosine's length and base
+    lr. The scheduler keeps only its position (applied steps); the lr is WarmupCosine(max_steps)(position) x --lr."""
+    o, sched = cfg.optim, engine.lr_scheduler
+    groups = sched.optimizer.param_groups
+    decays = [g["weight_decay"] for g in param_groups(engine.module, o.weight_decay)]
+    schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio)
+    sched.lr_lambdas, sched.base_lrs = [schedule] * len(groups), [o.lr] * len(groups)
+    for group, decay in zip(groups, decays, strict=True):
+        lr = o.lr * schedule(sched.last_epoch)
+        group.update(lr=lr, initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=decay)
+    sched._last_lr = [g["lr"] for g in groups]
 
 
 def rng_state() -> dict:
@@ -138,8 +165,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ds_config: dict):
         self.cfg = cfg
         self.rank, self.world = init_distributed()
-        self._seed(cfg.run.seed)
         self.out = Path(cfg.run.output_dir)
+        self.lock = take_output_lock(self.out, self.rank)  # before anything is written to --output-dir
+        self._seed(cfg.run.seed)
         self.ds_config = resolve_ds_config(cfg, ds_config, self.world)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self._load_data()
@@ -148,6 +176,7 @@ class Trainer:
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)  # applied in build_engine only
         model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
         self.engine = build_engine(cfg, model, self.ds_config, self.max_steps)
+        self.record = run_record(cfg, self.max_steps, self.manifest, manifest_sha256(cfg.data.path), self.world)
         torch.manual_seed(cfg.run.seed + 1 + self.rank)  # dropout: same init everywhere, distinct masks per rank
         self.collator = MexmaCollator(
             self.specials,
@@ -157,15 +186,7 @@ class Trainer:
             seed=cfg.run.seed + self.rank,
         )
         self.ckpt = CheckpointManager(self.out, keep=cfg.run.keep_checkpoints, rank=self.rank)
-        self.metrics = MetricsLogger(
-            self.out,
-            self.rank,
-            cfg.run.wandb,
-            cfg.run.wandb_project,
-            cfg.run.run_name,
-            dataclasses.asdict(cfg),
-            cfg.run.log_every,
-        )
+        self.metrics: MetricsLogger | None = None  # started by resume(), after the relaunch checks (wandb id)
         self.step, self.skipped_total, self.bad_in_row, self.elapsed_before = 0, 0, 0, 0.0
 
     def _seed(self, seed: int) -> None:
@@ -240,23 +261,36 @@ class Trainer:
             "skipped_total": self.skipped_total,
             "bad_in_row": self.bad_in_row,
             "elapsed_s": self.elapsed_before + time.time() - self.t_start,
+            "run_record": self.record,  # also saved as run_record.json: what a relaunch is compared with
         }
 
     def resume(self) -> None:
+        """Relaunch rules (pipeline/runrecord.py): every refusal comes before anything on disk changes; then the
+        checkpoint is loaded, the optimizer and schedule set from this config, and rank 0 writes the run records."""
         if not self.cfg.run.resume:
-            self.ckpt.set_aside()
+            self.ckpt.set_aside(also=RUN_FILES)
         tag = self.ckpt.find_resume() if self.cfg.run.resume else None
-        if tag is None:
-            self.metrics.truncate_after(0)
-            return
+        if tag is not None:
+            check_relaunch_on_rank0(self.ckpt.root / tag, self.record, self.cfg.run.allow_config_change, self.rank)
+            self._load(tag)
+        if self.rank == 0:
+            write_run_files(self.record, self.ds_config, self.out, Path(self.cfg.data.path) / "tokenizer")
+        c = self.cfg.run
+        self.metrics = MetricsLogger(
+            self.out, self.rank, c.wandb, c.wandb_project, c.run_name, self.record["config"], c.log_every
+        )
+        self.metrics.truncate_after(self.step)
+        if tag is not None:
+            log.info("resumed from %s (step %d, epoch %d)", self.ckpt.root / tag, self.step, self.sampler.state.epoch)
+
+    def _load(self, tag: str) -> None:
         state = self.ckpt.load(self.engine, tag)
         self.step, self.skipped_total, self.bad_in_row = state["step"], state["skipped_total"], state["bad_in_row"]
         self.elapsed_before = state.get("elapsed_s", 0.0)
         self.sampler.load_state_dict(state["sampler"])
         self.collator.load_state_dict(state["collator"])
         set_rng_state(state["rng"])
-        self.metrics.truncate_after(self.step)
-        log.info("resumed from %s (step %d, epoch %d)", self.ckpt.root / tag, self.step, self.sampler.state.epoch)
+        apply_optim_config(self.engine, self.cfg, self.max_steps)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> int:

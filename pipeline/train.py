@@ -1,49 +1,52 @@
 """Train MEXMA: `deepspeed pipeline/train.py ...`, `torchrun ... pipeline/train.py ...` or `python pipeline/train.py`.
 
-Flags: `--help` (generated from pipeline/config.py). A relaunch with the same --output-dir resumes from the latest
-complete checkpoint (--no-resume starts over). docs/training.md has the flags, the file format and the mapping from
-the original's command line.
+Flags: `--help` (generated from pipeline/config/). A relaunch with the same --output-dir resumes from the latest
+complete checkpoint under the relaunch rules of pipeline/runrecord.py (--no-resume starts over, moving the old run
+aside). docs/training.md has the flags, the file format and the mapping from the original's command line.
+
+Exit codes: 0 done (or already done); 1 stopped while training (non-finite losses, a checkpoint save failed);
+2 refused before anything changed on disk (bad flag, config file, DeepSpeed JSON or dataset, output directory locked
+by another run, a relaunch that changes what cannot change, checkpoints that no longer verify).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # `deepspeed pipeline/train.py` runs the file as a script: make `pipeline` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError, load_ds_config, parse_args, write_run_files
+from pipeline.checkpoint import CheckpointError, NoUsableCheckpointError
+from pipeline.config import ConfigError, load_ds_config, parse_args
 from pipeline.data import DataError
 from pipeline.engine import Trainer, TrainingStoppedError
+from pipeline.runrecord import RelaunchError
+
+REFUSALS = (ConfigError, DataError, RelaunchError, NoUsableCheckpointError)
 
 
 def setup(argv: list[str] | None = None) -> Trainer:
-    """Config -> Trainer; rank 0 records the run (config, DeepSpeed JSON, git SHA, manifest hash, tokenizer)."""
+    """Config -> Trainer (rank 0 holds OUTPUT/.lock); the run records are written by `Trainer.resume`, after the
+    relaunch checks."""
     cfg = parse_args(argv)
-    trainer = Trainer(cfg, load_ds_config(cfg.run.ds_config))
-    if trainer.rank == 0:
-        manifest = Path(cfg.data.path) / "manifest.json"
-        write_run_files(cfg, trainer.ds_config, hashlib.sha256(manifest.read_bytes()).hexdigest(), trainer.world)
-        if (Path(cfg.data.path) / "tokenizer").is_dir():
-            shutil.copytree(
-                Path(cfg.data.path) / "tokenizer", Path(cfg.run.output_dir) / "tokenizer", dirs_exist_ok=True
-            )
-    return trainer
+    return Trainer(cfg, load_ds_config(cfg.run.ds_config))
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    trainer = None
     try:
-        setup(argv).train()
-    except (ConfigError, DataError, CheckpointError, TrainingStoppedError) as e:
+        trainer = setup(argv)
+        trainer.train()
+    except (*REFUSALS, CheckpointError, TrainingStoppedError) as e:
         logging.getLogger("pipeline.train").error("%s", e)
-        return 2 if isinstance(e, ConfigError | DataError) else 1
+        return 2 if isinstance(e, REFUSALS) else 1
+    finally:
+        if trainer is not None and trainer.lock is not None:
+            trainer.lock.release()
     return 0
 
 
