@@ -32,13 +32,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.config.schema import ConfigError
-
 ACCELERATOR_BACKENDS = {"cuda": "nccl", "xpu": "xccl", "hpu": "hccl", "npu": "hccl"}
 
 
-class SharedDirError(ConfigError):
-    """A node does not see the file global rank 0 wrote to the (supposedly shared) --output-dir (exit 2)."""
+class SharedDirError(RuntimeError):
+    """A node does not see the file global rank 0 wrote to the (supposedly shared) output directory."""
 
 
 # -- process group ------------------------------------------------------------------------------------------------
@@ -216,9 +214,9 @@ def on_each_node(job, error_types: tuple[type[BaseException], ...]):
         raise kind(message)
 
 
-def check_shared_dir(path: str | Path) -> None:
+def check_shared_dir(path: str | Path, wait_s: float = 10.0, error: type[Exception] = SharedDirError) -> None:
     """Global rank 0 writes a probe file in `path`; every rank must read it back (checkpoints, `latest`, the run
-    records live there and are written by rank 0 only). Raises SharedDirError naming the path and the ranks."""
+    records live there and are written by rank 0 only). Raises `error` naming the path and the blind ranks."""
     rank, size = world()
     if size == 1:
         return
@@ -228,20 +226,20 @@ def check_shared_dir(path: str | Path) -> None:
         probe.parent.mkdir(parents=True, exist_ok=True)
         probe.write_text(token)
     barrier()
-    sees = _reads_back(probe, token)
+    sees = _reads_back(probe, token, wait_s)
     blind = [(r, host) for r, (ok, host) in enumerate(all_gather_object((sees, socket.gethostname()))) if not ok]
     barrier()
     if rank == 0:
         probe.unlink(missing_ok=True)
     if blind:
-        raise SharedDirError(
+        raise error(
             f"{probe.parent} is not shared by every node: rank 0 wrote {probe.name} there but rank(s) "
             f"{', '.join(f'{r} ({host})' for r, host in blind)} cannot read it. --output-dir must be on a file "
             "system all nodes mount (checkpoints and `latest` are written by rank 0 and read by every rank)"
         )
 
 
-def _reads_back(probe: Path, token: str, wait_s: float = 10.0) -> bool:
+def _reads_back(probe: Path, token: str, wait_s: float) -> bool:
     """NFS attribute caches can lag a few seconds: poll before declaring the file invisible."""
     deadline = time.monotonic() + wait_s
     while True:
