@@ -11,7 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-BUILT = ("train", "valid", "tokenizer", "manifest.json", "skipped.jsonl", ".work")  # what a build owns in OUT
+# What a build owns in OUT, or what is derived from it (`sampling/`: data_prep/lengths.py, built from the rows on
+# first use): dropped with the old output, never carried into the new one, where it would be stale.
+BUILT = ("train", "valid", "tokenizer", "manifest.json", "skipped.jsonl", ".work", "sampling")
 
 
 def work_dir(out: Path) -> Path:
