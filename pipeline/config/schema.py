@@ -92,7 +92,9 @@ class RunConfig:
     keep_checkpoints: int = opt(3, "keep the newest K complete checkpoints (the `best` one is never pruned)")
     resume: bool = opt(True, "resume from the latest complete checkpoint in --output-dir (--no-resume: start over)")
     allow_config_change: bool = opt(
-        False, "on resume, accept changed optimizer / schedule settings (other than a longer --max-steps)"
+        False,
+        "on resume, accept changed optimizer, schedule, data-plan or loss settings (a longer --max-steps needs no "
+        "flag; data, tokenizer, model shape and seed never change)",
     )
     trust_checkpoint: bool = opt(
         False,

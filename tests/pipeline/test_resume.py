@@ -107,5 +107,5 @@ def test_relaunch_of_a_finished_run_does_nothing_and_no_resume_starts_over(prepa
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
     assert (out / "checkpoints" / "latest").read_text() == "step_00000003"
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000003"]  # the old run's: set aside
-    assert len(list(out.glob("checkpoints.replaced-*/step_00000008"))) == 1
+    assert len(list(out.glob("replaced-*/checkpoints/step_00000008"))) == 1  # the whole old run, in one folder
     assert read_metrics(out)[0]["loss"] == read_metrics(tiny_run)[0]["loss"]  # same seed, same first step
