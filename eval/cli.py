@@ -2,15 +2,17 @@
 
 python -m eval --model MODEL --flores DIR --split devtest --langs all --out OUTDIR
 torchrun --nproc_per_node 2 -m eval ...     (each rank encodes a share; rank 0 gathers and scores)
+
+A training output / checkpoint directory is exported once by rank 0 to OUTDIR/exported_model (on the file system
+every node reads, not a node-local temp dir) and kept there.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -21,6 +23,8 @@ from eval.report import markdown, write_all
 from eval.score import Scorer, score_nway, score_sets
 from eval.xsim import MARGINS
 
+EXPORTED = "exported_model"  # OUT/exported_model: a training checkpoint exported for this evaluation
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -28,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     builtin = ", ".join(BUILTIN)
     p.add_argument("--model", required=True, help=f"HF dir / hub name, training or checkpoint dir, or {builtin}")
+    p.add_argument("--tokenizer", help="tokenizer dir / hub name, when --model's directory has none")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="a training checkpoint's files may need more than the weights-only unpickler (runs their code)",
+    )
     p.add_argument("--flores", required=True, help="FLORES-200-layout root: {dev,devtest}/{lang}.{split}")
     p.add_argument("--split", default="devtest", help="sub-directory and file suffix (default devtest)")
     p.add_argument("--langs", default="all", help="comma-separated source languages, or 'all' (default)")
@@ -71,32 +81,27 @@ def load_data(args) -> tuple[list[str], dict[str, list[str]], object]:
     return load_flores(args.flores, args.split, args.langs, args.target, args.nway, not args.no_xsimpp)
 
 
-def resolve_model(args, rank: int) -> tuple[str, str | None]:
-    """Rank 0 exports a training checkpoint once; every rank gets the HF path (or rank 0's error)."""
-    workdir, outcome = None, None
+def resolve_model(args, rank: int) -> str:
+    """Rank 0 exports a training checkpoint once, to OUT/exported_model: under --out, so the ranks of other nodes
+    read it from the shared file system; every rank gets the HF path (or rank 0's error)."""
+    outcome = None
     if rank == 0:
-        workdir = tempfile.mkdtemp(prefix="eval_model_")
         try:
-            outcome = ("ok", export_if_needed(args.model, workdir))
+            outcome = ("ok", export_if_needed(args.model, Path(args.out) / EXPORTED, args.trust_checkpoint))
         except ModelError as err:
             outcome = ("error", str(err))
     outcome = dist.broadcast(outcome)
     if outcome[0] == "error":
-        if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
         raise ModelError(outcome[1])
-    return outcome[1], workdir
+    return outcome[1]
 
 
 def encode_share(args, texts: dict[str, list[str]], rank: int, size: int) -> tuple[dict, float, int]:
-    model, workdir = resolve_model(args, rank)
-    try:
-        device = dist.device_for(args.device)
-        encoder = load_encoder(model, args.pooling, device, args.dtype, args.batch_tokens, args.max_length)
-        dist.barrier()  # every rank has loaded the exported copy before rank 0 deletes it
-    finally:
-        if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    model = resolve_model(args, rank)
+    device = dist.device_for(args.device)
+    encoder = load_encoder(
+        model, args.pooling, device, args.dtype, args.batch_tokens, args.max_length, tokenizer=args.tokenizer
+    )
     share = dist.plan({name: sum(map(len, lines)) for name, lines in texts.items()}, size)[rank]
     progress = not args.no_progress
     start, local = time.perf_counter(), {}

@@ -1,5 +1,7 @@
 """Sentence encoders for evaluation: any XLM-R-style HF directory, a training output / checkpoint directory
-(exported first through ``pipeline.export.export_checkpoint``), or the built-in ``char3gram`` baseline.
+(exported first through ``pipeline.export.export_checkpoint``, into ``--out``), or the built-in ``char3gram`` baseline.
+A local model directory without tokenizer files is refused (transformers would fall back to a tokenizer that maps
+every word to ``<unk>`` and score it anyway) unless ``--tokenizer`` names one.
 
 HF encoding: tokenise without padding, sort by length (longest first), cut batches under a padded-token budget
 (``batch_tokens`` >= rows x longest row), run the encoder, pool (``cls``: the ``<s>`` state, MEXMA's sentence
@@ -23,6 +25,15 @@ from eval.char3gram import Char3gramEncoder
 
 BUILTIN = {"char3gram": Char3gramEncoder}
 POOLINGS = ("cls", "mean", "sentence-transformers")
+# One of these makes a directory a tokenizer (fast tokenizer, sentencepiece models, BPE / WordPiece vocabularies).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
 
 
 class ModelError(ValueError):
@@ -68,19 +79,46 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
+def tokenizer_source(model: str, tokenizer: str | None = None) -> str:
+    """Where the tokenizer comes from: ``tokenizer`` if given, else the model itself, which, when it is a local
+    directory, must hold tokenizer files (else ModelError naming them and ``--tokenizer``)."""
+    if tokenizer is not None:
+        return tokenizer
+    path = Path(model)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"--model {model}: no tokenizer there (none of {', '.join(TOKENIZER_FILES)}); transformers would fall "
+            "back to a tokenizer that maps every word to <unk>. Point --tokenizer at the model's tokenizer directory "
+            "(for a training run: its tokenizer/ folder)"
+        )
+    return model
+
+
+def _load_tokenizer(source: str, flag: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"{flag} {source}: cannot load a tokenizer ({err})") from err
+
+
 class HFEncoder:
     """An ``AutoModel`` + ``AutoTokenizer`` directory encoding sentences to pooled hidden states."""
 
-    def __init__(self, path: str, pooling="cls", device="cpu", dtype="auto", batch_tokens=8192, max_length=512):
-        from transformers import AutoModel, AutoTokenizer
+    def __init__(
+        self, path: str, pooling="cls", device="cpu", dtype="auto", batch_tokens=8192, max_length=512, tokenizer=None
+    ):
+        from transformers import AutoModel
 
         if pooling not in ("cls", "mean"):
             raise ModelError(f"--pooling must be cls or mean for HFEncoder, got {pooling!r}")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
         except (OSError, ValueError, KeyError) as err:
-            raise ModelError(f"--model {path}: cannot load an HF model and tokenizer ({err})") from err
+            raise ModelError(f"--model {path}: cannot load an HF model ({err})") from err
+        source = tokenizer_source(path, tokenizer)
+        self.tokenizer = _load_tokenizer(source, "--tokenizer" if tokenizer else "--model")
         self.name, self.pooling, self.batch_tokens = str(path), pooling, batch_tokens
         self.device = torch.device(device)
         self.autocast = pick_dtype(dtype, self.device)
@@ -114,15 +152,18 @@ class STEncoder:
     """A sentence-transformers directory (``modules.json``) run through its own modules, e.g. LaBSE's Dense +
     Normalize after pooling, which ``HFEncoder`` would skip. Its ``encode`` sorts by length itself."""
 
-    def __init__(self, path: str, device="cpu", dtype="auto", batch_size=64):
+    def __init__(self, path: str, device="cpu", dtype="auto", batch_size=64, tokenizer=None):
         from sentence_transformers import SentenceTransformer
 
         if not (Path(path) / "modules.json").is_file():
             raise ModelError(f"--model {path}: --pooling sentence-transformers needs a modules.json there")
+        tokenizer_source(path, tokenizer)  # the same refusal as HFEncoder's when the directory has no tokenizer
         try:
             self.model = SentenceTransformer(path, device=str(device), local_files_only=True)
         except (OSError, ValueError, KeyError) as err:
             raise ModelError(f"--model {path}: cannot load as sentence-transformers ({err})") from err
+        if tokenizer is not None:
+            self.model[0].tokenizer = _load_tokenizer(tokenizer, "--tokenizer")  # module 0: the Transformer
         autocast = pick_dtype(dtype, torch.device(device))
         if autocast is not None:
             self.model.to(autocast)
@@ -143,8 +184,9 @@ def is_hf_dir(path: Path) -> bool:
     return isinstance(config, dict) and "model_type" in config
 
 
-def export_if_needed(model: str, workdir: str) -> str:
-    """An HF directory for ``model``: itself, or ``workdir/hf`` exported from a training / checkpoint dir."""
+def export_if_needed(model: str, out_dir: str | Path, trust: bool = False) -> str:
+    """An HF directory for ``model``: itself, or ``out_dir`` exported from a training / checkpoint dir (under
+    ``--out``: on the shared file system, where the ranks of other nodes read it). ``trust``: --trust-checkpoint."""
     path = Path(model)
     if model in BUILTIN or is_hf_dir(path):
         return model
@@ -160,7 +202,7 @@ def export_if_needed(model: str, workdir: str) -> str:
     except ImportError as err:
         raise ModelError(f"--model {model}: no config.json, and pipeline.export is unavailable ({err})") from err
     try:
-        return export_checkpoint(str(path), str(Path(workdir) / "hf"))
+        return export_checkpoint(str(path), str(out_dir), trust=trust)
     except Exception as err:  # any failure of the export means the directory is unusable here
         raise ModelError(
             f"--model {model}: no config.json (not an HF dir) and exporting it as a training "
@@ -168,10 +210,13 @@ def export_if_needed(model: str, workdir: str) -> str:
         ) from err
 
 
-def load_encoder(model: str, pooling="cls", device="cpu", dtype="auto", batch_tokens=8192, max_length=512):
-    """An encoder for an HF dir / hub name (already exported, see ``export_if_needed``) or a built-in name."""
+def load_encoder(
+    model: str, pooling="cls", device="cpu", dtype="auto", batch_tokens=8192, max_length=512, tokenizer=None
+):
+    """An encoder for an HF dir / hub name (already exported, see ``export_if_needed``) or a built-in name;
+    ``tokenizer``: --tokenizer (a directory or hub name) instead of the model's own."""
     if model in BUILTIN:
         return BUILTIN[model]()
     if pooling == "sentence-transformers":
-        return STEncoder(model, device, dtype)
-    return HFEncoder(model, pooling, device, dtype, batch_tokens, max_length)
+        return STEncoder(model, device, dtype, tokenizer=tokenizer)
+    return HFEncoder(model, pooling, device, dtype, batch_tokens, max_length, tokenizer)

@@ -47,11 +47,14 @@ def test_char3gram_nway(flores, tmp_path):
     assert results["average"]["n"] == 12 * 24
 
 
-def test_training_dir_is_exported_first(tiny_model, flores, tmp_path, monkeypatch):
+@pytest.mark.parametrize("trust", [False, True])
+def test_training_dir_is_exported_under_out(tiny_model, flores, tmp_path, monkeypatch, trust):
+    """The export goes to OUT/exported_model (shared with other nodes, kept), not a node-local temp dir;
+    --trust-checkpoint reaches the export."""
     calls = []
 
-    def export_checkpoint(src, out_dir):
-        calls.append(src)
+    def export_checkpoint(src, out_dir, trust=False):
+        calls.append((src, out_dir, trust))
         shutil.copytree(tiny_model, out_dir)
         return out_dir
 
@@ -59,12 +62,31 @@ def test_training_dir_is_exported_first(tiny_model, flores, tmp_path, monkeypatc
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "config.json").write_text('{"data": {"max_length": 64}}')  # the training config, not an HF one
-    code, out = _run(tmp_path, "--model", str(run_dir), "--flores", str(flores), "--langs", "fra_Latn")
-    assert code == 0 and calls == [str(run_dir)]
+    flags = ["--trust-checkpoint"] if trust else []
+    code, out = _run(tmp_path, "--model", str(run_dir), "--flores", str(flores), "--langs", "fra_Latn", *flags)
+    assert code == 0 and calls == [(str(run_dir), str(out / "exported_model"), trust)]
+    assert (out / "exported_model" / "config.json").is_file()
     assert json.loads((out / "results.json").read_text())["model"] == str(run_dir)
 
 
-def _fail_export(src, out_dir):
+def test_model_dir_without_tokenizer_is_refused(tiny_model, flores, tmp_path, capsys):
+    """transformers would fall back to a tokenizer mapping every word to <unk> and score anyway (issue #13 #10)."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model / name, bare / name)
+    code, out = _run(tmp_path, "--model", str(bare), "--flores", str(flores), "--langs", "fra_Latn")
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert f"--model {bare}: no tokenizer there (none of tokenizer.json" in err and "--tokenizer" in err
+    code, out = _run(tmp_path, "--model", str(bare), "--tokenizer", str(tiny_model), "--flores", str(flores))
+    assert code == 0
+    _, ref = _run(tmp_path / "ref", "--model", str(tiny_model), "--flores", str(flores))
+    direct = json.loads((ref / "results.json").read_text())
+    assert json.loads((out / "results.json").read_text())["languages"] == direct["languages"]
+
+
+def _fail_export(src, out_dir, trust=False):
     raise FileNotFoundError(f"{src}: no checkpoints/latest")
 
 
