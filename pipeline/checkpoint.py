@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.data import sha256_file
+from pipeline.safe_load import SafeLoadError, check_deepspeed_files, load_trusted, pack
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -232,13 +233,12 @@ class CheckpointManager:
             )
 
     def _abort(self, ckpt: Path, error: BaseException | None) -> None:
+        what = _failure(error, self.root)  # before the partial files go: their space is part of the diagnosis
         _barrier()
         if self.rank == 0 and ckpt.exists():
             shutil.rmtree(ckpt, ignore_errors=True)
         if isinstance(error, CheckpointError):
             raise error
-        full = isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in str(error)
-        what = "no space left on the device" if full else f"I/O error: {error or 'on another rank'}"
         kept = self.latest_marked()
         kept_msg = f"the previous complete checkpoint {kept} is intact" if kept else "no earlier checkpoint exists"
         raise CheckpointError(
@@ -319,8 +319,19 @@ class CheckpointManager:
         self.prune()  # the previous best, if now outside the newest `keep`, goes
 
     # -- loading -------------------------------------------------------------------------------------------------
-    def load(self, engine, tag: str) -> dict:
-        """Restore engine (module, optimizer, scheduler) and return this rank's client state."""
+    def load(self, engine, tag: str, trust: bool = False) -> dict:
+        """Restore engine (module, optimizer, scheduler) and return this rank's client state.
+
+        Every file is checked with the weights-only unpickler first (pipeline/safe_load.py): DeepSpeed and its
+        universal converter unpickle with weights_only=False, so a received checkpoint could otherwise run code.
+        A file that needs more is refused (NoUsableCheckpointError, exit 2) unless `trust` (--trust-checkpoint)."""
+        try:
+            return self._load(engine, tag, trust)
+        except SafeLoadError as e:
+            raise NoUsableCheckpointError(f"{e}. Nothing was changed on disk") from e
+
+    def _load(self, engine, tag: str, trust: bool) -> dict:
+        check_deepspeed_files(self.root / tag, trust)  # each rank: DeepSpeed reads every partition on every rank
         path, _ = engine.load_checkpoint(
             str(self.root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
@@ -332,7 +343,7 @@ class CheckpointManager:
                 f"{client} missing: the checkpoint was written by fewer ranks than this run has; "
                 "relaunch with the same number of processes"
             )
-        return torch.load(client, map_location="cpu", weights_only=False)
+        return load_trusted(client, trust)
 
 
 def _writer_rank(name: str) -> int:
@@ -343,8 +354,35 @@ def _writer_rank(name: str) -> int:
 
 
 def _torch_bytes(obj) -> bytes:
+    """torch.save bytes of a client state, numpy arrays packed (safe_load.pack) so weights_only=True loads it."""
     import io
 
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(pack(obj), buf)
     return buf.getvalue()
+
+
+# torch.save's C++ writer reports a full disk without errno. Measured (torch 2.13, a full 256 KiB tmpfs and
+# /dev/full): "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598", "basic_ios::clear: iostream
+# error"; other versions say "PytorchStreamWriter failed writing file data/0: file write failed".
+_TORCH_WRITE_FAILED = ("enforce fail", "PytorchStreamWriter failed", "file write failed", "iostream error")
+_LOW_SPACE = 64 * 2**20  # below this much free space after a failed write, the disk was full
+
+
+def _failure(error: BaseException | None, root: Path) -> str:
+    """A failed save's cause in words: errno ENOSPC, or torch's writer error on a device that is (nearly) full."""
+    if error is None:
+        return "I/O error on another rank"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in text:
+        return "no space left on the device"
+    if not any(s in text for s in _TORCH_WRITE_FAILED):
+        return f"I/O error: {text}"
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return f"write failed: {text}"
+    if free < _LOW_SPACE:
+        return f"no space left on the device: {free / 2**20:.1f} MiB free; torch: {text}"
+    return f"write failed ({text}) with {free / 2**20:.0f} MiB free: over a quota, or an I/O error"
+
