@@ -336,6 +336,13 @@ class DistributedBatchSampler:
             out.extend(step[k * self.world_size + self.rank] for k in range(self.gas))
         return out
 
+    def batch_seed(self) -> int:
+        """A seed of the micro batch last returned, from its place in the global plan (seed, epoch, global micro
+        batch index): the same whatever the world size (the trainer keys the masking with it)."""
+        j = int(self._before["micro"]) + (self._k - 1) * self.world_size + self.rank
+        a, b = np.random.SeedSequence([self.seed, int(self._before["epoch"]), j, 0x6D61736B]).generate_state(2)
+        return (int(a) << 31) ^ int(b)  # < 2^63
+
     # -- pair statistics -------------------------------------------------------------------------------------------
     def pair_shares(self) -> dict[str, float]:
         """Target share of each language pair in the sampled rows."""
