@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step_(\d{8})$")
 COMPLETE = "COMPLETE.json"
 LATEST = "latest"
+UNIVERSAL_DONE = "UNIVERSAL.json"  # written last into OUTPUT/universal/<tag> (world-size change)
 RUN_RECORD = "run_record.json"  # pipeline/runrecord.py: the config and data this checkpoint was trained with
 BEST, BEST_JSON = "best", "best.json"  # tag of the best-scoring checkpoint (text, as `latest`) + {tag, step, score}
 
@@ -332,18 +333,111 @@ class CheckpointManager:
 
     def _load(self, engine, tag: str, trust: bool) -> dict:
         check_deepspeed_files(self.root / tag, trust)  # each rank: DeepSpeed reads every partition on every rank
+        universal = bool(engine.load_universal_checkpoint())  # another world size (pipeline/config/ds_json.py)
+        src = self.universal(tag) if universal else self.root
+        if universal:
+            check_deepspeed_files(src / tag, trust)  # a received run dir may hold a universal/ folder too
         path, _ = engine.load_checkpoint(
-            str(self.root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(src),
+            tag=tag,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
         )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {self.root / tag}")
-        client = self.root / tag / f"client_rank{self.rank:05d}.pt"
+        client = self._client_path(tag, universal)
         if not client.is_file():
             raise CheckpointError(
                 f"{client} missing: the checkpoint was written by fewer ranks than this run has; "
                 "relaunch with the same number of processes"
             )
-        return load_trusted(client, trust)
+        state = load_trusted(client, trust)
+        return _fresh_rng(state, self.rank) if universal else state
+
+    # -- another world size ----------------------------------------------------------------------------------------
+    def universal(self, tag: str) -> Path:
+        """Root holding `tag` as a DeepSpeed universal checkpoint (ZeRO-2 optimizer state per parameter, loadable on
+        any number of ranks): OUTPUT/universal/<tag>, converted once by rank 0 with DeepSpeed's ds_to_universal and
+        logged; the original checkpoint is never modified. Every rank gets rank 0's verdict."""
+        root = self.root.parent / "universal"
+        error = None
+        if self.rank == 0 and not (root / tag / UNIVERSAL_DONE).is_file():
+            error = self._convert_universal(tag, root)
+        error = _broadcast(error)
+        if error is not None:
+            raise CheckpointError(error)
+        return root
+
+    def _convert_universal(self, tag: str, root: Path) -> str | None:
+        """ds_to_universal into a temporary sibling, then one rename; older conversions are removed."""
+        import argparse
+        import contextlib
+        import io
+
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+        t0, tmp = time.time(), root / f".{tag}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        args = argparse.Namespace(
+            input_folder=str(self.root / tag),
+            output_folder=str(tmp / tag),
+            num_extract_workers=1,  # in-process: no fork of a process that holds a process group
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,  # ZeRO-2 outside Megatron records no universal_checkpoint_info; the default
+        )
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its progress bars and prints
+                ds_to_universal(args)
+            (tmp / tag / UNIVERSAL_DONE).write_text(json.dumps({"source": str(self.root / tag), "time": time.time()}))
+            for old in root.glob("step_*"):
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp / tag, root / tag)
+        except (OSError, RuntimeError, ValueError, AssertionError, KeyError) as e:
+            return f"converting {self.root / tag} to a universal checkpoint (another world size) failed: {e!r}"
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dt = time.time() - t0
+        log.info("world size changed: %s converted to the universal checkpoint %s in %.1f s", self.root / tag, root, dt)
+        return None
+
+    def _client_path(self, tag: str, universal: bool) -> Path:
+        """This rank's client state; on another world size, that of rank (rank mod old world size): the sampler
+        position is global (identical on every rank), the RNG streams are re-derived by `_fresh_rng`."""
+        own = self.root / tag / f"client_rank{self.rank:05d}.pt"
+        if not universal or own.is_file():
+            return own
+        n_old = len(list((self.root / tag).glob("client_rank*.pt")))
+        return self.root / tag / f"client_rank{self.rank % max(1, n_old):05d}.pt"
+
+
+def latest_batch_record(output_dir: str | Path) -> dict | None:
+    """The batch arithmetic ({micro, gas, world_size}) of the newest marked checkpoint's run record, or None; read
+    before the engine exists so that a relaunch on another world size keeps the global batch (ds_json.py)."""
+    root = Path(output_dir) / "checkpoints"
+    try:
+        tag = (root / LATEST).read_text().strip()
+        return json.loads((root / tag / RUN_RECORD).read_text()).get("batch")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _fresh_rng(state: dict, rank: int) -> dict:
+    """RNG states for a resume on another world size: a rank's old stream may not exist (more ranks) or would be
+    shared (rank mod W), so python / numpy / torch restart from (seed, step, rank). Masking does not depend on them
+    (keyed by the global micro batch, pipeline/sampler.py); dropout does."""
+    import random
+
+    import numpy as np
+
+    seed = int(np.random.SeedSequence([int(state["sampler"]["seed"]), int(state["step"]), rank]).generate_state(1)[0])
+    state["rng"] = {
+        "python": random.Random(seed).getstate(),
+        "numpy": np.random.RandomState(seed).get_state(),
+        "torch": torch.Generator().manual_seed(seed).get_state(),
+    }
+    return state
 
 
 def _writer_rank(name: str) -> int:
