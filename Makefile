@@ -18,7 +18,7 @@ TESTSET ?= $(DATA)/testset
 RUN ?= runs/train
 MODEL ?= runs/demo/train
 
-.PHONY: setup test test-slow test-faults lint demo prep train eval bench bench-prep bench-train bench-kernels bench-eval ablation clean
+.PHONY: setup test test-slow test-faults lint demo prep train eval bench bench-prep bench-train bench-kernels bench-eval ablation gpu-check clean
 
 setup: $(VENV_STAMP)
 
@@ -74,6 +74,11 @@ bench-kernels: setup
 
 bench-eval: setup
 	$(PY) -m eval.bench
+
+# One GPU, minutes: kernel tests in fp16/bf16, kernel and step benchmarks, a ZeRO-2 bf16 run, export and eval
+# (scripts/gpu_check.py; its --dry-run runs in `make test` through tests/scripts/test_gpu_check.py).
+gpu-check: setup
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -17,13 +17,20 @@ the projection 2 H V per masked token; x3 for forward + backward. CPU ms = proce
 measure that survives a shared, loaded CPU. Peak memory: CUDA max_memory_allocated;
 CPU peak RSS minus the RSS before the model was built (weights + AdamW state + activations).
 
+Shapes (`--shapes`): "default" is this project's model (6-layer 8-head head, `--vocab`); "original" the shapes
+the original MEXMA runs were compared at in issue #12 (vocabulary 8000, 2-layer 4-head head with FFN 3072);
+"both" runs and reports the two. On CUDA, MFU = useful TFLOP/s / the device's dense bf16 peak (`--peak-tflops`,
+default from the device name: H100/H200 989), and attention="auto" is resolved by `MexmaModel.select_backends`
+(kernel checked and timed against varlen_attn) before the packed variant runs; the report is in the JSON.
+
     python -m pipeline.bench_step                       # tiny, 32 pairs of 8-64 tokens, CPU fp32
-    python -m pipeline.bench_step --preset large --pairs 150 --dtype bf16   # on a GPU
+    python -m pipeline.bench_step --preset large --pairs 150 --dtype bf16 --shapes both   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import multiprocessing as mp
@@ -42,6 +49,11 @@ from pipeline.model import ModelConfig, build_model, encoder_config
 from pipeline.reference import PaddedMexma, unpack_to_padded
 
 VARIANTS = ("packed", "padded", "packed-ref")
+SHAPES = {  # name -> (vocabulary or None for --vocab, head overrides of ModelConfig)
+    "default": (None, {}),
+    "original": (8000, {"head_layers": 2, "head_heads": 4, "head_ffn": 3072}),
+}
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks (datasheets)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="packed,padded", help=f"comma list of {VARIANTS}")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--shapes", choices=("default", "original", "both"), default="default", help="see the docstring")
+    p.add_argument("--attention", default="auto", help="ModelConfig.attention of the packed variant")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU (default: by name)")
     args = p.parse_args(argv)
+    args.head = {}
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
@@ -124,9 +140,22 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def model_config(args, variant: str = "packed") -> ModelConfig:
+    attention = "ref" if variant == "packed-ref" else args.attention
+    return ModelConfig(model=args.preset, attention=attention, **args.head).validate()
+
+
+def shape_args(args, shape: str):
+    """args for one --shapes entry: its vocabulary and head overrides."""
+    vocab, head = SHAPES[shape]
+    out = copy.copy(args)
+    out.vocab, out.head, out.shape = vocab or args.vocab, dict(head), shape
+    return out
+
+
 def _build(variant: str, args, device):
     torch.manual_seed(0)
-    cfg = ModelConfig(model=args.preset, attention="ref" if variant == "packed-ref" else "auto")
+    cfg = model_config(args, variant)
     model = build_model(cfg, args.vocab)
     if variant == "padded":
         model = PaddedMexma.from_packed(model)
@@ -156,6 +185,11 @@ def _measure(variant: str, args, batches: list[dict]) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
     inputs = [_to_device(b, variant, device) for b in batches]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    backends = None
+    if device.type == "cuda" and variant == "packed" and args.attention == "auto":
+        lengths = (batches[0]["cu_seqlens"][1:] - batches[0]["cu_seqlens"][:-1]).tolist()
+        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+        backends = model.select_backends(device, dtype, lengths)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, cpu_times = [], []
@@ -179,7 +213,13 @@ def _measure(variant: str, args, batches: list[dict]) -> dict:
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
-    return {"times": times, "cpu_times": cpu_times, "peak_bytes": peak, "loss": float(loss.detach())}
+    return {
+        "times": times,
+        "cpu_times": cpu_times,
+        "peak_bytes": peak,
+        "loss": float(loss.detach()),
+        "backends": backends,
+    }
 
 
 def _child(variant, args, queue):
@@ -220,10 +260,9 @@ def summarize(args, results: dict, batches: list[dict]) -> dict:
     padded = statistics.mean(
         sum(v.numel() for k, v in unpack_to_padded(b).items() if k.endswith("input_ids")) * 2 for b in batches
     )  # masked + clean views share each side's padded shape
-    flops = statistics.mean(step_flops(b, ModelConfig(model=args.preset), args.vocab) for b in batches)
-    padded_flops = statistics.mean(
-        step_flops(b, ModelConfig(model=args.preset), args.vocab, padded=True) for b in batches
-    )
+    flops = statistics.mean(step_flops(b, model_config(args), args.vocab) for b in batches)
+    padded_flops = statistics.mean(step_flops(b, model_config(args), args.vocab, padded=True) for b in batches)
+    peak = peak_tflops(args)
     rows = {}
     for variant, runs in results.items():
         times = [t for r in runs for t in r["times"]]
@@ -237,9 +276,12 @@ def summarize(args, results: dict, batches: list[dict]) -> dict:
             "peak_mib": max(r["peak_bytes"] for r in runs) / 2**20,
             "loss": runs[-1]["loss"],
             "step_ms": [round(1000 * t, 1) for t in times],
+            "mfu": flops / median / 1e12 / peak if peak else None,
+            "backends": runs[-1].get("backends"),
         }
     return {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "peak_tflops": peak,
         "env": environment(args),
         "real_tokens": real,
         "padded_tokens": padded,
@@ -249,34 +291,44 @@ def summarize(args, results: dict, batches: list[dict]) -> dict:
     }
 
 
+def peak_tflops(args) -> float | None:
+    """--peak-tflops, or the dense bf16 peak of a known CUDA device; None on CPU / unknown devices."""
+    if args.peak_tflops or not args.device.startswith("cuda"):
+        return args.peak_tflops
+    name = torch.cuda.get_device_name(torch.device(args.device))
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
 def print_report(summary: dict) -> None:
     cfg, env, rows = summary["config"], summary["env"], summary["variants"]
-    print(f"# {env['device']} | torch {env['torch']} | git {env['git']} | {env['date']}")
+    print(f"# shapes {cfg.get('shape', 'default')} | {env['device']} | torch {env['torch']} | git {env['git']} | "
+          f"{env['date']}")  # fmt: skip
     print(
         f"# preset {cfg['preset']}, {cfg['pairs']} pairs of {cfg['min_len']}-{cfg['max_len']} tokens, "
-        f"vocab {cfg['vocab']}, {cfg['dtype']}; real tokens/step {summary['real_tokens']:.0f}, padded-reference "
+        f"vocab {cfg['vocab']}, head {cfg.get('head') or 'default'}, {cfg['dtype']}; "
+        f"real tokens/step {summary['real_tokens']:.0f}, padded-reference "
         f"tokens/step {summary['padded_tokens']:.0f}; GFLOP/step useful {summary['step_flops'] / 1e9:.0f}, "
         f"executed by the padded reference {summary['padded_step_flops'] / 1e9:.0f}; median of {cfg['rounds']} x "
         f"{cfg['steps']} steps after {cfg['warmup']} warm-up per round"
     )
     print(
         "| variant | ms/step | real tokens/s | useful TFLOP/s | CPU ms/step | peak MiB "
-        "| tokens/s vs padded | CPU time vs padded | peak memory vs padded |"
+        "| tokens/s vs padded | CPU time vs padded | peak memory vs padded | MFU |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     ref = rows.get("padded")
     for name, r in rows.items():
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
         cpu = f"{r['cpu_ms'] / ref['cpu_ms']:.2f}x" if ref else "-"
         mem = f"{r['peak_mib'] / ref['peak_mib']:.2f}x" if ref else "-"
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
         print(
             f"| {name} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | {r['tflops']:.3f} | {r['cpu_ms']:.0f} "
-            f"| {r['peak_mib']:.0f} | {speed} | {cpu} | {mem} |"
+            f"| {r['peak_mib']:.0f} | {speed} | {cpu} | {mem} | {mfu} |"
         )
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_shape(args) -> dict:
     results = {v: [] for v in args.variants}
     for round_idx in range(args.rounds):
         order = args.variants if round_idx % 2 == 0 else args.variants[::-1]
@@ -284,9 +336,16 @@ def main(argv=None) -> int:
             results[variant].append(run_isolated(variant, args))
     summary = summarize(args, results, make_batches(args))
     print_report(summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = ("default", "original") if args.shapes == "both" else (args.shapes,)
+    summaries = {name: run_shape(shape_args(args, name)) for name in names}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+            json.dump(summaries if args.shapes == "both" else summaries[names[0]], f, indent=2)
     return 0
 
 

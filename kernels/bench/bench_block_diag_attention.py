@@ -1,4 +1,4 @@
-"""Benchmark block_diag_attention against padded SDPA, FlexAttention with a document mask and the reference.
+"""Benchmark block_diag_attention against varlen_attn, FlexAttention with a document mask, padded SDPA, the reference.
 
 Packed batches of 8k-64k tokens whose lengths follow (a) the prepared data's token lengths (`--data`,
 default data/prepared when present) and (b) a synthetic lognormal with mean 40 tokens clipped to [2, 200];
@@ -8,7 +8,9 @@ TFLOP/s on real tokens, peak extra memory.
 FLOP model (real tokens only; padding and masked-out pairs count for no method):
   forward  = 4 * sum_s L_s^2 * H * D   (QK^T and PV, 2 * L^2 * D each per head)
   backward = 2.5 * forward             (dV, dP, dQ, dK plus the recomputed QK^T: 5 matmuls vs 2)
-Baselines get their inputs in their own layout, prepared outside the timed region: padded SDPA a
+Baselines, in this order: `torch.nn.attention.varlen.varlen_attn` (FlashAttention's varlen kernel as shipped
+in torch; CUDA fp16/bf16 only, skipped elsewhere with a note) on the same packed (T, H, D) stream;
+Flex and padded SDPA get their inputs in their own layout, prepared outside the timed region: padded SDPA a
 (n_seqs, H, L_pad, D) batch (L_max rounded up to 16) with a key-padding mask (the fastest SDPA backend
 that accepts it), Flex a (1, H, T, D) stream and a BlockMask built once per batch (torch.compile'd).
 
@@ -82,6 +84,25 @@ def method_ours(q, k, v, cu, lens):
 
 def method_reference(q, k, v, cu, lens):
     return lambda q, k, v: block_diag_attention_ref(q, k, v, cu), (q, k, v)
+
+
+def varlen_available(q):
+    """varlen_attn runs on CUDA in fp16/bf16 with torch >= 2.9; the reason it does not, else None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return f"varlen_attn: not in torch {torch.__version__}"
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        return f"varlen_attn: skipped on {q.device.type} {str(q.dtype).removeprefix('torch.')} (CUDA fp16/bf16 only)"
+    return None
+
+
+def method_varlen(q, k, v, cu, lens):
+    """FlashAttention varlen through torch: the same packed stream and cu_seqlens, scale 1/sqrt(D) as ours."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    max_len = max(lens)
+    return lambda q, k, v: varlen_attn(q, k, v, cu, cu, max_len, max_len), (q, k, v)
 
 
 def method_flex(q, k, v, cu, lens):
@@ -186,6 +207,11 @@ def bench_config(dist, lens, n_heads, head_dim, dtype, device, opts):
     flops_fwd = 4 * sum(L * L for L in lens) * n_heads * head_dim
     methods = [("block_diag_attention (triton)", *method_ours(q, k, v, cu, lens), do, None)]
     methods += [(f"block_diag_attention (tiles {t})", *method_ours(q, k, v, cu, lens), do, t) for t in opts.tiles]
+    skip_varlen = varlen_available(q)
+    if skip_varlen is None:
+        methods.append(("varlen_attn (FlashAttention)", *method_varlen(q, k, v, cu, lens), do, None))
+    elif skip_varlen not in opts.notes:
+        opts.notes.append(skip_varlen)
     if not opts.smoke:
         methods.append(("flex_attention + document mask", *method_flex(q, k, v, cu, lens), None, None))
     best = _best_sdpa(q, k, v, cu, lens, opts.smoke)
@@ -226,6 +252,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available() and not args.smoke:
         exit_without_cuda(__file__, f"TRITON_INTERPRET=1 {COMMAND} --smoke")
+    args.notes = []
     rng = np.random.default_rng(args.seed)
     pools = {"lognormal(mean 40, max 200)": lognormal_lengths(rng)}
     if Path(args.data, "train").is_dir():
@@ -244,6 +271,8 @@ def main(argv=None):
             for n_heads, head_dim in heads:
                 rows += bench_config(dist, lens, n_heads, head_dim, dtype, device, args)
     print_table(rows, list(rows[0]))
+    for note in args.notes:
+        print(f"note: {note}")
     print_speedups(rows)
     if args.csv:
         write_csv(args.csv, rows, env)

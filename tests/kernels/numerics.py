@@ -3,6 +3,11 @@
 import pytest
 import torch
 
+# The kernels run on CUDA when there is one (the conftest makes it torch's default device), else through the
+# Triton interpreter on CPU, which has no bf16 (DESIGN "Running without a GPU").
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float32, torch.float16]
+
 
 def assert_within_2x(name, out, ref, pt, atol):
     """The kernel's error against the float64 reference is at most twice the same-precision PyTorch error + atol.

@@ -54,6 +54,7 @@ def test_smoke_runs_label_themselves_and_cover_every_method(capsys):
     out = capsys.readouterr().out
     assert out.count("NOT a performance figure") == 2
     assert "vs reference (PyTorch loop)" in out  # the speed-up summary names each baseline
+    assert "note: varlen_attn: skipped on cpu float32 (CUDA fp16/bf16 only)" in out  # the first baseline, CUDA only
 
 
 def test_bad_heads_flag_names_the_flag(capsys):

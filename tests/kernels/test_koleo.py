@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import kernels.koleo as kol
 from kernels import koleo_loss, koleo_loss_ref
-from tests.kernels.numerics import assert_within_2x, require_triton_path
+from tests.kernels.numerics import DTYPES, assert_within_2x, require_triton_path
 
 ATOL = 1e-6  # everything after the input load is fp32; gradients here are O(1 / B)
 
@@ -35,7 +35,7 @@ def _brute_force_nn(x):
     return dots.argmax(dim=1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B", [2, 3, 7, 41, 129])
 def test_matches_reference(B, dtype):
     D = int(torch.randint(8, 70, ()))
@@ -166,7 +166,7 @@ def test_bad_inputs_name_the_problem(x, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_larger_batches(dtype):
     for B, D in ((500, 128), (1031, 64)):
         _check_against_reference(torch.randn(B, D, dtype=dtype))

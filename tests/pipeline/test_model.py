@@ -238,3 +238,19 @@ def test_koleo_global_batch_over_two_ranks(tmp_path):
         assert got["rows"] == 6
         torch.testing.assert_close(got["loss"], ref.detach())
         torch.testing.assert_close(got["grad"], world * xs.grad[3 * rank : 3 * rank + 3])
+
+
+def test_bench_step_original_shapes():
+    """--shapes original: vocabulary 8000 and a 2-layer 4-head head with FFN 3072 (issue #12); both report."""
+    args = bench_step.parse_args(
+        ["--pairs", "2", "--warmup", "0", "--steps", "1", "--batches", "1", "--threads", "1", "--shapes", "both"]
+    )
+    original = bench_step.shape_args(args, "original")
+    cfg = bench_step.model_config(original)
+    assert (original.vocab, cfg.head_layers, cfg.head_heads, cfg.head_ffn) == (8000, 2, 4, 3072)
+    assert bench_step.model_config(bench_step.shape_args(args, "default")).head_layers == 6
+    batches = bench_step.make_batches(original)
+    assert int(max(b["input_ids"].max() for b in batches)) < 8000
+    result = bench_step.run_variant("packed", original, batches)
+    summary = bench_step.summarize(original, {"packed": [result]}, batches)
+    assert summary["config"]["shape"] == "original" and summary["variants"]["packed"]["mfu"] is None  # CPU
