@@ -55,16 +55,19 @@ def _deepspeed_globals() -> list:
 
 def _refusal(path: Path, err: BaseException) -> SafeLoadError:
     """UnsafeCheckpointError naming the globals `path` needs beyond the allow-list, or a plain read error."""
-    if not isinstance(err, pickle.UnpicklingError):
-        return SafeLoadError(f"{path}: unreadable checkpoint file ({type(err).__name__}: {err})")
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # noqa: BLE001 (only used to name what was refused)
-        names = []
-    what = ", ".join(names) if names else str(err).strip().splitlines()[0]
+    names = []
+    if isinstance(err, pickle.UnpicklingError):
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001 (not a torch.save file at all: reported as unreadable below)
+            names = []
+    if not names:
+        text = str(err).strip()
+        reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if text else type(err).__name__
+        return SafeLoadError(f"{path}: unreadable checkpoint file ({type(err).__name__}: {reason})")
     return UnsafeCheckpointError(
-        f"{path}: needs {what}, outside what the weights-only unpickler loads (unpickling it could run code). "
-        f"Pass {TRUST_FLAG} only if you made this checkpoint yourself or trust where it came from"
+        f"{path}: needs {', '.join(names)}, outside what the weights-only unpickler loads (unpickling it could run "
+        f"code). Pass {TRUST_FLAG} only if you made this checkpoint yourself or trust where it came from"
     )
 
 
