@@ -84,13 +84,22 @@ def run_record(cfg: TrainConfig, max_steps: int, manifest: dict, manifest_sha256
         "max_steps": max_steps,
         "data": str(Path(cfg.data.path).resolve()),
         "manifest_sha256": manifest_sha256,
-        "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256", ""),
+        "tokenizer_sha256": tokenizer_sha256(cfg.data.path, manifest),
         "world_size": world_size,
     }
 
 
 def manifest_sha256(data_dir: str | Path) -> str:
     return hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()
+
+
+def tokenizer_sha256(data_dir: str | Path, manifest: dict) -> str:
+    """sha256 of the tokenizer the run copies (`DATA/tokenizer/tokenizer.json`, what export ships), else the
+    manifest's: a tokenizer replaced beside an unchanged manifest is still seen."""
+    path = Path(data_dir) / "tokenizer" / "tokenizer.json"
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return manifest.get("tokenizer", {}).get("sha256", "")
 
 
 def read_record(ckpt_dir: Path) -> dict | None:

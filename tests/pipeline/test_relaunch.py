@@ -77,6 +77,18 @@ def test_differences_are_classified():
     assert not (same.never or same.change or same.free or same.extend)
 
 
+def test_a_replaced_tokenizer_is_seen_beside_an_unchanged_manifest(tmp_path):
+    from pipeline.runrecord import tokenizer_sha256
+
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
+    manifest = {"tokenizer": {"sha256": "as recorded by data_prep"}}
+    assert tokenizer_sha256(tmp_path, manifest) == hashlib.sha256(b"{}").hexdigest()
+    assert tokenizer_sha256(tmp_path / "none", manifest) == "as recorded by data_prep"
+    (line,) = compare(_record(), _record(top__tokenizer_sha256="other")).never
+    assert line.startswith("tokenizer (--data's tokenizer/): 't' in the checkpoint, 'other' now")
+
+
 def test_check_relaunch_refuses_never_always_and_change_without_the_flag(tmp_path):
     old = _record()
     with pytest.raises(RelaunchError, match=r"--seed: 0 in the checkpoint, 1 now \(cannot change on resume\)"):
