@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import encode, output, spool, workdir
+from . import encode, lengths, output, spool, workdir
 from .clean import DUPLICATE, SAME_LANGUAGE, UNKNOWN_LANGUAGE, Cleaner
 from .langcodes import to_flores
 from .records import Skip
@@ -140,6 +140,8 @@ def _build(cfg: PrepConfig, sources: list[Source], inputs: list[dict], fingerpri
     tok = _tokenizer(cfg, table, splits, build / "tokenizer")
     timer.done("tokenizer")
     stats = _encode(cfg, table.num_rows, work, build, tok, timer)
+    lengths.write_sampling_files(build, "train")  # the trainer's shared lengths / pair files (data_prep/lengths.py)
+    timer.done("sampling files")
     manifest = _manifest(cfg, fingerprint, inputs, tok, counts, skips, stats, build, stopped)
     manifest["seconds"] = timer.seconds  # wall time per stage (not part of the fingerprint)
     del table

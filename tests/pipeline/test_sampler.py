@@ -245,3 +245,17 @@ def test_a_corrupted_sampling_file_is_detected_with_sha256(prepared, tmp_path):
     rows = json.loads(L.meta_path(data, "train").read_text())["rows"]
     with pytest.raises(L.LengthsError, match="sha256"):
         L.open_sampling_files(data, "train", rows, verify="sha256")
+
+
+def test_data_prep_writes_the_sampling_files(tmp_path):
+    from data_prep.__main__ import main
+    from tests.data_prep.helpers import sentence_pairs, write_tsv
+
+    corpus = write_tsv(tmp_path / "a.tsv", sentence_pairs(80), langs=None)
+    out = tmp_path / "prep"
+    argv = ["--source", f"tsv:{corpus}", "--out", str(out), "--train-tokenizer", "200", "--workers", "1", "-q"]
+    assert main(argv + ["--src-lang", "fra_Latn", "--trg-lang", "eng_Latn"]) == 0
+    manifest = D.load_manifest(out)
+    rows = sum(s["rows"] for s in manifest["shards"] if s["split"] == "train")
+    tables = L.open_sampling_files(out, "train", rows, verify="sha256")  # written by the prep, not on first use
+    assert tables["pairs"] == ["fra_Latn-eng_Latn"] and len(tables["lengths"]) == rows > 0
