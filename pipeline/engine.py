@@ -129,11 +129,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def apply_optim_config(engine, cfg: TrainConfig, max_steps: int) -> None:
+def apply_optim_config(engine, cfg: TrainConfig, max_steps: int, applied_steps: int) -> None:
     """After a checkpoint load, make the optimizer and the LR schedule this config's: DeepSpeed restores the saved
     param groups (lr, betas, eps, weight decay) and LambdaLR.load_state_dict the old WarmupCosine's length and base
-    lr. The scheduler keeps only its position (applied steps); the lr is WarmupCosine(max_steps)(position) x --lr."""
+    lr. The lr is a pure function of the config and the applied (not skipped) steps: WarmupCosine(max_steps)(applied)
+    x --lr, whatever scheduler state the checkpoint held."""
     o, sched = cfg.optim, engine.lr_scheduler
+    sched.last_epoch = applied_steps  # LambdaLR's position = optimizer steps taken (skipped ones do not advance it)
     groups = sched.optimizer.param_groups
     decays = [g["weight_decay"] for g in param_groups(engine.module, o.weight_decay)]
     schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio)
@@ -290,7 +292,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.collator.load_state_dict(state["collator"])
         set_rng_state(state["rng"])
-        apply_optim_config(self.engine, self.cfg, self.max_steps)
+        apply_optim_config(self.engine, self.cfg, self.max_steps, self.step - self.skipped_total)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> int:

@@ -116,6 +116,33 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))  # tied weights once
 
 
+def test_after_a_load_the_lr_and_optimizer_settings_are_the_configs():
+    """LambdaLR.load_state_dict restores the old schedule's length and base lr, the optimizer its groups' settings:
+    apply_optim_config replaces both from the config, keeping only the position (applied steps)."""
+    from types import SimpleNamespace
+
+    from pipeline.config import config_from_dict
+    from pipeline.engine import apply_optim_config
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    old = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(old, WarmupCosine(8, 0.3, 0.1, 0.0))
+    for _ in range(8):
+        old.step()
+        sched.step()
+    assert old.param_groups[0]["lr"] == 0.0  # the end of the old 8-step cosine: what a relaunch trained at
+    cfg = config_from_dict(
+        {"data": {"path": "/d"}, "run": {"output_dir": "/o"}, "optim": {"lr": 2e-4, "eps": 1e-6, "weight_decay": 0.1}}
+    )
+    apply_optim_config(SimpleNamespace(lr_scheduler=sched, module=model), cfg, max_steps=16, applied_steps=8)
+    want = 2e-4 * WarmupCosine(16, 0.3, 0.1, 0.0)(8)
+    assert [g["lr"] for g in old.param_groups] == [want, want] and sched.get_last_lr() == [want, want]
+    assert [(g["eps"], g["weight_decay"]) for g in old.param_groups] == [(1e-6, 0.1), (1e-6, 0.0)]
+    old.step()
+    sched.step()
+    assert old.param_groups[0]["lr"] == pytest.approx(2e-4 * WarmupCosine(16, 0.3, 0.1, 0.0)(9), rel=1e-12)
+
+
 def test_no_checkpoint_that_verifies_is_refused_listing_each(tmp_path):
     """Item 2: checkpoints were completed but none verifies -> refuse (was: a silent fresh start)."""
     mgr = C.CheckpointManager(tmp_path, keep=3)
