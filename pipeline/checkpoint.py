@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
+from pipeline import distributed
 from pipeline.data import sha256_file
 from pipeline.safe_load import SafeLoadError, check_deepspeed_files, load_trusted, pack
 
@@ -48,6 +48,7 @@ class CheckpointError(RuntimeError):
 class NoUsableCheckpointError(CheckpointError):
     """Checkpoints were saved but none verifies: resuming is refused (exit 2), the message lists each one's fault."""
 
+
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -62,30 +63,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _dist() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_ok(ok: bool) -> bool:
-    """True when every rank reports ok (MIN all-reduce); one collective, so no rank hangs on a failed peer."""
-    if not _dist():
-        return ok
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def _barrier() -> None:
-    if _dist():
-        dist.barrier()
+# Collectives: pipeline/distributed.py (host objects and flags over gloo; no-ops without a process group).
+_dist = distributed.is_dist
+_all_ok = distributed.all_ok  # True when every rank reports ok (MIN); one collective, so no rank hangs on a failed peer
+_barrier = distributed.barrier
 
 
 def _broadcast(obj):
-    if not _dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return distributed.broadcast_object(obj, src=0)
 
 
 class CheckpointManager:
@@ -199,10 +184,7 @@ class CheckpointManager:
             for p in sorted(ckpt.iterdir())
             if p.is_file() and p.name != COMPLETE and _writer_rank(p.name) == self.rank
         }
-        parts = [own]
-        if _dist():
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, own)
+        parts = distributed.all_gather_object(own)
         self._hashes = {name: meta for part in parts for name, meta in part.items()}
 
     def _write(self, engine, tag: str, client_state: dict) -> BaseException | None:

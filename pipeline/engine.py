@@ -6,9 +6,14 @@ steps AdamW, then our LambdaLR schedule (linear warmup from lr x warmup_start_fa
 round(warmup_fraction x max_steps) steps, then cosine to lr x min_lr_ratio: torchvision's LinearLR + CosineAnnealingLR
 as the reference used; DeepSpeed's WarmupCosineLR would spend the first step at lr 0).
 
-Non-finite loss: a micro batch whose loss is NaN/inf back-propagates NaN into every gradient instead, so DeepSpeed's
-ZeRO overflow check (global grad norm non-finite, agreed by all ranks) skips the whole optimizer step and clears the
-gradients; the lr schedule does not advance. After --max-bad-steps skipped steps in a row the run stops.
+Non-finite loss: a micro batch whose loss is NaN/inf back-propagates NaN into one parameter's gradient instead (chosen
+on the device with torch.where: no host sync), so DeepSpeed's ZeRO overflow check (any non-finite gradient, MAX over
+ranks) skips the whole optimizer step and clears the gradients; the lr schedule does not advance. After
+--max-bad-steps skipped steps in a row the run stops.
+
+No host synchronisation inside a step (docs/training.md, "The GPU path"): the next micro batch is read, masked and
+packed in a background thread (pipeline/prefetch.py), the step's metrics stay on the device and metrics.jsonl gets
+them once per --log-every steps; processes, devices and collectives live in pipeline/distributed.py.
 """
 
 from __future__ import annotations
@@ -18,75 +23,34 @@ import math
 import os
 import random
 import signal
-import socket
 import time
 from pathlib import Path
 
 import deepspeed
 import numpy as np
 import torch
-import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
 
 from pipeline import data as D
-from pipeline.checkpoint import CheckpointManager
+from pipeline import distributed
+from pipeline.checkpoint import CheckpointManager, latest_batch_record
 from pipeline.collate import MexmaCollator
-from pipeline.config import TrainConfig, resolve_ds_config, write_run_files
+from pipeline.config import ConfigError, TrainConfig, resolve_ds_config, write_run_files
+from pipeline.config.ds_json import batch_record
+from pipeline.distributed import clear_stale_jit_lock, rng_state, set_rng_state  # noqa: F401 (moved; re-exported)
 from pipeline.metrics import MetricsLogger, log
 from pipeline.model import build_model
+from pipeline.prefetch import BatchStream, MicroBatch
 from pipeline.runrecord import RUN_FILES, check_relaunch_on_rank0, manifest_sha256, run_record, take_output_lock
+from pipeline.sampler import make_train_sampler
 from pipeline.validate import Validator
 from pipeline.xsim_eval import XsimHook
+
+LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
+SYNC_DEBUG_AFTER = 3  # MEXMA_SYNC_DEBUG counts from this step on (the first steps allocate, compile, warm up)
 
 
 class TrainingStoppedError(RuntimeError):
     """The run cannot go on (too many non-finite steps); the message says why."""
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the launcher's process group (deepspeed / torchrun set RANK etc.), or form a 1-rank group for `python`."""
-    if "RANK" not in os.environ:
-        with socket.socket() as s:  # a free port for the 1-process group
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(
-            RANK="0",
-            LOCAL_RANK="0",
-            WORLD_SIZE="1",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(os.environ.get("MASTER_PORT", port)),
-        )
-    accel = get_accelerator()
-    if accel.device_name() == "cpu":
-        clear_stale_jit_lock("deepspeed_shm_comm")  # DeepSpeed JIT-loads this op in init_distributed on CPU
-    if not dist.is_initialized():
-        backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
-        deepspeed.init_distributed(dist_backend=backend)
-    if accel.device_name() == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # N ranks on one host each defaulting to all cores oversubscribe the CPU N-fold: split the cores instead
-        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or dist.get_world_size())
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    return dist.get_rank(), dist.get_world_size()
-
-
-def clear_stale_jit_lock(op_name: str, max_age_s: float = 300.0) -> bool:
-    """Remove a torch JIT-extension build lock left by a killed process; returns True when one was removed.
-
-    torch.utils.cpp_extension holds `<build dir>/lock` while it (re)builds or merely loads an op (well under a
-    second when up to date, ~30 s for a real build); a process SIGKILLed inside that window leaves the file behind
-    and every later launch then polls for it forever. A lock older than max_age_s has no live owner."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        lock = Path(_get_build_directory(op_name, verbose=False)) / "lock"
-        age = time.time() - lock.stat().st_mtime
-    except (ImportError, OSError, RuntimeError):
-        return False
-    if age < max_age_s:
-        return False
-    lock.unlink(missing_ok=True)
-    log.warning("removed a stale JIT build lock %s (%.0f s old, left by a killed process)", lock, age)
-    return True
 
 
 class WarmupCosine:
@@ -146,31 +110,18 @@ def apply_optim_config(engine, cfg: TrainConfig, max_steps: int, applied_steps: 
     sched._last_lr = [g["lr"] for g in groups]
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class Trainer:
     """Data + engine + checkpoints + logging for one run (see the module docstring)."""
 
     def __init__(self, cfg: TrainConfig, ds_config: dict):
         self.cfg = cfg
-        self.rank, self.world = init_distributed()
+        self.rank, self.world = distributed.init_training(cfg.run.dist_timeout)
         self.out = Path(cfg.run.output_dir)
+        distributed.check_shared_dir(self.out, error=ConfigError)  # rank 0 writes checkpoints, every node reads
         self.lock = take_output_lock(self.out, self.rank)  # before anything is written to --output-dir
         self._seed(cfg.run.seed)
-        self.ds_config = resolve_ds_config(cfg, ds_config, self.world)
+        previous = latest_batch_record(self.out) if cfg.run.resume else None  # another world size: keep the batch
+        self.ds_config = resolve_ds_config(cfg, ds_config, self.world, previous)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self._load_data()
         self.xsim = XsimHook.for_run(cfg, self.specials, self.rank, self.world)  # checks --xsim-data now
@@ -179,6 +130,8 @@ class Trainer:
         model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
         self.engine = build_engine(cfg, model, self.ds_config, self.max_steps)
         self.record = run_record(cfg, self.max_steps, self.manifest, manifest_sha256(cfg.data.path), self.world)
+        self.record["batch"] = batch_record(self.ds_config, self.world)  # read back by a relaunch on another W
+        self.record["pair_shares"] = self.sampler.pair_shares()  # target share of each language pair
         torch.manual_seed(cfg.run.seed + 1 + self.rank)  # dropout: same init everywhere, distinct masks per rank
         self.collator = MexmaCollator(
             self.specials,
@@ -190,6 +143,8 @@ class Trainer:
         self.ckpt = CheckpointManager(self.out, keep=cfg.run.keep_checkpoints, rank=self.rank)
         self.metrics: MetricsLogger | None = None  # started by resume(), after the relaunch checks (wandb id)
         self.step, self.skipped_total, self.bad_in_row, self.elapsed_before = 0, 0, 0, 0.0
+        self.batches: BatchStream | None = None  # started by the first train_step (after resume)
+        self._poison: torch.nn.Parameter | None = None  # gets NaN gradients on a non-finite loss
 
     def _seed(self, seed: int) -> None:
         """Same init on every rank (seed), different dropout streams per rank afterwards (seed + rank)."""
@@ -198,17 +153,10 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _verify_on_rank0(self) -> None:
-        """Rank 0 checks the shards (once per host file system); every rank raises its verdict, none waits forever."""
-        error = None
-        if self.rank == 0:
-            try:
-                D.verify_shards(self.cfg.data.path, self.manifest, self.cfg.data.verify)
-            except D.DataError as e:
-                error = str(e)
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None:
-            raise D.DataError(box[0])
+        """Local rank 0 of every node checks the shards that node reads (--data may be a node-local copy); every
+        rank raises the first failure, none waits forever."""
+        c = self.cfg.data
+        distributed.on_each_node(lambda: D.verify_shards(c.path, self.manifest, c.verify), (D.DataError,))
 
     def _load_data(self) -> None:
         c = self.cfg.data
@@ -217,18 +165,16 @@ class Trainer:
         self.specials = D.special_ids(self.manifest)
         self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
         self.train_ds = D.load_split(c.path, "train", self.manifest)
-        lengths = D.pair_lengths(self.train_ds, c.max_length)
         micro = self.ds_config["train_micro_batch_size_per_gpu"]
-        self.sampler = D.DistributedBatchSampler(
-            lengths,
-            batch_pairs=0 if c.batch_tokens else micro,
-            batch_tokens=c.batch_tokens,
-            bucket_batches=c.bucket_batches,
-            seed=self.cfg.run.seed,
-            rank=self.rank,
-            world_size=self.world,
-        )
+        self.sampler = make_train_sampler(self.cfg, self.manifest, micro, self.gas, self.rank, self.world)
         self.validator = self._make_validator(micro)
+
+    def _read_rows(self, idx) -> list[dict]:
+        """Rows of the micro batch the sampler just returned. Its masking is keyed by the batch's place in the global
+        plan (seed, epoch, global micro batch), not by this rank's stream, so that a relaunch on another number of
+        ranks masks the same rows the same way (BatchStream calls this right before the collator)."""
+        self.collator.generator.manual_seed(self.sampler.batch_seed())
+        return D.fetch_rows(self.train_ds, idx, self.cfg.data.max_length)
 
     def _make_validator(self, batch_pairs: int) -> Validator | None:
         c = self.cfg.data
@@ -255,6 +201,7 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------------------------
     def client_state(self) -> dict:
+        self._settle()  # the sampler / masking state of the batches consumed, not prefetched; metrics written
         return {
             "step": self.step,
             "sampler": self.sampler.state_dict(),
@@ -325,6 +272,8 @@ class Trainer:
 
     def _after_step(self, record: dict) -> None:
         """Log, stop on too many bad steps, validate and checkpoint on their cadence."""
+        if self.step % self.cfg.run.log_every == 0:
+            record["pair_counts"] = self.sampler.take_pair_counts()  # rows per language pair since the last log
         self.metrics.write(record)
         self.metrics.progress(record, self.max_steps)
         r = self.cfg.run
@@ -347,72 +296,110 @@ class Trainer:
     def _should_stop(self, budget_s: float) -> str | None:
         """Stop on SIGTERM/SIGUSR1 (any rank: a scheduler's preemption notice) or rank 0's wall-clock budget.
 
-        One MAX all-reduce per step, so every rank leaves the loop at the same step and checkpoints it."""
+        One MAX all-reduce of host integers per step (gloo: no device sync), so every rank leaves the loop at the
+        same step and checkpoints it."""
         over = self.rank == 0 and budget_s > 0 and time.time() - self.t_start > budget_s
-        flags = torch.tensor([int(over), self.stop_signal or 0])
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        if flags[0] and self.rank == 0:
+        over, signum = distributed.max_flags([int(over), self.stop_signal or 0])
+        if over and self.rank == 0:
             log.info("wall-clock budget --max-minutes %s spent at step %d", self.cfg.run.max_minutes, self.step)
-        if flags[1] and self.rank == 0:
+        if signum and self.rank == 0:
             log.info(
                 "stopping on signal %s at step %d: checkpointing, relaunch to resume",
-                signal.Signals(int(flags[1])).name,
+                signal.Signals(signum).name,
                 self.step,
             )
-        return "signal" if flags[1] else "budget" if flags[0] else None
+        return "signal" if signum else "budget" if over else None
+
+    def _settle(self) -> None:
+        """Before a checkpoint: stop the prefetch thread, rewinding sampler and collator to the batches consumed,
+        and write the buffered metrics records (metrics.jsonl then holds every step up to the checkpoint)."""
+        if self.batches is not None:
+            self.batches.close()
+            self.batches = None
+        if self.metrics is not None:
+            self.metrics.flush()
 
     def train_step(self) -> dict:
-        """One optimizer step over gas micro batches -> its metrics record."""
+        """One optimizer step over gas micro batches -> its metrics record; loss sums stay 0-d device tensors that
+        MetricsLogger reads once per --log-every steps. MEXMA_SYNC_DEBUG=1 (CUDA) adds syncs_per_step after
+        SYNC_DEBUG_AFTER steps."""
+        debug = os.environ.get("MEXMA_SYNC_DEBUG") == "1" and self.step >= SYNC_DEBUG_AFTER
+        with distributed.count_syncs(debug) as syncs:
+            record = self._optimizer_step()
+        if syncs[0] is not None:
+            record["syncs_per_step"] = syncs[0]
+        return record
+
+    def _optimizer_step(self) -> dict:
         t0 = time.time()
         lr = self.engine.get_lr()[0]
-        skipped_before = self.engine.skipped_steps
-        sums = torch.zeros(7, dtype=torch.float64)  # loss, mlm, cls, koleo, tokens, pairs, n_masked
+        skipped_before = self.engine.skipped_steps  # a host int: DeepSpeed's overflow check is the step's one sync
+        sums = 0
         for _ in range(self.gas):
-            sums += self._micro_step()
-        dist.all_reduce(sums)
+            sums = sums + self._micro_step(self._next_batch())  # (7,) float64 on the device
+        distributed.all_reduce(sums)
         self.step += 1
         skipped = self.engine.skipped_steps > skipped_before
         self.skipped_total += int(skipped)
         self.bad_in_row = self.bad_in_row + 1 if skipped else 0
-        dt = time.time() - t0
+        dt = time.time() - t0  # host time: DeepSpeed's overflow check has waited for the device
         n = self.gas * self.world
         grad_norm = self.engine.get_global_grad_norm()
+        if skipped or grad_norm is None:
+            grad_norm = float("inf")
         return {
             "split": "train",
             "step": self.step,
-            "epoch": self.sampler.state.epoch,
-            "loss": sums[0].item() / n,
-            "mlm_loss": sums[1].item() / n,
-            "cls_loss": sums[2].item() / n,
-            "koleo_loss": sums[3].item() / n,
+            "epoch": self.batches.epoch,
+            "loss": sums[0] / n,
+            "mlm_loss": sums[1] / n,
+            "cls_loss": sums[2] / n,
+            "koleo_loss": sums[3] / n,
             "lr": lr,
-            "grad_norm": float("inf") if skipped or grad_norm is None else float(grad_norm),
-            "tokens_per_s": sums[4].item() / dt,
-            "pairs_per_s": sums[5].item() / dt,
-            "tokens": int(sums[4]),
-            "pairs": int(sums[5]),
-            "n_masked": int(sums[6]),
+            "grad_norm": grad_norm if isinstance(grad_norm, torch.Tensor) else float(grad_norm),
+            "tokens_per_s": sums[4] / dt,
+            "pairs_per_s": sums[5] / dt,
+            "tokens": sums[4],
+            "pairs": sums[5],
+            "n_masked": sums[6],
             "skipped": skipped,
             "skipped_total": self.skipped_total,
             "time": time.time(),
             "elapsed_s": self.elapsed_before + time.time() - self.t_start,
         }
 
-    def _micro_step(self) -> torch.Tensor:
-        idx = self.sampler.next_batch()
-        batch = self.collator(D.fetch_rows(self.train_ds, idx, self.cfg.data.max_length))
-        batch = {k: v.to(self.engine.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        out = self.engine(**batch)
-        loss = out["loss"]
-        if torch.isfinite(loss):
-            self.engine.backward(loss)
-        else:  # NaN into every gradient: ZeRO's overflow check then skips the step on all ranks
-            self.engine.backward(sum(p.sum() for p in self.engine.module.parameters()) * float("nan"))
+    def _next_batch(self) -> MicroBatch:
+        """The next micro batch, read, masked and packed --prefetch batches ahead (pinned on CUDA)."""
+        if self.batches is None:
+            c = self.cfg.data
+            self.batches = BatchStream(
+                self.sampler,
+                self.collator,
+                self._read_rows,
+                depth=c.prefetch,
+                pin=self.engine.device.type == "cuda",
+            )
+        return self.batches.next()
+
+    def _micro_step(self, mb: MicroBatch) -> torch.Tensor:
+        """Forward, backward, DeepSpeed step -> (7,) float64 on the device: loss, mlm, cls, koleo, tokens, pairs,
+        n_masked. No .item() / int() / bool() of a tensor (tests/pipeline/test_prefetch.py counts them)."""
+        device = self.engine.device
+        out = self.engine(**distributed.to_device(mb.batch, device))
+        self.engine.backward(self._finite_or_poison(out["loss"]))
         self.engine.step()
-        parts = [out[k].detach().item() for k in ("loss", "mlm_loss", "cls_loss", "koleo_loss")]
-        return torch.tensor(
-            parts + [batch["input_ids"].numel(), batch["n_pairs"], int(out["n_masked"])], dtype=torch.float64
-        )
+        losses = torch.stack([out[k].detach().reshape(()).double() for k in LOSS_KEYS])  # (4,)
+        n_masked = torch.as_tensor(out["n_masked"], dtype=torch.float64, device=device).reshape(1)
+        return torch.cat([losses, mb.counts.to(device, non_blocking=True), n_masked])
+
+    def _finite_or_poison(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss where finite; else 0 plus NaN x (the smallest parameter's sum), so that parameter's gradient is
+        NaN and ZeRO's overflow check skips the step on every rank. Chosen on the device: no host sync."""
+        if self._poison is None:
+            self._poison = min((p for p in self.engine.module.parameters() if p.requires_grad), key=torch.numel)
+        finite = torch.isfinite(loss)
+        nan_if_bad = torch.where(finite, 0.0, float("nan"))
+        return torch.where(finite, loss, 0.0) + self._poison.sum() * nan_if_bad
 
     def validate(self) -> None:
         if self.validator is None:

@@ -107,12 +107,9 @@ def gather_for_koleo(x: torch.Tensor, global_batch: bool) -> torch.Tensor:
     Every rank then computes the same global KoLeo; all_gather's backward sums each rank's gradient into the
     local rows (world x the gradient of the shared loss), which the data-parallel mean over ranks divides back.
     """
-    dist = torch.distributed
-    if not (global_batch and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return x
-    from torch.distributed.nn.functional import all_gather
+    from pipeline import distributed  # every collective goes through pipeline/distributed.py
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return distributed.all_gather_autograd(x) if global_batch else x
 
 
 def koleo(x: torch.Tensor, eps: float = 1e-8, use_kernel: bool = True) -> torch.Tensor:
