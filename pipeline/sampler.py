@@ -293,7 +293,7 @@ class DistributedBatchSampler:
         self.state.index += 1
         return batch
 
-    def _begin_step(self) -> None:
+    def _begin_step(self, count: bool = True) -> None:
         self._before = self._stream.state()
         step = self._take(self._stream)
         if step is None:
@@ -311,7 +311,7 @@ class DistributedBatchSampler:
                 f"{self.batch_pairs} / --batch-tokens {self.batch_tokens}); lower the batch size or add data"
             )
         self._step, self._k = step, 0
-        if self._pair_counts is not None:
+        if self._pair_counts is not None and count:  # cumulative, part of the state: rewound with it
             rows = np.concatenate(step)
             self._pair_counts += np.bincount(
                 np.asarray(self.pairs.codes[np.sort(rows)]), minlength=len(self._pair_counts)
@@ -365,13 +365,13 @@ class DistributedBatchSampler:
             probs = self.pairs.counts / max(1, self.pairs.counts.sum())
         return {name: float(p) for name, p in zip(self.pairs.names, probs)}
 
-    def take_pair_counts(self) -> dict[str, int]:
-        """Rows per pair of the global steps begun since the last call (identical on every rank: no collective)."""
-        if self._pair_counts is None:
+    def pair_counts(self, state: dict | None = None) -> dict[str, int]:
+        """Rows per pair of all global steps begun in this run, as of `state` (a `state_dict()`, e.g. the consumed
+        batch's while a prefetch thread runs ahead; default: now). Identical on every rank: no collective."""
+        counts = self._pair_counts if state is None else state.get("pair_counts")
+        if counts is None or self.pairs is None:
             return {}
-        out = {n: int(c) for n, c in zip(self.pairs.names, self._pair_counts) if c}
-        self._pair_counts[:] = 0
-        return out
+        return {n: int(c) for n, c in zip(self.pairs.names, counts) if c}
 
     # -- checkpointing ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -386,6 +386,7 @@ class DistributedBatchSampler:
             "world_size": self.world_size,
             "in_step": 0 if at_boundary else self._k,
             "stream": stream,
+            "pair_counts": None if self._pair_counts is None else self._pair_counts.tolist(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -403,13 +404,15 @@ class DistributedBatchSampler:
                 f"{state.get('world_size')} x gradient accumulation), this run has world size {self.world_size} x "
                 f"gradient accumulation {self.gas} = {self.global_micro}: resuming would change the data order"
             )
+        if self._pair_counts is not None and state.get("pair_counts") is not None:
+            self._pair_counts = np.asarray(state["pair_counts"], dtype=np.int64)
         self._stream = _EpochStream(self, int(state["stream"]["epoch"]))
         self._stream.restore(state["stream"])
         steps = self._stream.micro // self.global_micro
         self.state = SamplerState(self._stream.epoch, steps * self.gas)
         self._step, self._k = None, 0
         if in_step:
-            self._begin_step()
+            self._begin_step(count=False)  # the saved counts include the step begun
             self._k, self.state.index = in_step, self.state.index + in_step
 
 

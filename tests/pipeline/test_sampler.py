@@ -64,8 +64,9 @@ def test_empirical_pair_shares_match_the_target(alpha, mode):
     share = np.bincount(pairs.codes[rows], minlength=len(COUNTS)) / len(rows)
     se = np.sqrt(expected * (1 - expected) / len(rows))
     assert len(rows) > 15000 and (np.abs(share - expected) <= 4 * se + 1e-9).all(), (share, expected)
-    counts = sampler.take_pair_counts()
-    assert sum(counts.values()) == len(rows) and sampler.take_pair_counts() == {}  # counts reset when read
+    counts = sampler.pair_counts()
+    assert sum(counts.values()) == len(rows)
+    np.testing.assert_array_equal([counts[n] for n in pairs.names], np.bincount(pairs.codes[rows]))
 
 
 def test_a_pair_is_drawn_without_replacement_until_exhausted_then_reshuffled():
@@ -147,6 +148,21 @@ def test_resume_mid_step_and_mid_epoch_gives_identical_batches(mode):
     rest = [resumed.next_batch() for _ in range(len(stream) - len(stream) // 2 - 1)]
     assert all((a == b).all() for a, b in zip(stream[len(stream) // 2 + 1 :], rest))
     assert resumed.state.epoch == full.state.epoch == 1
+
+
+def test_pair_counts_follow_the_state_not_the_batches_made_ahead():
+    """A prefetch thread draws batches ahead and rewinds through load_state_dict: the counts rewind with it."""
+    s = _sampler(2, 0, 2)
+    for _ in range(3):  # 1.5 steps: 2 global steps begun (4 micro batches of 16 rows each)
+        s.next_batch()
+    consumed = s.state_dict()
+    assert sum(s.pair_counts(consumed).values()) == 2 * 4 * 16
+    for _ in range(4):
+        s.next_batch()
+    s.load_state_dict(consumed)
+    assert s.pair_counts() == s.pair_counts(consumed)
+    s.next_batch()  # the rest of the step begun: not counted twice
+    assert sum(s.pair_counts().values()) == 2 * 4 * 16
 
 
 def test_a_mid_step_state_cannot_move_to_another_world_size():
@@ -259,3 +275,44 @@ def test_data_prep_writes_the_sampling_files(tmp_path):
     rows = sum(s["rows"] for s in manifest["shards"] if s["split"] == "train")
     tables = L.open_sampling_files(out, "train", rows, verify="sha256")  # written by the prep, not on first use
     assert tables["pairs"] == ["fra_Latn-eng_Latn"] and len(tables["lengths"]) == rows > 0
+
+
+def _multi_pair_copy(prepared, root):
+    """`prepared` with its train rows spread over three language pairs (200 / 40 / 16 rows), manifest updated."""
+    import datasets
+
+    from tests.pipeline.conftest import _sha256
+
+    data = root / "multi"
+    shutil.copytree(prepared, data, ignore=shutil.ignore_patterns("train", "sampling"))
+    train = datasets.load_from_disk(str(prepared / "train"))
+    langs = ["deu_Latn"] * 200 + ["swh_Latn"] * 40 + ["zul_Latn"] * 16
+    train.remove_columns("src_lang").add_column("src_lang", langs).save_to_disk(str(data / "train"), num_shards=1)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    shards = [s for s in manifest["shards"] if s["split"] != "train"]
+    for path in sorted((data / "train").glob("*.arrow")):
+        rows = len(datasets.Dataset.from_file(str(path)))
+        shards.append({"split": "train", "file": f"train/{path.name}", "rows": rows, "sha256": _sha256(path)})
+    manifest["shards"] = shards
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
+def test_training_with_lang_alpha_logs_the_shares_and_counts(prepared, tmp_path):
+    from pipeline.metrics import read_metrics
+    from tests.pipeline.conftest import run_train, train_cmd
+
+    data = _multi_pair_copy(prepared, tmp_path)
+    out = tmp_path / "run"
+    cmd = train_cmd(data, out, "--max-steps", "3", "--lang-alpha", "0.3", "--valid-every", "-1", "--log-every", "3")
+    proc = run_train(cmd)
+    expected = np.array([200, 40, 16]) ** 0.3 / (np.array([200, 40, 16]) ** 0.3).sum()
+    assert f"deu_Latn-eng_Latn {100 * expected[0]:.2f}%" in proc.stderr  # the start-up log line
+    assert "sampling 3 language pairs (alpha 0.3" in proc.stderr
+    last = read_metrics(out, "train")[-1]
+    assert sum(last["pair_counts"].values()) == 3 * 8  # rows of the 3 steps since the start
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps({"deu_Latn-eng_Latn": 1, "fra_Latn-eng_Latn": 2}))
+    bad = run_train(train_cmd(data, tmp_path / "bad", "--max-steps", "1", "--lang-weights", str(weights)), check=False)
+    assert bad.returncode == 2 and "--lang-weights" in bad.stderr and "fra_Latn-eng_Latn" in bad.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists() or not any((tmp_path / "bad" / "checkpoints").iterdir())
