@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,21 +82,25 @@ def test_release_leaves_another_process_lock_alone(tmp_path):
 
 
 def test_second_launch_into_a_running_output_dir_is_refused(prepared, tmp_path):
-    """Two real trainings into one --output-dir: the second exits 2 naming the first's pid, changes nothing; the
-    first runs to the end with each step logged once (before: interleaved records, a FileNotFoundError)."""
+    """Two real trainings into one --output-dir: the second exits 2 naming the first's pid and changes nothing; the
+    first, stopped by SIGTERM afterwards, has each step logged once (before: interleaved records and a
+    FileNotFoundError on COMPLETE.json.tmp)."""
     out = tmp_path / "shared"
-    cmd = train_cmd(prepared, out, "--max-steps", "12", "--save-every", "4", "--valid-every", "-1")
+    cmd = train_cmd(prepared, out, "--max-steps", "100000", "--save-every", "0", "--valid-every", "-1")
     first = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while not (out / "metrics.jsonl").is_file() or not read_metrics(out):
             assert first.poll() is None and time.monotonic() < deadline, "the first run ended before its first step"
             time.sleep(0.1)
-        second = run_train(cmd, check=False)
+        second = run_train(train_cmd(prepared, out, "--max-steps", "5"), check=False)
+        assert first.poll() is None, "the first run ended before the second was refused: nothing was tested"
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"another training is running in this --output-dir (pid {first.pid} on host" in second.stderr
     finally:
+        first.send_signal(signal.SIGTERM)  # a preemption notice: checkpoint, release the lock, exit 0
         _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
-    assert [r["step"] for r in read_metrics(out)] == list(range(1, 13))
+    steps = [r["step"] for r in read_metrics(out)]
+    assert steps == list(range(1, len(steps) + 1))
     assert not (out / LOCK).exists()  # released at exit
