@@ -115,6 +115,23 @@ def test_two_ranks_share_the_encoding_and_agree(prepared, flores, tmp_path):
     assert best["step"] in (2, 4) and (out / "checkpoints" / best["tag"] / "client_rank00001.pt").is_file()
 
 
+def test_relaunch_keeps_the_best_so_far(prepared, flores, tmp_path):
+    """A run relaunched for more steps ranks against the first launch's best.json: `best` moves only on a strict
+    improvement over every evaluation of both launches."""
+    out, flags = tmp_path / "run", ["--save-every", "0", "--valid-every", "-1", *xsim_flags(flores, every=2)]
+    run_train(train_cmd(prepared, out, "--max-steps", "4", *flags))
+    first = C.CheckpointManager(out).best()
+    run_train(train_cmd(prepared, out, "--max-steps", "8", *flags))
+    records = read_metrics(out, split="xsim")
+    assert [r["step"] for r in records] == [2, 4, 6, 8]
+    scores = [r[METRIC] for r in records]
+    best = C.CheckpointManager(out).best()
+    assert best["score"] == min(scores) and best["step"] == records[scores.index(min(scores))]["step"]
+    assert best["score"] <= first["score"]
+    for r in records[2:]:  # the relaunch's evaluations know the first launch's best
+        assert r[f"best_{METRIC}"] == min(scores[: records.index(r) + 1])
+
+
 # -- bad inputs: refused before training, the file named, nothing written -------------------------------------------
 
 
