@@ -135,7 +135,7 @@ class XsimEvaluator:
         emb = edist.gather(self.encode_share(model, device))
         record = None
         if self.rank == 0:
-            scorer = Scorer(device=torch.device("cpu") if torch.device(device).type == "cpu" else device)
+            scorer = Scorer(device=torch.device(device))  # rank 0's device; numpy's sgemm on the CPU (faiss's bits)
             record = self._record(score_sets(scorer, emb, self.texts, self.langs, self.target, self.aug))
             record["xsim_s"] = round(time.perf_counter() - start, 3)
         return edist.broadcast(record)

@@ -202,6 +202,24 @@ def test_evaluation_restores_rng_and_train_mode(prepared, flores):
     assert np.array_equal(again["eng_Latn"], emb["eng_Latn"])
 
 
+def test_xsimpp_is_recorded_when_the_augmented_files_exist(prepared, tmp_path):
+    """LASER's augmented English (hard negatives) beside the split: the record gains xsim++, pooled and per language,
+    with the same scoring as `python -m eval` (an augmented line is a target candidate too)."""
+    root = make_flores(tmp_path / "testset")
+    eng = (root / "dev" / "eng_Latn.dev").read_text().splitlines()
+    aug = [" ".join(reversed(line.split())) + " t0" for line in eng[:6]]  # "word order" variants of six sentences
+    (root / "dev_augmented").mkdir()
+    (root / "dev_augmented" / "eng_Latn_augmented.dev").write_text("\n".join(aug) + "\n")
+    errtypes = {a: {"src": e, "errtype": "word order"} for a, e in zip(aug, eng)}
+    (root / "dev_augmented" / "eng_Latn_errtype.dev.json").write_text(json.dumps(errtypes))
+    record = evaluator(prepared, root).run(tiny_model(prepared))
+    assert record["split"] == "xsim" and 0.0 <= record["xsimpp_error_pct"] <= 100.0 and METRIC in record
+    assert {k for k in record if k.startswith("xsimpp_error_pct/")} == {
+        "xsimpp_error_pct/deu_Latn",
+        "xsimpp_error_pct/fra_Latn",
+    }
+
+
 def test_resumed_best_so_far_is_kept(prepared, flores, tmp_path):
     """The hook ranks against checkpoints/best.json, so a relaunch (or any later evaluation) keeps a better best."""
     mgr = C.CheckpointManager(tmp_path, keep=1)
