@@ -56,17 +56,19 @@ def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int, previous: dic
     """Fill the DeepSpeed JSON's "auto" values from `cfg` and check micro x accumulation x world = global batch.
 
     Precedence of the micro batch and the accumulation: flag/config file > a number in the JSON > reference default.
-    previous: the resumed checkpoint's `batch_record` ({micro, gas, world_size}). On another world size the global
-    batch is kept through the accumulation (gas' = W x gas / W') and DeepSpeed loads a universal checkpoint
-    (ZeRO state re-partitioned, pipeline/checkpoint.py); ConfigError when W x gas / W' is not an integer.
+    previous: the resumed checkpoint's `batch_record` ({micro, gas, world_size}). A resume keeps the global batch
+    through the accumulation (gas' = W x gas / W'); on another world size DeepSpeed loads a universal checkpoint
+    (ZeRO state re-partitioned, pipeline/checkpoint.py). ConfigError when W x gas / W' is not an integer or the
+    flags would change the global batch.
     """
     path = cfg.run.ds_config
     out = copy.deepcopy(ds)
     micro = cfg.data.batch_pairs or _int_or_auto(ds, "train_micro_batch_size_per_gpu", path) or REFERENCE_MICRO_BATCH
     gas = cfg.optim.grad_accum or _int_or_auto(ds, "gradient_accumulation_steps", path)
-    if previous is not None and int(previous["world_size"]) != world_size:
+    if previous is not None:  # a resume keeps the global batch (the sampler's plan is in global micro batches)
         gas = _gas_for_new_world(previous, micro, gas, world_size)
-        out["checkpoint"] = {**out.get("checkpoint", {}), "load_universal": True}
+        if int(previous["world_size"]) != world_size:
+            out["checkpoint"] = {**out.get("checkpoint", {}), "load_universal": True}
     total = _int_or_auto(ds, "train_batch_size", path)
     if gas is None:
         gas = REFERENCE_GRAD_ACCUM if total is None else max(total // (micro * world_size), 1)
