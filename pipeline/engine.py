@@ -167,7 +167,16 @@ class Trainer:
         self.train_ds = D.load_split(c.path, "train", self.manifest)
         micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.sampler = make_train_sampler(self.cfg, self.manifest, micro, self.gas, self.rank, self.world)
+        self._pairs_logged: dict[str, int] = {}  # cumulative rows per pair at the last metrics record
         self.validator = self._make_validator(micro)
+
+    def _pair_counts_since_log(self) -> dict[str, int]:
+        """Rows per language pair of the steps since the last record, from the consumed batch's sampler state (the
+        prefetch thread runs ahead of the steps)."""
+        state = self.batches.consumed[0] if self.batches is not None else self.sampler.state_dict()
+        total, last = self.sampler.pair_counts(state), self._pairs_logged
+        self._pairs_logged = total
+        return {k: v - last.get(k, 0) for k, v in total.items() if v != last.get(k, 0)}
 
     def _read_rows(self, idx) -> list[dict]:
         """Rows of the micro batch the sampler just returned. Its masking is keyed by the batch's place in the global
@@ -237,6 +246,7 @@ class Trainer:
         self.step, self.skipped_total, self.bad_in_row = state["step"], state["skipped_total"], state["bad_in_row"]
         self.elapsed_before = state.get("elapsed_s", 0.0)
         self.sampler.load_state_dict(state["sampler"])
+        self._pairs_logged = self.sampler.pair_counts()  # metrics count pairs from the resumed step on
         self.collator.load_state_dict(state["collator"])
         set_rng_state(state["rng"])
         apply_optim_config(self.engine, self.cfg, self.max_steps, self.step - self.skipped_total)
@@ -273,7 +283,7 @@ class Trainer:
     def _after_step(self, record: dict) -> None:
         """Log, stop on too many bad steps, validate and checkpoint on their cadence."""
         if self.step % self.cfg.run.log_every == 0:
-            record["pair_counts"] = self.sampler.take_pair_counts()  # rows per language pair since the last log
+            record["pair_counts"] = self._pair_counts_since_log()
         self.metrics.write(record)
         self.metrics.progress(record, self.max_steps)
         r = self.cfg.run
