@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,8 @@ def write_sampling_files(data_dir: str | Path, split: str = "train") -> dict:
     out = sampling_dir(root)
     out.mkdir(parents=True, exist_ok=True)
     n = sum(b.num_rows for b in _record_batches(split_dir))
-    tmp = {s: out / f".{split}_{s}.tmp{os.getpid()}.npy" for s in SUFFIXES}
+    tag = f"{socket.gethostname()}.{os.getpid()}"  # nodes sharing a file system may build at the same time
+    tmp = {s: out / f".{split}_{s}.tmp{tag}.npy" for s in SUFFIXES}
     lengths = np.lib.format.open_memmap(tmp["lengths"], mode="w+", dtype=np.uint16, shape=(n, 2))
     codes = np.lib.format.open_memmap(tmp["pair_ids"], mode="w+", dtype=np.uint16, shape=(n,))
     names: dict[str, int] = {}
@@ -102,7 +104,7 @@ def write_sampling_files(data_dir: str | Path, split: str = "train") -> dict:
     meta = {"version": VERSION, "split": split, "rows": n, "pairs": list(names), "counts": counts.tolist()}
     meta["files"] = files
     path = meta_path(root, split)
-    tmp_meta = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp_meta = path.with_name(f".{path.name}.tmp{tag}")
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, path)  # written last: its presence means the arrays are complete
     return meta

@@ -179,22 +179,24 @@ from pipeline.sampler import DistributedBatchSampler, SamplerState  # noqa: E402
 
 def sampling_tables(data_dir: str | Path, split: str, manifest: dict, verify: str = "size", rank: int = 0) -> dict:
     """The split's shared, memory-mapped sampling files (data_prep/lengths.py): lengths (N, 2) uint16, pair_ids,
-    pair_index, pairs, counts. A dataset prepared before them gets them built once by global rank 0 (logged), the
-    other ranks wait for its verdict; a file that does not match the manifest's row count is rebuilt the same way."""
+    pair_index, pairs, counts. A dataset prepared before them gets them built once per node by its local rank 0
+    (logged; --data may be a node-local copy), the other ranks wait for every node's verdict; a record whose row
+    count differs from the manifest is rebuilt the same way. `rank` is unused (kept for callers)."""
     from data_prep import lengths as L
     from pipeline import distributed
 
     rows = sum(s["rows"] for s in manifest["shards"] if s["split"] == split)
-    error = None
-    if rank == 0:
+
+    def ensure() -> None:
         try:
             L.open_sampling_files(data_dir, split, rows, verify)
         except (L.LengthsError, OSError, ValueError) as e:
             log.info("building %s for split %s (%s); once per dataset", L.sampling_dir(data_dir), split, e)
             error = _build_sampling(data_dir, split)
-    error = distributed.broadcast_object(error)
-    if error is not None:
-        raise DataError(error)
+            if error is not None:
+                raise DataError(error) from e
+
+    distributed.on_each_node(ensure, (DataError,))
     try:
         return L.open_sampling_files(data_dir, split, rows, verify)
     except (L.LengthsError, OSError, ValueError) as e:
