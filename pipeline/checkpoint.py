@@ -343,12 +343,23 @@ class CheckpointManager:
         logged; the original checkpoint is never modified. Every rank gets rank 0's verdict."""
         root = self.root.parent / "universal"
         error = None
-        if self.rank == 0 and not (root / tag / UNIVERSAL_DONE).is_file():
+        if self.rank == 0 and not self._universal_current(tag, root):
             error = self._convert_universal(tag, root)
         error = _broadcast(error)
         if error is not None:
             raise CheckpointError(error)
         return root
+
+    def _complete_sha(self, tag: str) -> str:
+        return sha256_file(self.root / tag / COMPLETE)
+
+    def _universal_current(self, tag: str, root: Path) -> bool:
+        """A finished conversion of this very checkpoint (not of a same-named one of a run set aside)."""
+        try:
+            record = json.loads((root / tag / UNIVERSAL_DONE).read_text())
+            return record.get("source_complete_sha256") == self._complete_sha(tag)
+        except (OSError, ValueError):
+            return False
 
     def _convert_universal(self, tag: str, root: Path) -> str | None:
         """ds_to_universal into a temporary sibling, then one rename; older conversions are removed."""
@@ -370,9 +381,10 @@ class CheckpointManager:
             inject_missing_state=True,  # ZeRO-2 outside Megatron records no universal_checkpoint_info; the default
         )
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # its progress bars and prints
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its prints
                 ds_to_universal(args)
-            (tmp / tag / UNIVERSAL_DONE).write_text(json.dumps({"source": str(self.root / tag), "time": time.time()}))
+            record = {"source": str(self.root / tag), "source_complete_sha256": self._complete_sha(tag)}
+            (tmp / tag / UNIVERSAL_DONE).write_text(json.dumps(record))
             for old in root.glob("step_*"):
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp / tag, root / tag)

@@ -100,3 +100,20 @@ def test_a_global_batch_that_cannot_be_kept_names_the_arithmetic_and_the_flags()
         resolve_ds_config(parse_args(["--data", "d", "--output-dir", "o", "--batch-pairs", "16"]), {}, 1, _previous())
     same = resolve_ds_config(parse_args(["--data", "d", "--output-dir", "o", "--batch-pairs", "8"]), {}, 2, _previous())
     assert "checkpoint" not in same  # same world size: the ordinary checkpoint
+
+
+def test_a_conversion_of_a_same_named_checkpoint_of_another_run_is_not_reused(tmp_path):
+    """--no-resume sets the old checkpoints aside but a later run reaches the same step_N names: the universal copy
+    records the sha256 of its source's COMPLETE.json and is redone when that differs."""
+    from pipeline.checkpoint import UNIVERSAL_DONE, CheckpointManager
+
+    manager = CheckpointManager(tmp_path)
+    (manager.root / "step_00000010").mkdir()
+    (manager.root / "step_00000010" / "COMPLETE.json").write_text('{"tag": "step_00000010", "run": 1}')
+    done = tmp_path / "universal" / "step_00000010"
+    done.mkdir(parents=True)
+    record = {"source_complete_sha256": manager._complete_sha("step_00000010")}
+    (done / UNIVERSAL_DONE).write_text(json.dumps(record))
+    assert manager._universal_current("step_00000010", done.parent)
+    (manager.root / "step_00000010" / "COMPLETE.json").write_text('{"tag": "step_00000010", "run": 2}')
+    assert not manager._universal_current("step_00000010", done.parent)
