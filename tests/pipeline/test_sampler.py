@@ -316,3 +316,12 @@ def test_training_with_lang_alpha_logs_the_shares_and_counts(prepared, tmp_path)
     bad = run_train(train_cmd(data, tmp_path / "bad", "--max-steps", "1", "--lang-weights", str(weights)), check=False)
     assert bad.returncode == 2 and "--lang-weights" in bad.stderr and "fra_Latn-eng_Latn" in bad.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists() or not any((tmp_path / "bad" / "checkpoints").iterdir())
+
+
+def test_bench_sampler_prints_a_row_per_size_and_mode(tmp_path, capsys):
+    from pipeline.bench_sampler import main
+
+    assert main(["--pairs", "2e4", "3e4", "--virtual-above", "2e4", "--batches", "3", "--dir", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "e+04" in line]
+    assert len(rows) == 6 and sum("(virtual)" in r for r in rows) == 3  # 3e4 above --virtual-above
+    assert (tmp_path / "20000" / "lengths.npy").is_file() and not (tmp_path / "30000").exists()
