@@ -155,11 +155,13 @@ def compare(old: dict, new: dict) -> Changes:
 def check_relaunch(ckpt_dir: Path, old: dict | None, new: dict, allow_change: bool) -> Changes:
     """Refuse (RelaunchError) a relaunch that changes what cannot change, or an optimizer/schedule setting without
     --allow-config-change; log what is accepted. Nothing on disk is touched."""
-    if old is None:
-        log.warning(
-            "%s holds no %s (written before run records existed): the relaunch is not compared", ckpt_dir, RUN_RECORD
+    if old is None:  # such a checkpoint also has one AdamW group where this code builds two: it cannot load
+        raise RelaunchError(
+            f"relaunch refused: {ckpt_dir} holds no {RUN_RECORD}: it was written by an older version of this code "
+            "(one AdamW parameter group, no record of its config), which cannot resume it. Export it (python -m "
+            "pipeline.export), or relaunch with --no-resume to start over (the old run is moved to "
+            "OUTPUT/replaced-<time>/). Nothing was changed on disk"
         )
-        return Changes()
     changes = compare(old, new)
     refused = [f"  {c} (cannot change on resume)" for c in changes.never]
     if not allow_change:

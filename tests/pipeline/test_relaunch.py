@@ -97,6 +97,8 @@ def test_check_relaunch_refuses_never_always_and_change_without_the_flag(tmp_pat
         check_relaunch(tmp_path, old, _record(optim__lr=2e-4), allow_change=False)
     assert check_relaunch(tmp_path, old, _record(optim__lr=2e-4), allow_change=True).change
     assert check_relaunch(tmp_path, old, _record(top__max_steps=80), allow_change=False).extend
+    with pytest.raises(RelaunchError, match=r"holds no run_record.json: .*older version.*--no-resume"):
+        check_relaunch(tmp_path, None, old, allow_change=True)  # before: a warning, then a traceback in the load
 
 
 def test_weight_decay_only_on_matrices():
