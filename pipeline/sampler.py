@@ -494,6 +494,12 @@ def make_train_sampler(cfg, manifest: dict, micro: int, grad_accum: int, rank: i
         probs=probs,
         epoch_pairs=c.epoch_pairs,
     )
+    if rank == 0 and c.epoch_pairs and probs is None:
+        logging.getLogger("pipeline.train").warning(
+            "--epoch-pairs %d ignored: sampling is proportional (--lang-alpha 1, no --lang-weights), an epoch reads "
+            "every row once",
+            c.epoch_pairs,
+        )
     if rank == 0:
         shares = " ".join(f"{k} {100 * v:.2f}%" for k, v in sampler.pair_shares().items())
         mode = "proportional to rows" if probs is None else f"alpha {c.lang_alpha}, weights {c.lang_weights or '-'}"
