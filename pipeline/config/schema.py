@@ -234,18 +234,18 @@ def _validate_run(r: RunConfig) -> None:
 
 
 def _validate_model(cfg: TrainConfig) -> None:
-    try:
-        cfg.model.validate()
-    except ValueError as e:  # "ModelConfig.num_layers must ..." -> "--num-layers: ModelConfig.num_layers must ..."
-        names = re.findall(r"ModelConfig\.(\w+)", str(e))
-        flag = f"--{names[0].replace('_', '-')}: " if names else "model config: "
-        raise ConfigError(f"{flag}{e}") from e
     name = cfg.model.model
     if name not in PRESETS and _looks_like_path(name) and not Path(name).expanduser().exists():
         raise ConfigError(
             f"--model {name}: the path does not exist (give an existing local model directory, a hub name such "
             f"as xlm-roberta-large, or a preset: {', '.join(PRESETS)})"
         )
+    try:
+        cfg.model.validate()
+    except ValueError as e:  # "ModelConfig.num_layers must ..." -> "--num-layers: ModelConfig.num_layers must ..."
+        names = re.findall(r"ModelConfig\.(\w+)", str(e))
+        flag = f"--{names[0].replace('_', '-')}: " if names else "model config: "
+        raise ConfigError(f"{flag}{e}") from e
     # XLM-R positions run from padding_idx + 1 = 2, so a table of P rows holds sequences of P - 2 tokens (514 -> 512)
     positions = cfg.model.max_positions - 2
     _check(

@@ -31,3 +31,12 @@ def test_model_config_fields_carry_their_help_in_metadata():
     from pipeline.model import ModelConfig
 
     assert all(f.metadata.get("help") for f in dataclasses.fields(ModelConfig))
+
+
+def test_missing_model_path_is_named_before_preset_overrides():
+    import pytest
+
+    from pipeline.config import ConfigError, parse_args
+
+    with pytest.raises(ConfigError, match="--model /nonexistent: the path does not exist"):
+        parse_args(["--data", "d", "--output-dir", "o", "--model", "/nonexistent", "--num-layers", "2"])
