@@ -142,3 +142,35 @@ def test_micro_step_makes_no_host_sync(prepared, tmp_path):
     run_train([sys.executable, "-c", COUNT_SYNCS, str(ROOT), *cmd[2:]])
     assert json.loads((out / "syncs.json").read_text()) == []
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def test_metrics_read_device_values_once_per_log_interval(tmp_path, monkeypatch):
+    """Train records holding tensors are written every --log-every steps (one tolist per flush), at a skipped step,
+    before another split's record and on flush(); the file reads as if written step by step."""
+    from pipeline.metrics import MetricsLogger
+
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or tolist(self))
+    logger = MetricsLogger(tmp_path, rank=0, wandb_mode="off", log_every=3)
+
+    def record(step, skipped=False):
+        sums = torch.tensor([2.0 * step, 10.0 * step], dtype=torch.float64)
+        return {"split": "train", "step": step, "loss": sums[0] / 2, "tokens": sums[1], "skipped": skipped}
+
+    for step in (1, 2):
+        logger.write(record(step))
+    assert read_metrics(tmp_path) == [] and reads == []
+    logger.write(record(3))
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3] and len(reads) == 1
+    logger.write(record(4))
+    logger.write(record(5, skipped=True))  # a skipped step is written at once
+    logger.write(record(7))
+    logger.write({"split": "valid", "step": 7, "loss": 0.5})  # keeps the order
+    logger.write(record(8))
+    logger.flush()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 7, 8] and len(reads) == 4
+    assert [r["loss"] for r in rows] == [1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0]
+    assert rows[-1]["tokens"] == 80 and isinstance(rows[-1]["tokens"], int)
+    assert [r["step"] for r in read_metrics(tmp_path, "valid")] == [7]
