@@ -63,12 +63,14 @@ def test_two_process_deepspeed_zero2(prepared, tmp_path):
 
 def test_overfit_loss_falls(prepared, tmp_path):
     out = tmp_path / "overfit"
-    flags = "--max-steps 60 --save-every 0 --lr 3e-3 --warmup-fraction 0.05 --batch-pairs 16 --valid-every -1"
+    flags = "--max-steps 120 --save-every 0 --lr 3e-3 --warmup-fraction 0.05 --batch-pairs 16 --valid-every -1"
     run_train(train_cmd(prepared, out, *flags.split()))
     losses = [r["loss"] for r in read_metrics(out)]
-    assert len(losses) == 60 and all(map(math.isfinite, losses))
+    assert len(losses) == 120 and all(map(math.isfinite, losses))
     # MLM starts at ln(85) = 4.44 (uniform over the vocabulary); each side uses 40 words, so learning which words
-    # occur brings it towards ln(40) = 3.69 within a few epochs of the 256 pairs (16 batches per epoch).
+    # occur brings it towards ln(40) = 3.69 within a few epochs of the 256 pairs (16 batches per epoch). At 60 steps
+    # the drop was 0.25-0.40 depending on the seed's data order (old and new sampler alike); at 120 steps it is
+    # 0.81-0.87 for seeds 0-2, so 0.4 holds with margin.
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.4, f"loss did not fall: first 5 mean {first:.3f}, last 5 mean {last:.3f}"
 
