@@ -242,7 +242,7 @@ class Trainer:
             log.info("resumed from %s (step %d, epoch %d)", self.ckpt.root / tag, self.step, self.sampler.state.epoch)
 
     def _load(self, tag: str) -> None:
-        state = self.ckpt.load(self.engine, tag)
+        state = self.ckpt.load(self.engine, tag, trust=self.cfg.run.trust_checkpoint)
         self.step, self.skipped_total, self.bad_in_row = state["step"], state["skipped_total"], state["bad_in_row"]
         self.elapsed_before = state.get("elapsed_s", 0.0)
         self.sampler.load_state_dict(state["sampler"])

@@ -32,6 +32,9 @@ class FakeEngine:
         torch.save({"module": self.weights, **client_state}, ckpt / "mp_rank_00_model_states.pt")
         torch.save({"optimizer": self.weights * 2}, ckpt / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
 
+    def load_universal_checkpoint(self):  # DeepSpeedEngine's: False = the checkpoint's own world size
+        return False
+
     def load_checkpoint(self, load_dir, tag, **_):
         self.weights = torch.load(Path(load_dir) / tag / "mp_rank_00_model_states.pt")["module"]
         return str(Path(load_dir) / tag), {}
