@@ -29,6 +29,7 @@ from pathlib import Path
 import deepspeed
 import numpy as np
 import torch
+from deepspeed.accelerator import get_accelerator
 
 from pipeline import data as D
 from pipeline import distributed
@@ -128,10 +129,12 @@ class Trainer:
         self.max_steps = cfg.run.max_steps or max(1, int(cfg.run.epochs * len(self.sampler) / self.gas))
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)  # applied in build_engine only
         model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
+        backends = self._select_backends(model)
         self.engine = build_engine(cfg, model, self.ds_config, self.max_steps)
         self.record = run_record(cfg, self.max_steps, self.manifest, manifest_sha256(cfg.data.path), self.world)
         self.record["batch"] = batch_record(self.ds_config, self.world)  # read back by a relaunch on another W
         self.record["pair_shares"] = self.sampler.pair_shares()  # target share of each language pair
+        self.record["resolved"] = {"backends": backends, "pair_shares": self.record["pair_shares"]}  # -> config.json
         torch.manual_seed(cfg.run.seed + 1 + self.rank)  # dropout: same init everywhere, distinct masks per rank
         self.collator = MexmaCollator(
             self.specials,
@@ -145,6 +148,23 @@ class Trainer:
         self.step, self.skipped_total, self.bad_in_row, self.elapsed_before = 0, 0, 0, 0.0
         self.batches: BatchStream | None = None  # started by the first train_step (after resume)
         self._poison: torch.nn.Parameter | None = None  # gets NaN gradients on a non-finite loss
+
+    def _select_backends(self, model) -> dict:
+        """attention="auto" and the fused KoLeo, checked and timed on this device, dtype and a micro batch of this run's
+        rows (pipeline/attention.py `select_backend`); the report goes to the log and config.json's "resolved"."""
+        device = torch.device(get_accelerator().device_name(), int(os.environ.get("LOCAL_RANK", 0)))
+        if device.type == "cpu":
+            device = torch.device("cpu")
+        dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else torch.float32
+        dtype = torch.float16 if self.ds_config.get("fp16", {}).get("enabled") else dtype
+        micro = self.ds_config["train_micro_batch_size_per_gpu"]
+        rows = D.fetch_rows(self.train_ds, range(min(micro, len(self.train_ds))), self.cfg.data.max_length)
+        lengths = [len(r[k]) for _ in range(2) for r in rows for k in ("src_ids", "trg_ids")]  # 4 views per pair
+        report = model.select_backends(device, dtype, lengths)
+        if self.rank == 0:
+            for stack, r in report.items():
+                log.info("backend %s: %s (%s)", stack, r.get("backend"), r.get("reason", ""))
+        return report
 
     def _seed(self, seed: int) -> None:
         """Same init on every rank (seed), different dropout streams per rank afterwards (seed + rank)."""

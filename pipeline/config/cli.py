@@ -23,6 +23,8 @@ from pipeline.config.schema import (
     validate,
 )
 
+RESOLVED = "resolved"
+
 
 def _help(f) -> str:
     return f.metadata.get("help", "")
@@ -88,6 +90,7 @@ def load_config_file(path: str) -> dict:
         raise ConfigError(f"--config {path}: cannot parse: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path}: expected a mapping of sections {SECTIONS}, got {type(raw).__name__}")
+    raw.pop(RESOLVED, None)  # OUTPUT/config.json's start-up measurements (backends, pair shares): not settings
     for section, values in raw.items():
         if section not in SECTIONS or not isinstance(values, dict):
             raise ConfigError(

@@ -42,7 +42,8 @@ def write_run_files(record: dict, ds_config: dict, output_dir: str | Path, token
         "world_size": record["world_size"],
         "max_steps": record["max_steps"],
     }
-    for name, obj in (("config.json", record["config"]), ("ds_config.json", ds_config), ("run_info.json", info)):
+    config = {**record["config"], "resolved": record.get("resolved", {})}  # measured at start-up; --config skips it
+    for name, obj in (("config.json", config), ("ds_config.json", ds_config), ("run_info.json", info)):
         tmp = out / f".{name}.tmp{os.getpid()}"
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
         os.replace(tmp, out / name)

@@ -179,7 +179,7 @@ def first_build(tmp_path):
     out = tmp_path / "out"
     assert _prep("--source", f"tsv:{corpus}", "--out", str(out), "--train-tokenizer", "100") == 0
     (out / "NOTES.txt").write_text("mine")  # not written by a build: must survive rebuilds
-    (out / "sampling").mkdir()  # derived from the rows by the trainer: must not survive a rebuild
+    (out / "sampling" / "stale.txt").write_text("x")  # sampling/ is rebuilt with the rows: nothing old survives
     return corpus, out, _snapshot(out)
 
 
@@ -211,7 +211,7 @@ def test_killed_rebuild_leaves_the_previous_output(first_build):
     assert _snapshot(out) == before  # the old output, whole; only the work dir is left over
     assert _prep("--source", f"tsv:{corpus}", "--out", str(out), "--train-tokenizer", "100", "--force") == 0
     assert not workdir.work_dir(out).exists() and (out / "NOTES.txt").read_text() == "mine"
-    assert not (out / "sampling").exists()
+    assert (out / "sampling" / "train.json").is_file() and not (out / "sampling" / "stale.txt").exists()
 
 
 def test_crash_between_the_two_renames_is_repaired(tmp_path):

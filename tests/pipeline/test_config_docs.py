@@ -40,3 +40,18 @@ def test_missing_model_path_is_named_before_preset_overrides():
 
     with pytest.raises(ConfigError, match="--model /nonexistent: the path does not exist"):
         parse_args(["--data", "d", "--output-dir", "o", "--model", "/nonexistent", "--num-layers", "2"])
+
+
+def test_config_json_records_the_resolved_backends_and_still_loads_as_config(tiny_run):
+    """Issue #10 part 4 / #11 part 1: the start-up choices go to config.json under "resolved", which `--config`
+    skips, so `--config OUTPUT/config.json` still reproduces the run."""
+    import json
+
+    from pipeline.config import config_from_dict, load_config_file
+
+    written = json.loads((tiny_run / "config.json").read_text())
+    backends = written["resolved"]["backends"]
+    assert backends["encoder"]["backend"] == "sdpa" and "no CUDA" in backends["encoder"]["reason"]
+    assert "koleo" in backends and "pair_shares" in written["resolved"]
+    cfg = config_from_dict(load_config_file(str(tiny_run / "config.json")))
+    assert cfg.run.output_dir == written["run"]["output_dir"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -151,7 +152,10 @@ def test_metrics_read_device_values_once_per_log_interval(tmp_path, monkeypatch)
 
     reads = []
     tolist = torch.Tensor.tolist
-    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or tolist(self))
+    here = threading.get_ident()  # count this thread's reads only (another test's prefetch thread may still run)
+    monkeypatch.setattr(
+        torch.Tensor, "tolist", lambda self: (threading.get_ident() == here and reads.append(1)) or tolist(self)
+    )
     logger = MetricsLogger(tmp_path, rank=0, wandb_mode="off", log_every=3)
 
     def record(step, skipped=False):
