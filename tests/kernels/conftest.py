@@ -15,8 +15,9 @@ def _no_kernel_override(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _kernel_device():
-    """Every tensor a kernel test creates lands on DEVICE (CUDA when present)."""
-    previous = torch.get_default_device()
+    """Every tensor a kernel test creates lands on DEVICE (CUDA when present). Afterwards the default device is
+    unset (None), not set back to "cpu": a set default device stays a torch-function mode that every later test in
+    the process would run under (it made a patched Tensor.tolist count each call twice in tests/pipeline)."""
     torch.set_default_device(DEVICE)
     yield
-    torch.set_default_device(previous)
+    torch.set_default_device(None)
