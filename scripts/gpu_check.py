@@ -57,7 +57,9 @@ def parse_args(argv=None):
 
 
 def env(dry_run: bool) -> dict:
+    # MEXMA_SYNC_DEBUG: the training stage counts host syncs per optimizer step on CUDA (syncs_per_step)
     e = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    e["MEXMA_SYNC_DEBUG"] = "1"
     if dry_run:
         e.update(TRITON_INTERPRET="1", DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     else:

@@ -39,6 +39,7 @@ def test_without_cuda_the_scripts_exit_zero(monkeypatch, capsys):
         assert "no CUDA device, nothing measured" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # scripts/gpu_check.py --dry-run (in make test) runs both benchmarks in smoke mode
 def test_smoke_runs_label_themselves_and_cover_every_method(capsys):
     from kernels.koleo import _use_triton
 

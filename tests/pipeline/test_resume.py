@@ -11,6 +11,8 @@ import signal
 import subprocess
 import textwrap
 
+import pytest
+
 from pipeline.metrics import read_metrics
 from tests.pipeline.conftest import ROOT, run_env, run_train, train_cmd
 
@@ -95,6 +97,7 @@ def test_kill_while_writing_a_checkpoint_never_marks_it(prepared, tiny_run, tmp_
     _assert_same_history(out, tiny_run)
 
 
+@pytest.mark.slow  # make test: test_relaunch.py relaunches finished runs (longer, changed) and --no-resume
 def test_relaunch_of_a_finished_run_does_nothing_and_no_resume_starts_over(prepared, tiny_run, tmp_path):
     import shutil
 

@@ -33,6 +33,7 @@ TRAIN_KEYS = {
 VALID_KEYS = {"step", "loss", "mlm_loss", "cls_loss", "koleo_loss", "acc_src2trg", "acc_trg2src", "pairs"}
 
 
+@pytest.mark.slow  # 2-rank ZeRO-2 runs in make test: test_world_size_change, test_xsim_train, test_lock
 def test_two_process_deepspeed_zero2(prepared, tmp_path):
     """`deepspeed --num_gpus 2 pipeline/train.py` on CPU (gloo): finite losses, per-rank state, records written;
     KoLeo over the all-gathered global batch."""
