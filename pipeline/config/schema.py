@@ -258,4 +258,4 @@ def _validate_model(cfg: TrainConfig) -> None:
 
 def _looks_like_path(name: str) -> bool:
     """A hub name is `name` or `org/name`; anything absolute, relative-dotted, ~ or deeper is a local path."""
-    return name.startswith(("/", "./", "../", "~", ".")) or name.count("/") > 1 or Path(name).exists()
+    return name.startswith(("/", "./", "../", "~", ".")) or name.count("/") > 1
