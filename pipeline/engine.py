@@ -41,8 +41,16 @@ from pipeline.distributed import clear_stale_jit_lock, rng_state, set_rng_state 
 from pipeline.metrics import MetricsLogger, log
 from pipeline.model import build_model
 from pipeline.prefetch import BatchStream, MicroBatch
-from pipeline.runrecord import RUN_FILES, check_relaunch_on_rank0, manifest_sha256, run_record, take_output_lock
+from pipeline.runrecord import (
+    RUN_FILES,
+    check_relaunch_on_rank0,
+    manifest_sha256,
+    read_record,
+    run_record,
+    take_output_lock,
+)
 from pipeline.sampler import make_train_sampler
+from pipeline.schedule_fit import ScheduleFit
 from pipeline.validate import Validator
 from pipeline.xsim_eval import XsimHook
 
@@ -55,25 +63,33 @@ class TrainingStoppedError(RuntimeError):
 
 
 class WarmupCosine:
-    """LR factor at scheduler step s: linear f0 -> 1 over W steps, then cosine 1 -> min over T - W steps."""
+    """LR factor at scheduler step s: linear f0 -> 1 over W steps, then cosine 1 -> min over T - W steps.
 
-    def __init__(self, total_steps: int, warmup_fraction: float, start_factor: float, min_ratio: float):
-        self.total, self.warmup = total_steps, round(warmup_fraction * total_steps)
+    hold > 0 (--fit-to-minutes): the first `hold` steps stay at f0 while the speed is measured, then the same
+    warmup + cosine runs over the remaining T - hold steps (W = round(fraction x (T - hold))), so the lr is
+    continuous at the fit whatever length it chose."""
+
+    def __init__(self, total_steps: int, warmup_fraction: float, start_factor: float, min_ratio: float, hold: int = 0):
+        self.hold = hold
+        self.total, self.warmup = total_steps - hold, round(warmup_fraction * (total_steps - hold))
         self.start, self.min = start_factor, min_ratio
 
     def __call__(self, s: int) -> float:
+        s -= self.hold
+        if s < 0:
+            return self.start
         if s < self.warmup:
             return self.start + (1.0 - self.start) * s / self.warmup
         progress = min(1.0, (s - self.warmup) / max(1, self.total - self.warmup))
         return self.min + (1.0 - self.min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict, max_steps: int):
+def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict, max_steps: int, hold: int = 0):
     """Activation checkpointing (if asked) + deepspeed.initialize with our LR schedule -> engine."""
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     o = cfg.optim
-    schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio)
+    schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio, hold)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, o.weight_decay),
@@ -94,16 +110,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def apply_optim_config(engine, cfg: TrainConfig, max_steps: int, applied_steps: int) -> None:
+def apply_optim_config(engine, cfg: TrainConfig, max_steps: int, applied_steps: int, hold: int = 0) -> None:
     """After a checkpoint load, make the optimizer and the LR schedule this config's: DeepSpeed restores the saved
     param groups (lr, betas, eps, weight decay) and LambdaLR.load_state_dict the old WarmupCosine's length and base
-    lr. The lr is a pure function of the config and the applied (not skipped) steps: WarmupCosine(max_steps)(applied)
-    x --lr, whatever scheduler state the checkpoint held."""
+    lr. The lr is a pure function of the config and the applied (not skipped) steps: WarmupCosine(max_steps,
+    hold)(applied) x --lr, whatever scheduler state the checkpoint held (hold: the run record's fitted schedule)."""
     o, sched = cfg.optim, engine.lr_scheduler
     sched.last_epoch = applied_steps  # LambdaLR's position = optimizer steps taken (skipped ones do not advance it)
     groups = sched.optimizer.param_groups
     decays = [g["weight_decay"] for g in param_groups(engine.module, o.weight_decay)]
-    schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio)
+    schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio, hold)
     sched.lr_lambdas, sched.base_lrs = [schedule] * len(groups), [o.lr] * len(groups)
     for group, decay in zip(groups, decays, strict=True):
         lr = o.lr * schedule(sched.last_epoch)
@@ -127,10 +143,13 @@ class Trainer:
         self._load_data()
         self.xsim = XsimHook.for_run(cfg, self.specials, self.rank, self.world)  # checks --xsim-data now
         self.max_steps = cfg.run.max_steps or max(1, int(cfg.run.epochs * len(self.sampler) / self.gas))
+        # --fit-to-minutes: the lr holds at the warmup's start until the fit (pipeline/schedule_fit.py)
+        self.fit = ScheduleFit(cfg.run.fit_after, 0) if cfg.run.fit_to_minutes else None
+        self.hold = cfg.run.fit_after if self.fit else 0
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)  # applied in build_engine only
         model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
         backends = self._select_backends(model)
-        self.engine = build_engine(cfg, model, self.ds_config, self.max_steps)
+        self.engine = build_engine(cfg, model, self.ds_config, self.max_steps, self.hold)
         self.record = run_record(cfg, self.max_steps, self.manifest, manifest_sha256(cfg.data.path), self.world)
         self.record["batch"] = batch_record(self.ds_config, self.world)  # read back by a relaunch on another W
         self.record["pair_shares"] = self.sampler.pair_shares()  # target share of each language pair
@@ -247,6 +266,7 @@ class Trainer:
             self.ckpt.set_aside(also=RUN_FILES)
         tag = self.ckpt.find_resume() if self.cfg.run.resume else None
         if tag is not None:
+            self._adopt_schedule(read_record(self.ckpt.root / tag))
             check_relaunch_on_rank0(self.ckpt.root / tag, self.record, self.cfg.run.allow_config_change, self.rank)
             self._load(tag)
         if self.rank == 0:
@@ -267,7 +287,65 @@ class Trainer:
         self._pairs_logged = self.sampler.pair_counts()  # metrics count pairs from the resumed step on
         self.collator.load_state_dict(state["collator"])
         set_rng_state(state["rng"])
-        apply_optim_config(self.engine, self.cfg, self.max_steps, self.step - self.skipped_total)
+        if self.fit is not None:  # not fitted yet: time this launch's first steps, hold the lr until then
+            self.fit = ScheduleFit(self.cfg.run.fit_after, self.step)
+            self.hold = self.step - self.skipped_total + self.cfg.run.fit_after
+        apply_optim_config(self.engine, self.cfg, self.max_steps, self.step - self.skipped_total, self.hold)
+
+    def _adopt_schedule(self, old: dict | None) -> None:
+        """A checkpoint whose run fitted its schedule: keep its hold (the lr history), and with --fit-to-minutes its
+        length too (no second fit). Without the flag the length is --max-steps', which the relaunch rules judge."""
+        schedule = (old or {}).get("schedule")
+        if not schedule:
+            return
+        self.hold = schedule["hold"]
+        if self.cfg.run.fit_to_minutes:
+            self._set_length(schedule["max_steps"])
+            self.fit = None
+        self.record["schedule"] = self.record["resolved"]["schedule"] = schedule
+
+    def _set_length(self, max_steps: int) -> None:
+        self.max_steps = self.record["max_steps"] = self.record["config"]["run"]["max_steps"] = max_steps
+
+    def _fit_schedule(self, record: dict) -> None:
+        """--fit-to-minutes, once its steps are timed: rank 0 sizes the schedule, every rank adopts it."""
+        if self.fit is None or not self.fit.observe(self.step, record["tokens"]):
+            return
+        schedule = None
+        if self.rank == 0:
+            schedule = self.fit.decide(
+                step=self.step,
+                applied=self.step - self.skipped_total,
+                upper=self.max_steps,
+                budget_s=self.cfg.run.max_minutes * 60,
+                spent_s=time.time() - self.t_start,
+                world=self.world,
+                xsim_every=self.cfg.run.xsim_every,
+                xsim_tokens=self.xsim.evaluator.tokens if self.xsim is not None else 0,
+            )
+        schedule = distributed.broadcast_object(schedule)
+        self.fit, self.hold = None, schedule["hold"]
+        self._set_length(schedule["max_steps"])
+        self.record["schedule"] = self.record["resolved"]["schedule"] = schedule
+        apply_optim_config(self.engine, self.cfg, self.max_steps, self.step - self.skipped_total, self.hold)
+        self.metrics.write({"split": "schedule", "step": self.step, "time": time.time(), **schedule})
+        if self.rank == 0:
+            write_run_files(self.record, self.ds_config, self.out)  # config.json states the fitted length
+            log.info(
+                "--fit-to-minutes: %.3f s/step over the %d steps before step %d, %.0f s of %.0f left (reserve %.0f "
+                "s, %d xsim evaluations at ~%.1f s): schedule %d steps (upper bound %d), warmup + cosine from step %d",
+                schedule["s_per_step"],
+                schedule["timed_steps"],
+                self.step,
+                schedule["budget_s"] - schedule["spent_s"],
+                schedule["budget_s"],
+                schedule["reserve_s"],
+                schedule["xsim_evaluations"],
+                schedule["xsim_s_estimate"],
+                self.max_steps,
+                schedule["upper_bound"],
+                schedule["hold"],
+            )
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> int:
@@ -287,7 +365,9 @@ class Trainer:
             return self.step
         stop = None
         while self.step < self.max_steps and stop is None:
-            self._after_step(self.train_step())
+            record = self.train_step()
+            self._after_step(record)
+            self._fit_schedule(record)
             stop = self._should_stop(self.cfg.run.max_minutes * 60)
         every = self.cfg.run.valid_every
         if stop != "signal" and (every == 0 or (every > 0 and self.step % every)):

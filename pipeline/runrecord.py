@@ -65,6 +65,8 @@ FREE = {
     "model.ce_chunk_bytes",
     "model.head_init",  # only used to initialise
     *(f"run.{n}" for n in ("output_dir", "ds_config", "max_minutes", "save_every", "keep_checkpoints", "resume")),
+    "run.fit_to_minutes",  # the fitted length is the record's max_steps, compared as such
+    "run.fit_after",
     *(f"run.{n}" for n in ("allow_config_change", "trust_checkpoint", "log_every", "valid_every", "max_bad_steps")),
     *(f"run.{n}" for n in ("xsim_every", "xsim_data", "xsim_split", "xsim_langs", "xsim_target", "dist_timeout")),
     *(f"run.{n}" for n in ("wandb", "wandb_project", "run_name")),

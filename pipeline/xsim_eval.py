@@ -94,6 +94,7 @@ class XsimEvaluator:
         sizes = {name: sum(map(len, lines)) for name, lines in texts.items()}
         self.share = edist.plan(sizes, world)[rank]  # this rank's sentence sets, the same plan on every rank
         self.ids = {name: tokenize(tokenizer, texts[name], max_length) for name in self.share}
+        self.tokens = sum(len(row) for rows in self.ids.values() for row in rows)  # encoded per evaluation
         self.rank = rank
 
     @classmethod

@@ -88,6 +88,14 @@ class RunConfig:
     max_steps: int = opt(0, "optimizer steps; 0 = --epochs over the train split")
     epochs: float = opt(3.0, "epochs when --max-steps is 0 (the reference: 3)")
     max_minutes: float = opt(0.0, "wall-clock budget in minutes (0 = none): stop, checkpoint and exit when spent")
+    fit_to_minutes: bool = opt(
+        False,
+        "size the schedule to --max-minutes: after --fit-after steps at the warmup's first lr, --max-steps (then an "
+        "upper bound) becomes the steps the measured speed fits in what is left of the budget, evaluations and the "
+        "final checkpoint included; the fitted length is kept in run_record.json / config.json and a relaunch "
+        "continues it",
+    )
+    fit_after: int = opt(20, "steps timed before --fit-to-minutes sizes the schedule (the first 3 are not timed)")
     save_every: int = opt(2000, "checkpoint every N optimizer steps (and always at the end); 0 = only at the end")
     keep_checkpoints: int = opt(3, "keep the newest K complete checkpoints (the `best` one is never pruned)")
     resume: bool = opt(True, "resume from the latest complete checkpoint in --output-dir (--no-resume: start over)")
@@ -222,6 +230,8 @@ def _validate_run(r: RunConfig) -> None:
     _check(r.max_steps >= 0, "max-steps", f"must be >= 0, got {r.max_steps}")
     _check(r.max_steps > 0 or r.epochs > 0, "epochs", f"must be > 0 when --max-steps is 0, got {r.epochs}")
     _check(r.max_minutes >= 0, "max-minutes", f"must be >= 0, got {r.max_minutes}")
+    _check(not r.fit_to_minutes or r.max_minutes > 0, "fit-to-minutes", "needs --max-minutes > 0 (the budget to fit)")
+    _check(r.fit_after >= 5, "fit-after", f"must be >= 5 (3 untimed steps + at least 2 timed), got {r.fit_after}")
     _check(r.save_every >= 0, "save-every", f"must be >= 0, got {r.save_every}")
     _check(r.keep_checkpoints >= 1, "keep-checkpoints", f"must be >= 1, got {r.keep_checkpoints}")
     _check(0 <= r.seed < 2**32, "seed", f"must lie in [0, 2**32), got {r.seed}")

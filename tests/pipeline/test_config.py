@@ -109,6 +109,8 @@ def test_config_file_then_flags_override(tmp_path, suffix):
         (BASE + ["--head-layers", "0"], "--head-layers"),
         (BASE + ["--koleo-weight", "-1"], "--koleo-weight"),
         (BASE + ["--max-length", "600"], "--max-length"),
+        (BASE + ["--fit-to-minutes"], "--fit-to-minutes"),  # no --max-minutes to fit
+        (BASE + ["--fit-to-minutes", "--max-minutes", "5", "--fit-after", "4"], "--fit-after"),
     ],
 )
 def test_bad_values_name_the_flag(argv, flag):

@@ -1,0 +1,93 @@
+"""`--fit-to-minutes`: size the lr schedule to the wall-clock budget from the speed this machine shows.
+
+A step cap with a wall-clock cap makes the result depend on the machine: a slow machine stops mid-cosine, at a high
+lr. With --fit-to-minutes the first --fit-after steps run at the warmup's first lr (WarmupCosine's `hold`) while
+rank 0 times them (the first UNTIMED are start-up: allocation, first gloo buffers, DeepSpeed's first step); then
+
+    max_steps = the largest T <= --max-steps with (T - step) x seconds/step + evaluations(T) x seconds/evaluation
+                <= what is left of --max-minutes - a reserve for the final checkpoint,
+
+broadcast to every rank, and the warmup + cosine runs over the T - hold steps that remain. Evaluations are the
+--xsim-every ones in (step, T] plus the final one; their cost is estimated from the tokens they encode against the
+tokens a step trains (a forward is about a third of a training step per token: XSIM_COST is set above that, for
+scoring and the `best` checkpoint save). The estimate is written with the fit, and the first evaluation's real
+seconds can be read beside it in metrics.jsonl. An overshoot is cheap: --max-minutes still stops the run, and the
+last percent of a cosine runs at lr near its minimum.
+
+The fit (length, hold, measured seconds per step, estimates) is the run record's "schedule" entry: config.json
+shows it, a relaunch with --fit-to-minutes continues the fitted length instead of fitting again, and the lr stays
+a pure function of the record and the applied steps (`pipeline.engine.apply_optim_config`).
+"""
+
+from __future__ import annotations
+
+import time
+
+UNTIMED = 3  # steps of this launch not timed (start-up effects)
+XSIM_COST = 0.5  # seconds of an evaluation per (token encoded x seconds per trained token), see the docstring
+RESERVE_FRACTION, RESERVE_STEPS = 0.02, 3  # kept for the final checkpoint: max(2% of the budget, 3 steps)
+
+
+def evaluations(step: int, total: int, every: int) -> int:
+    """In-run evaluations after `step` up to `total`: every `every` steps, plus the final one off the cadence."""
+    if every <= 0:
+        return 0
+    return -(-total // every) - step // every  # ceil(total / every) - floor(step / every)
+
+
+def fitted_steps(step: int, upper: int, left_s: float, s_per_step: float, every: int = 0, eval_s: float = 0.0) -> int:
+    """The largest T in [step + 1, upper] whose remaining steps and evaluations fit in left_s (at least step + 1)."""
+
+    def cost(t: int) -> float:
+        return (t - step) * s_per_step + evaluations(step, t, every) * eval_s
+
+    lo, hi = step + 1, max(step + 1, upper)
+    if cost(hi) <= left_s:
+        return hi
+    while lo < hi:  # cost is non-decreasing in t
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= left_s else (lo, mid - 1)
+    return lo
+
+
+class ScheduleFit:
+    """Times this launch's steps from UNTIMED on; `due` once --fit-after steps ran; `decide` -> the schedule entry."""
+
+    def __init__(self, fit_after: int, launch_step: int):
+        self.launch_step, self.due_step = launch_step, launch_step + fit_after
+        self.t0: float | None = None
+        self.tokens = 0  # global tokens of the timed steps: 0-d device tensors summed, read once in decide
+
+    def observe(self, step: int, tokens) -> bool:
+        """After each optimizer step (its record's global token count) -> True when the fit is due."""
+        if step == self.launch_step + UNTIMED:
+            self.t0 = time.time()
+        elif self.t0 is not None:
+            self.tokens = self.tokens + tokens
+        return step >= self.due_step
+
+    def decide(self, *, step: int, applied: int, upper: int, budget_s: float, spent_s: float, world: int,
+               xsim_every: int = 0, xsim_tokens: int = 0) -> dict:  # fmt: skip
+        """The fitted schedule (rank 0): length, hold, and what it was computed from.
+
+        xsim_tokens: tokens this rank encodes per evaluation (its share; the ranks' shares are balanced)."""
+        timed = step - (self.launch_step + UNTIMED)
+        s_per_step = (time.time() - self.t0) / timed
+        rank_tokens_per_step = float(self.tokens) / timed / world
+        eval_s = XSIM_COST * xsim_tokens / max(rank_tokens_per_step, 1.0) * s_per_step if xsim_every > 0 else 0.0
+        reserve = max(RESERVE_FRACTION * budget_s, RESERVE_STEPS * s_per_step)
+        left = budget_s - spent_s - reserve
+        total = fitted_steps(step, upper, left, s_per_step, xsim_every, eval_s)
+        return {
+            "max_steps": total,
+            "hold": applied,
+            "fitted_at_step": step,
+            "upper_bound": upper,
+            "s_per_step": round(s_per_step, 4),
+            "timed_steps": timed,
+            "budget_s": budget_s,
+            "spent_s": round(spent_s, 1),
+            "reserve_s": round(reserve, 1),
+            "xsim_s_estimate": round(eval_s, 2),
+            "xsim_evaluations": evaluations(step, total, xsim_every),
+        }

@@ -1,0 +1,70 @@
+"""--fit-to-minutes (pipeline/schedule_fit.py): the fitted length, the held lr, the relaunch that keeps the fit.
+
+Unit: `fitted_steps` is the largest length whose steps and evaluations fit (checked against brute force),
+`WarmupCosine(hold=h)` stays at the warmup's first factor for h steps and is the plain schedule shifted by h after.
+End to end (1-process CPU run): a 9-second budget with an upper bound of 100,000 steps fits a schedule far below the
+bound, written to config.json and metrics.jsonl; the lr holds at lr x 0.1 until the fit and then warms up; a
+relaunch with the same flags finishes the fitted length instead of fitting again or running to the bound.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.engine import WarmupCosine
+from pipeline.metrics import read_metrics
+from pipeline.schedule_fit import evaluations, fitted_steps
+from tests.pipeline.conftest import run_train, train_cmd
+
+
+@pytest.mark.parametrize("every", [0, 7, 20])
+@pytest.mark.parametrize(("step", "upper", "left"), [(10, 500, 100.0), (10, 60, 100.0), (3, 500, 0.5), (0, 40, 37.0)])
+def test_fitted_steps_is_the_largest_length_that_fits(every, step, upper, left):
+    s_per_step, eval_s = 0.9, 4.0
+
+    def cost(t):
+        n = sum(1 for u in range(step + 1, t + 1) if u % every == 0) + (1 if t % every else 0) if every else 0
+        assert n == evaluations(step, t, every)
+        return (t - step) * s_per_step + n * eval_s
+
+    fits = [t for t in range(step + 1, upper + 1) if cost(t) <= left]
+    expected = max(fits) if fits else step + 1  # never below one more step
+    assert fitted_steps(step, upper, left, s_per_step, every, eval_s) == expected
+
+
+def test_hold_keeps_the_start_factor_then_shifts_the_schedule():
+    plain, held = WarmupCosine(100, 0.1, 0.1, 0.0), WarmupCosine(120, 0.1, 0.1, 0.0, hold=20)
+    assert [held(s) for s in range(21)] == [0.1] * 21  # continuous at the fit: step `hold` is the warmup's start
+    assert all(held(s + 20) == pytest.approx(plain(s)) for s in range(101))
+    assert WarmupCosine(100, 0.1, 0.1, 0.0, hold=0)(37) == plain(37)
+
+
+def _lrs(run):
+    return {r["step"]: r["lr"] for r in read_metrics(run)}
+
+
+def test_fit_to_minutes_sizes_holds_and_survives_a_relaunch(prepared, tmp_path):
+    run, lr = tmp_path / "fit", 1e-4
+    flags = ["--max-steps", "100000", "--fit-to-minutes", "--fit-after", "6", "--save-every", "0"]
+    run_train(train_cmd(prepared, run, *flags, "--max-minutes", "0.15", "--valid-every", "-1", "--lr", str(lr)))
+    schedule = json.loads((run / "config.json").read_text())["resolved"]["schedule"]
+    total = schedule["max_steps"]
+    assert (schedule["hold"], schedule["fitted_at_step"], schedule["upper_bound"]) == (6, 6, 100000)
+    assert 7 <= total < 100000 and schedule["s_per_step"] > 0
+    assert json.loads((run / "config.json").read_text())["run"]["max_steps"] == total
+    assert read_metrics(run, "schedule")[0]["max_steps"] == total
+    lrs = _lrs(run)
+    assert all(lrs[s] == pytest.approx(0.1 * lr) for s in range(1, 8))  # held (steps 1-6), then warmup's start
+    reached = max(lrs)
+    assert reached <= total
+    expected = WarmupCosine(total, 0.3, 0.1, 0.0, hold=6)
+    assert all(lrs[s] == pytest.approx(lr * expected(s - 1), rel=1e-6) for s in lrs)  # step s ran at factor(s - 1)
+
+    # The same flags with a larger budget: the fitted length stands (no second fit, no run to the upper bound).
+    run_train(train_cmd(prepared, run, *flags, "--max-minutes", "5", "--valid-every", "-1", "--lr", str(lr)))
+    lrs = _lrs(run)
+    assert max(lrs) == total
+    assert json.loads((run / "config.json").read_text())["resolved"]["schedule"]["max_steps"] == total
+    assert len(read_metrics(run, "schedule")) == 1
