@@ -1,6 +1,6 @@
 """`make demo`: the offline default end to end on a CPU machine, and a report.
 
-    python scripts/demo.py [--steps N] [--minutes M] [--force]
+    python scripts/demo.py [--total-minutes T] [--minutes M] [--steps N] [--force]
 
 Stages (each prints its command and its progress; outputs under runs/demo/):
   1. prep       python -m data_prep.offline --out data       (skipped by data_prep when nothing changed)
@@ -12,12 +12,19 @@ Stages (each prints its command and its progress; outputs under runs/demo/):
   5. reference  the same with the reference recipe (DESIGN.md, scaled down)      -> reference-train/, ... reference/
   6. report     runs/demo/report.md + losses.png + errors.png + xsim.png (scripts/report.py)
 
-Both trainings have the same pairs per step, step cap, wall-clock cap and seed. They score xsim on data/testset's
-dev split during training (the learning curves of the report); the devtest split, which the final table reports,
-stays held out. A stage whose inputs (command, data
-manifest, upstream stage) are unchanged since it last succeeded is skipped, so a rerun after an interruption picks
-up where it stopped (training resumes from its last checkpoint); --force redoes everything. docs/demo.md has the
-evidence for the demo recipe.
+Budget: the script aims to finish within --total-minutes (17; `make demo` adds the venv set-up, 1-3 min from a
+fresh clone). Before the first training it gives each training the same wall-clock budget: what is left of the
+target after the stages so far, the two exports and the two evaluations (estimated by the untrained model's
+evaluation, same model and sentences) and each training's start-up; --minutes sets it instead. The budget is kept
+in runs/demo/budget.json so a rerun after an interruption trains with the same command. Each training sizes its
+lr schedule to its budget from its own measured speed (train.py --fit-to-minutes), so a slow and a fast machine
+both finish a whole warmup + cosine; --steps is only the upper bound of that schedule.
+
+Both trainings have the same pairs per step, wall-clock budget, schedule rule and seed. They score xsim on
+data/testset's dev split during training (the learning curves of the report); the devtest split, which the final
+table reports, stays held out. A stage whose inputs (command, data manifest, upstream stage) are unchanged since
+it last succeeded is skipped, so a rerun after an interruption picks up where it stopped (training resumes from its
+last checkpoint); --force redoes everything. docs/demo.md has the evidence for the demo recipe.
 """
 
 from __future__ import annotations
@@ -71,7 +78,12 @@ REFERENCE_RUN = {**REFERENCE, **DEMO_MODEL, "koleo-global": False, "hidden-dropo
 # xsim during training: every XSIM_EVERY steps on the dev split (129 sentences x 30 languages + English on the
 # default catalogues; a few seconds per evaluation on 2 CPU ranks, inside the wall-clock cap).
 XSIM_EVERY, XSIM_SPLIT = 100, "dev"
-STEPS, MINUTES, PAIRS = 600, 9.0, 32  # 5.5-5.8 min per training on an idle 2-core machine; the cap bounds a slow one
+STEPS, PAIRS, FIT_AFTER = 5000, 32, 10  # STEPS: upper bound of the fitted schedule (train.py --fit-to-minutes)
+TOTAL_MINUTES = 17.0  # this script's target; `make demo` adds the venv set-up (1-3 minutes from a fresh clone)
+# Per training, outside its --max-minutes: the launcher, two processes importing torch/DeepSpeed, the data index and
+# the final checkpoint (32 s on the slower 2-core machine: 84 s for a 40-step run whose steps took 52 s) + export.
+START_S, EXPORT_S, EVAL_S, REPORT_S = 40.0, 15.0, 120.0, 15.0  # EVAL_S: when the untrained eval was not timed here
+MIN_MINUTES = 2.0  # below this a training has no schedule to fit: the demo then runs over its target and says so
 MODEL_SHAPE_FLAGS = ("num-layers", "hidden-size", "num-heads", "ffn-size", "max-positions")
 STAGES = ("prep", "untrained", "char3gram", "trained", "reference", "report")
 
@@ -83,6 +95,8 @@ class Demo:
         self.args, self.out = args, Path(args.out)
         self.logs = self.out / "logs"
         self.stages: dict[str, float] = {}
+        self.start = time.perf_counter()
+        self.seconds_file = self.out / "stage_seconds.json"  # seconds of each stage when it last ran (budget input)
         self.manifest = Path(args.data) / "prepared" / "manifest.json"
         self.prepared, self.flores = str(Path(args.data) / "prepared"), str(Path(args.data) / "testset")
 
@@ -100,7 +114,33 @@ class Demo:
         produce()
         write_stamp(stamp, key)
         self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
+        write_stamp(self.seconds_file, {**(read_stamp(self.seconds_file) or {}), name: round(self.stages[name], 1)})
         return True
+
+    def minutes(self) -> float:
+        """Each training's wall-clock budget: --minutes, else the one budget.json holds for this --total-minutes,
+        else what the target leaves after the stages so far and the remaining exports, evaluations and start-ups."""
+        a, path = self.args, self.out / "budget.json"
+        if a.minutes:
+            return a.minutes
+        kept = read_stamp(path)
+        if kept and kept.get("total_minutes") == a.total_minutes and not a.force:
+            return kept["minutes"]
+        n = 1 if a.skip_reference else 2
+        eval_s = (read_stamp(self.seconds_file) or {}).get("eval untrained", EVAL_S)
+        spent = time.perf_counter() - self.start
+        left = a.total_minutes * 60 - spent - n * (START_S + EXPORT_S + eval_s) - REPORT_S
+        minutes = round(max(MIN_MINUTES, left / n / 60), 2)
+        note = "" if left / n / 60 >= MIN_MINUTES else f" (the floor: the demo will run past {a.total_minutes} min)"
+        print(
+            f"\n==> [budget] {spent / 60:.1f} of {a.total_minutes} min spent; each of {n} trainings gets {minutes} min"
+            f"{note} (each also costs ~{START_S:.0f} s start-up, {EXPORT_S:.0f} s export and an evaluation of "
+            f"~{eval_s:.0f} s, the untrained model's); --minutes overrides",
+            flush=True,
+        )
+        write_stamp(path, {"total_minutes": a.total_minutes, "minutes": minutes, "spent_s": round(spent, 1),
+                           "eval_s": eval_s})  # fmt: skip
+        return minutes
 
     def prep(self) -> None:
         self.stages["prep"] = run_stage(
@@ -132,12 +172,13 @@ class Demo:
         """Train (fresh when the command changed, else resume/skip), export, evaluate."""
         a, run = self.args, self.out / run_name
         xsim = ["--xsim-every", str(XSIM_EVERY), "--xsim-data", self.flores, "--xsim-split", XSIM_SPLIT]
+        xsim += ["--fit-to-minutes", "--fit-after", str(FIT_AFTER)]
         cmd = train_cmd(
             self.prepared,
             run,
             recipe,
             steps=a.steps,
-            minutes=a.minutes,
+            minutes=self.minutes(),
             seed=a.seed,
             pairs_per_step=a.pairs,
             extra=xsim,
@@ -174,8 +215,8 @@ class Demo:
         return {
             **recipe,
             "pairs per step": f"{a.pairs} (2 ranks x {a.pairs // 2})",
-            "step cap": a.steps,
-            "wall-clock cap (min)": a.minutes,
+            "wall-clock budget (min)": self.minutes(),
+            "schedule": f"fitted to the budget from the measured speed after {FIT_AFTER} steps (upper bound {a.steps})",
             "seed": a.seed,
             "xsim during training": f"every {XSIM_EVERY} steps, {XSIM_SPLIT} split",
             "model": f"tiny (4 x 256, head {recipe['head-layers']} x 256, FFN {recipe['head-ffn']})",
@@ -186,8 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data", help="data_prep.offline --out (prepared/ and testset/ under it)")
     p.add_argument("--out", default="runs/demo", help="output directory of the demo")
-    p.add_argument("--steps", type=int, default=STEPS, help="step cap of each training (the schedule's length)")
-    p.add_argument("--minutes", type=float, default=MINUTES, help="wall-clock cap of each training")
+    p.add_argument("--total-minutes", type=float, default=TOTAL_MINUTES, help="this script's wall-clock target")
+    p.add_argument("--minutes", type=float, default=None, help="each training's budget (default: from the target)")
+    p.add_argument("--steps", type=int, default=STEPS, help="upper bound of each training's fitted schedule")
     p.add_argument("--pairs", type=int, default=PAIRS, help="pairs per optimizer step (2 ranks together)")
     p.add_argument("--seed", type=int, default=0, help="seed of init, sampler and masking (both trainings)")
     p.add_argument("--skip-reference", action="store_true", help="no reference-recipe training")
@@ -203,11 +245,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown or not args.stages:
         p.error(f"--stages: unknown {unknown}; choose from {','.join(STAGES)}")
-    for flag, value in (("--steps", args.steps), ("--minutes", args.minutes), ("--pairs", args.pairs)):
+    for flag, value in (("--steps", args.steps), ("--total-minutes", args.total_minutes), ("--pairs", args.pairs)):
         if value <= 0:
             p.error(f"{flag} must be > 0, got {value}")
     if args.pairs % 2:
         p.error(f"--pairs must be even (split over 2 ranks), got {args.pairs}")
+    if args.minutes is not None and args.minutes <= 0:
+        p.error(f"--minutes must be > 0, got {args.minutes}")
     return args
 
 

@@ -212,12 +212,25 @@ def plot_xsim(curves: dict[str, list[tuple[int, float]]], levels: dict[str, floa
     return Path(path)
 
 
-def steps_line(summaries: dict[str, dict], settings: dict[str, dict] | None) -> str:
-    """How many steps each run got, against its step cap (a run below its cap hit the wall-clock cap)."""
+def fitted_schedule(run_dir: Path) -> dict | None:
+    """The `--fit-to-minutes` entry of a run's config.json (pipeline/schedule_fit.py), None for a fixed length."""
+    config = read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").is_file() else {}
+    return config.get("resolved", {}).get("schedule")
+
+
+def steps_line(summaries: dict[str, dict], settings: dict[str, dict] | None, schedules: dict | None = None) -> str:
+    """How many steps each run got, against its schedule's length: the step cap, or the length --fit-to-minutes
+    chose from the measured speed (a run below it hit the wall-clock cap)."""
     parts = []
     for label, s in summaries.items():
-        cap = (settings or {}).get(label, {}).get("step cap")
+        fit = (schedules or {}).get(label)
+        cap = fit["max_steps"] if fit else (settings or {}).get(label, {}).get("step cap")
         why = "" if cap is None or s["steps"] >= cap else ", stopped by the wall-clock cap"
+        if fit:
+            why += (
+                f" (schedule fitted to {fit['budget_s'] / 60:.1f} min at {fit['s_per_step']:.2f} s/step, measured "
+                f"over steps {fit['fitted_at_step'] - fit['timed_steps'] + 1}-{fit['fitted_at_step']})"
+            )
         parts.append(f"{label} {s['steps']}" + (f" of {cap}" if cap is not None else "") + why)
     return "Steps each run got: " + "; ".join(parts) + "."
 
@@ -294,7 +307,7 @@ def write_demo_report(
         _training_table(summaries),
         "",
         "Final losses: mean of the last 10 steps. tokens/s: all four views' tokens over the run's wall time.",
-        steps_line(summaries, settings),
+        steps_line(summaries, settings, {label: fitted_schedule(d) for label, d in runs.items()}),
         "",
     ]
     if settings:

@@ -3,6 +3,8 @@ flags reach train.py, the sweep's --set parsing, and bad command lines are refus
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import XLMRobertaModel
@@ -96,6 +98,11 @@ def test_demo_trainings_score_xsim_on_the_dev_split(tmp_path, monkeypatch):
     assert cfg.run.xsim_data == str(tmp_path / "data" / "testset")
     evals = {c[c.index("--out") + 1]: c[c.index("--split") + 1] for c in cmds if c[1:3] == ["-m", "eval"]}
     out = tmp_path / "out"
+    # The budget: what --total-minutes leaves (nothing ran for real here) after two start-ups, exports and evaluations
+    budget = json.loads((out / "budget.json").read_text())
+    assert cfg.run.fit_to_minutes and cfg.run.max_minutes == budget["minutes"] and cfg.run.max_steps == demo.STEPS
+    overhead = 2 * (demo.START_S + demo.EXPORT_S + budget["eval_s"]) + demo.REPORT_S
+    assert budget["minutes"] == pytest.approx((demo.TOTAL_MINUTES * 60 - overhead) / 2 / 60, abs=0.02)
     assert evals == {
         str(out / "untrained"): "devtest",
         str(out / "untrained-dev"): "dev",
@@ -103,3 +110,20 @@ def test_demo_trainings_score_xsim_on_the_dev_split(tmp_path, monkeypatch):
         str(out / "char3gram-dev"): "dev",
         str(out / "trained"): "devtest",
     }
+
+
+def test_demo_budget_is_kept_for_a_rerun_and_has_a_floor(tmp_path, monkeypatch, capsys):
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "manifest.json").write_text("{}")
+    cmds = []
+    monkeypatch.setattr(demo, "run_stage", lambda name, cmd, log, **kw: cmds.append(cmd) or 0.0)
+    out = tmp_path / "out"
+    argv = ["--data", str(tmp_path / "data"), "--out", str(out), "--stages", "trained", "--total-minutes", "1"]
+    assert demo.main(argv) == 0
+    assert "the floor: the demo will run past 1.0 min" in capsys.readouterr().out
+    assert json.loads((out / "budget.json").read_text())["minutes"] == demo.MIN_MINUTES
+    (out / "budget.json").write_text(json.dumps({"total_minutes": 1.0, "minutes": 3.5}))  # as an earlier run left it
+    assert demo.main([*argv, "--stages", "trained,reference"]) == 0
+    minutes = [c[c.index("--max-minutes") + 1] for c in cmds if "pipeline/train.py" in c]
+    assert minutes == ["2.0", "3.5", "3.5"]  # a rerun keeps the kept budget (same command: training resumes)
+    assert demo.main([*argv, "--minutes", "4"]) == 0 and cmds[-3][cmds[-3].index("--max-minutes") + 1] == "4.0"

@@ -112,6 +112,12 @@ def test_demo_report_has_tables_and_pictures(demo_dir, tmp_path):
                              {g: demo_dir / f"{g}-dev" for g in DEV})  # fmt: skip
     text = path.read_text()
     assert "Steps each run got: trained 30 of 30; reference 25 of 30, stopped by the wall-clock cap." in text
+    schedule = {"max_steps": 30, "budget_s": 120.0, "s_per_step": 1.234, "fitted_at_step": 10, "timed_steps": 7}
+    (demo_dir / "train" / "config.json").write_text(json.dumps({"resolved": {"schedule": schedule}}))
+    fitted = write_demo_report(demo_dir, fake_manifest(tmp_path / "manifest2.json"), {"trained": demo_dir / "train"},
+                             {g: demo_dir / g for g in ("untrained", "trained")}, settings).read_text()  # fmt: skip
+    assert "Steps each run got: trained 30 of 30 (schedule fitted to 2.0 min at 1.23 s/step, measured over steps " \
+        "4-10)." in fitted  # fmt: skip
     assert "| step | trained | reference |" in text and "| 10 | 95.00 | 99.00 |" in text
     assert "| 30 | 85.00 |  |" in text  # the reference stopped at 25: no evaluation at 30
     assert "Levels on the same split: untrained 92.00, char3gram 60.00." in text
