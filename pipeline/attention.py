@@ -66,12 +66,15 @@ def _takes_scale(fn) -> bool:
     return "scale" in inspect.signature(fn).parameters
 
 
-def varlen_attention(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None = None):
+def varlen_attention(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None = None, cu_seqlens_k=None,
+                     max_seqlen_k: int | None = None):  # fmt: skip
     """q, k, v: (T, H, D) fp16/bf16 CUDA, cu_seqlens int32 (n + 1,) -> (T, H, D) through varlen_attn.
 
-    Self-attention: the same cu_seqlens / max_seqlen for queries and keys. torch 2.13's signature is
-    varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, ...); a version without
-    `scale` gets q pre-scaled by scale * sqrt(D) (its default scale is 1 / sqrt(D)).
+    Self-attention: the same cu_seqlens / max_seqlen for queries and keys. With cu_seqlens_k / max_seqlen_k
+    (a query subset, `packed_attention`): q (T_q, H, D) is split by cu_seqlens, k and v (T_k, H, D) by
+    cu_seqlens_k; max_seqlen / max_seqlen_k are upper bounds of the per-sequence query / key counts.
+    torch 2.13's signature is varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None,
+    ...); a version without `scale` gets q pre-scaled by scale * sqrt(D) (its default scale is 1 / sqrt(D)).
     """
     if _varlen_attn is None:
         raise RuntimeError(
@@ -82,7 +85,9 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None =
         raise ValueError(f"attention backend 'varlen' (FlashAttention) takes fp16/bf16, got {q.dtype}: use sdpa")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v = (t.contiguous() for t in (q, k, v))  # no-op for HF's (T, H, D) views
-    args = (k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
+    if cu_seqlens_k is None:
+        cu_seqlens_k, max_seqlen_k = cu_seqlens, max_seqlen
+    args = (k, v, cu_seqlens, cu_seqlens_k, max_seqlen, max_seqlen_k)
     if _takes_scale(_varlen_attn):
         return _varlen_attn(q, *args, scale=scale)
     return _varlen_attn(q * (scale * math.sqrt(q.shape[-1])), *args)
@@ -135,20 +140,82 @@ class _Gather(torch.autograd.Function):
         return _Scatter.apply(grad, index, ctx.n_rows), None
 
 
-def padded_sdpa(q, k, v, cu_seqlens, scale, dropout_p=0.0, layout=None):
-    """q, k, v: (T, H, D) packed -> (T, H, D) via one SDPA call on a padded (n, H, L_max, D) batch."""
+def padded_sdpa(q, k, v, cu_seqlens, scale, dropout_p=0.0, layout=None, kv_layout=None):
+    """q, k, v: (T, H, D) packed -> (T, H, D) via one SDPA call on a padded (n, H, L_max, D) batch.
+
+    With kv_layout (a query subset, `packed_attention`): `layout` / cu_seqlens place the (T_q, H, D) queries on
+    their own (n, L_q) grid, kv_layout the (T_k, H, D) keys and values on an (n, L_k) grid with its key mask.
+    """
     flat, key_valid, max_len = layout if layout is not None else varlen_layout(cu_seqlens)
+    kv_flat, key_valid, kv_len = kv_layout if kv_layout is not None else (flat, key_valid, max_len)
     n, (_, heads, dim) = key_valid.shape[0], q.shape
 
-    def to_padded(x):  # (T, H, D) -> (n, H, L_max, D); padding rows are zero
-        grid = _Scatter.apply(x, flat, n * max_len)
-        return grid.view(n, max_len, heads, dim).transpose(1, 2)
+    def to_padded(x, index, length):  # (T, H, D) -> (n, H, length, D); padding rows are zero
+        grid = _Scatter.apply(x, index, n * length)
+        return grid.view(n, length, heads, dim).transpose(1, 2)
 
-    mask = key_valid[:, None, None, :]  # (n, 1, 1, L_max): True = attend
+    mask = key_valid[:, None, None, :]  # (n, 1, 1, L_k): True = attend
     out = F.scaled_dot_product_attention(
-        to_padded(q), to_padded(k), to_padded(v), attn_mask=mask, dropout_p=dropout_p, scale=scale
-    )  # (n, H, L_max, D)
+        to_padded(q, flat, max_len),
+        to_padded(k, kv_flat, kv_len),
+        to_padded(v, kv_flat, kv_len),
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        scale=scale,
+    )  # (n, H, L_q, D)
     return _Gather.apply(out.transpose(1, 2).reshape(n * max_len, heads, dim), flat)
+
+
+def subset_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, scale=None):
+    """Reference of a query-subset call: one dense fp32 softmax per sequence (reads the bounds back, as
+    `block_diag_attention_ref` does). q: (T_q, H, D) split by cu_seqlens_q, k, v: (T_k, H, D) by cu_seqlens_k."""
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    out = []
+    for qa, qb, ka, kb in zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist(), cu_seqlens_k[:-1].tolist(),
+                              cu_seqlens_k[1:].tolist()):  # fmt: skip
+        qs = q[qa:qb].transpose(0, 1).to(dtype)  # (H, L_q, D)
+        ks, vs = (t[ka:kb].transpose(0, 1).to(dtype) for t in (k, v))  # (H, L_k, D)
+        probs = torch.softmax(torch.matmul(qs, ks.transpose(-1, -2)) * scale, dim=-1)
+        out.append(torch.matmul(probs, vs).transpose(0, 1).to(q.dtype))  # (L_q, H, D)
+    return torch.cat(out, dim=0) if out else q.new_empty(q.shape)
+
+
+def packed_attention(q, k, v, cu_seqlens, max_seqlen, scale, backend, dropout=0.0, layout=None, cu_seqlens_k=None,
+                     max_seqlen_k=None, kv_layout=None):  # fmt: skip
+    """Block-diagonal attention on packed (T, H, D) q, k, v through one backend -> (T_q, H, D).
+
+    Self-attention when cu_seqlens_k is None: q, k, v share cu_seqlens. Query subset otherwise (the models' last
+    layers, which need outputs at a few rows only): sequence i's queries are q[cu_seqlens[i]:cu_seqlens[i+1]]
+    and its keys / values k, v[cu_seqlens_k[i]:cu_seqlens_k[i+1]]; max_seqlen / max_seqlen_k bound the counts
+    (python ints). The Triton kernel assumes self-attention (one cu_seqlens), so a query-subset call with
+    backend "kernel" runs varlen on CUDA in fp16/bf16 and padded SDPA elsewhere. layout / kv_layout:
+    `varlen_layout`s of the query and key grids for "sdpa" (built here when None).
+    """
+    backend = resolve_backend(backend, q.device, q.dtype)
+    if backend != "sdpa" and dropout > 0.0:
+        raise ValueError(f"attention backend {backend!r} has no attention dropout; set attention_dropout=0")
+    if cu_seqlens_k is None:
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        if backend == "kernel":
+            return kernels.block_diag_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=scale)
+        if backend == "varlen":
+            return varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale)
+        if backend == "ref":
+            return kernels.block_diag_attention_ref(q, k, v, cu_seqlens, max_seqlen, softmax_scale=scale)
+        return padded_sdpa(q, k, v, cu_seqlens, scale, dropout, layout)
+    if max_seqlen is None or max_seqlen_k is None:
+        raise ValueError("a query-subset attention call needs max_seqlen and max_seqlen_k (python ints)")
+    if backend == "kernel":  # self-attention only: see the docstring
+        backend = "varlen" if varlen_supported(q.device, q.dtype, q.shape[-1]) else "sdpa"
+    if backend == "varlen":
+        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale, cu_seqlens_k, max_seqlen_k)
+    if backend == "ref":
+        return subset_attention_ref(q, k, v, cu_seqlens, cu_seqlens_k, scale)
+    layout = layout if layout is not None else varlen_layout(cu_seqlens, max_seqlen, q.shape[0])
+    kv_layout = kv_layout if kv_layout is not None else varlen_layout(cu_seqlens_k, max_seqlen_k, k.shape[0])
+    return padded_sdpa(q, k, v, cu_seqlens, scale, dropout, layout, kv_layout)
 
 
 def block_diag_attention_forward(
@@ -163,19 +230,8 @@ def block_diag_attention_forward(
     if query.shape[0] != 1:
         raise ValueError(f"packed attention expects batch size 1, got query of shape {tuple(query.shape)}")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
-    backend = resolve_backend(kwargs.get("attention_backend", "auto"), q.device, q.dtype)
-    if backend != "sdpa" and dropout > 0.0:
-        raise ValueError(f"attention backend {backend!r} has no attention dropout; set attention_dropout=0")
-    if max_seqlen is None:
-        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    if backend == "kernel":
-        out = kernels.block_diag_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=scaling)
-    elif backend == "varlen":
-        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scaling)
-    elif backend == "ref":
-        out = kernels.block_diag_attention_ref(q, k, v, cu_seqlens, max_seqlen, softmax_scale=scaling)
-    else:
-        out = padded_sdpa(q, k, v, cu_seqlens, scaling, dropout, kwargs.get("varlen_layout"))
+    backend = kwargs.get("attention_backend", "auto")
+    out = packed_attention(q, k, v, cu_seqlens, max_seqlen, scaling, backend, dropout, kwargs.get("varlen_layout"))
     return out[None], None
 
 

@@ -16,7 +16,7 @@ Everything that decides a shape in the model's forward is computed here, on the 
 and has no data-dependent shape (DESIGN "The GPU path"; issue #10 part 2): `head_tokens` (the 2B masked views'
 length of the stream), `mlm_positions` (flat indices of the masked tokens in it, src first), their
 `mlm_labels` and `mlm_weights` (each side's mean, then the mean of both sides), and the counts `n_masked`,
-`n_masked_src`, `n_masked_trg`, `max_seqlen`.
+`n_masked_src`, `n_masked_trg`, `max_seqlen`, `max_masked` (most masked tokens in one sequence).
 """
 
 from __future__ import annotations
@@ -169,6 +169,7 @@ def mlm_targets(labels: torch.Tensor, cu_seqlens: torch.Tensor, n_pairs: int) ->
     n_src = int((positions < (int(cu_seqlens[n_pairs]) if n_pairs else 0)).sum())
     n_trg = positions.numel() - n_src
     is_src = torch.arange(positions.numel()) < n_src
+    per_seq = torch.searchsorted(positions, cu_seqlens[: 2 * n_pairs + 1].long()).diff()  # (2B,) masked per view
     return {
         "head_tokens": head_tokens,
         "mlm_positions": positions,  # (N,) int64
@@ -177,4 +178,5 @@ def mlm_targets(labels: torch.Tensor, cu_seqlens: torch.Tensor, n_pairs: int) ->
         "n_masked": int(positions.numel()),
         "n_masked_src": n_src,
         "n_masked_trg": n_trg,
+        "max_masked": int(per_seq.max()) if per_seq.numel() else 0,  # the head's last layer's queries per sequence
     }

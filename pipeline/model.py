@@ -29,6 +29,7 @@ from pipeline import losses
 from pipeline.attention import (
     ATTN_IMPLEMENTATION,
     BACKENDS,
+    packed_attention,
     resolve_backend,
     select_backend,
     select_koleo,
@@ -213,6 +214,10 @@ class MexmaModel(nn.Module):
         bound = 1.0 / math.sqrt(hidden)
         self.vocab_bias = nn.Parameter(torch.empty(vocab_size).uniform_(-bound, bound))
         self._selected: dict = {}  # select_backends' choices: encoder / head backend names, koleo_kernel
+        # Exact savings (docs/model.md "Last layers at the rows that are read"): the encoder's last layer runs the
+        # clean views at their CLS row only, the head's last layer at the masked positions only. False runs
+        # every layer over every row as before (the tests' and benchmarks' reference); results agree to rounding.
+        self.skip_unread_rows = True
 
     @property
     def vocab_weight(self) -> torch.Tensor:
@@ -261,14 +266,59 @@ class MexmaModel(nn.Module):
             kwargs["varlen_layout"] = varlen_layout(cu_seqlens, max_seqlen, n_tokens)
         return kwargs
 
-    def encode_packed(self, input_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
-        """(T,) packed ids -> (T, H) last hidden states, one encoder call with block-diagonal attention."""
+    def encode_packed(self, input_ids, position_ids, cu_seqlens, max_seqlen, cls_only: bool = False) -> torch.Tensor:
+        """(T,) packed ids -> (T, H) last hidden states, one encoder call with block-diagonal attention.
+
+        cls_only=True -> (n_seq, H): the CLS (first) row of each sequence, whose last encoder layer then runs
+        only at those rows (keys and values still from every token): the same values as the full call's rows.
+        """
+        if cls_only:
+            return self._encode(input_ids, position_ids, cu_seqlens, max_seqlen, 0, 0)
         out = self.encoder(
             input_ids=input_ids[None],
             position_ids=position_ids[None],
             **self._attn_kwargs(cu_seqlens, max_seqlen, input_ids.numel(), "encoder"),
         )
         return out.last_hidden_state[0]
+
+    def _encode(self, input_ids, position_ids, cu_seqlens, max_seqlen, n_full: int, full_tokens: int):
+        """Encoder output at the rows that are read -> (full_tokens + n_seq - n_full, H).
+
+        Every row of the first n_full sequences (the first full_tokens tokens of the stream), then the CLS row of
+        each later sequence. All layers but the last are the stock ones over every token; the last runs its
+        queries, output projection and FFN only at those rows, its keys and values at every token
+        (`_layer_at_rows`), so each returned row equals the full encoder's (up to float rounding).
+        """
+        n_tokens, n_seq = input_ids.numel(), cu_seqlens.numel() - 1
+        if not self.skip_unread_rows:
+            hidden = self.encode_packed(input_ids, position_ids, cu_seqlens, max_seqlen)
+            return torch.cat([hidden[:full_tokens], hidden[cu_seqlens[n_full:-1].long()]])
+        attn = self._attn_kwargs(cu_seqlens, max_seqlen, n_tokens, "encoder")
+        x = self.encoder.embeddings(input_ids=input_ids[None], position_ids=position_ids[None])  # (1, T, H)
+        *layers, last = self.encoder.encoder.layer
+        for layer in layers:  # as XLMRobertaEncoder.forward calls them (positional args for checkpointing)
+            x = layer(x, None, None, **attn)
+        x = x[0]  # (T, H)
+        backend, n_cls = attn["attention_backend"], n_seq - n_full
+        own = self._attn_kwargs(cu_seqlens[: n_full + 1], max_seqlen, full_tokens, "encoder") if n_full else None
+        cu_q = torch.arange(n_cls + 1, dtype=cu_seqlens.dtype, device=cu_seqlens.device)  # one query per sequence
+        cu_k = cu_seqlens[n_full:] - cu_seqlens[n_full]  # (n_cls + 1,) their tokens, from full_tokens on
+        cls_layouts = {}
+        if backend == "sdpa":
+            cls_layouts = {"layout": varlen_layout(cu_q, 1, n_cls)}
+            cls_layouts["kv_layout"] = varlen_layout(cu_k, max_seqlen, n_tokens - full_tokens)
+
+        def attend(q, k, v, scale, dropout):  # q: (full_tokens + n_cls, h, d), k / v: (T, h, d)
+            cls = packed_attention(q[full_tokens:], k[full_tokens:], v[full_tokens:], cu_q, 1, scale, backend,
+                                   dropout, cu_seqlens_k=cu_k, max_seqlen_k=max_seqlen, **cls_layouts)  # fmt: skip
+            if not n_full:
+                return cls
+            full = packed_attention(q[:full_tokens], k[:full_tokens], v[:full_tokens], own["cu_seqlens"],
+                                    max_seqlen, scale, backend, dropout, own.get("varlen_layout"))  # fmt: skip
+            return torch.cat([full, cls])
+
+        rows = torch.cat([x[:full_tokens], x[cu_seqlens[n_full:-1].long()]])  # (full_tokens + n_cls, H)
+        return _layer_at_rows(last, x, rows, attend)
 
     def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, labels, n_pairs, **batch) -> dict:
         """Packed batch (pipeline.collate.pack) -> {loss, mlm_loss, cls_loss, koleo_loss, n_masked, src_cls, ...}.
@@ -284,9 +334,9 @@ class MexmaModel(nn.Module):
         b, max_seqlen = int(n_pairs), int(max_seqlen)
         if cu_seqlens.numel() != 4 * b + 1:
             raise ValueError(f"cu_seqlens has {cu_seqlens.numel()} entries, expected 4 * n_pairs + 1 = {4 * b + 1}")
-        hidden = self.encode_packed(input_ids, position_ids, cu_seqlens, max_seqlen)  # (T, H)
-        cls = hidden[cu_seqlens[:-1].long()]  # (4B, H) CLS rows: masked src, masked trg, clean src, clean trg
-        src_cls, trg_cls = cls[2 * b : 3 * b], cls[3 * b :]
+        # (T_m + 2B, H): every row of the 2B masked views (the head's input), then the clean views' CLS rows
+        hidden = self._encode(input_ids, position_ids, cu_seqlens, max_seqlen, 2 * b, batch["head_tokens"])
+        src_cls, trg_cls = hidden[batch["head_tokens"] :].split(b)  # clean src CLS, clean trg CLS: (B, H) each
         mlm, parts = self._unmasking_loss(hidden, cu_seqlens[: 2 * b + 1], src_cls, trg_cls, max_seqlen, batch)
         cls_loss = losses.cls_alignment_loss(src_cls, trg_cls)
         use_kernel = self._selected.get("koleo_kernel", True)
@@ -315,12 +365,11 @@ class MexmaModel(nn.Module):
         n_src, n_trg = batch["n_masked_src"], batch["n_masked_trg"]
         other_cls = torch.cat([trg_cls, src_cls], dim=0)  # (2B, H): masked src <- clean trg, masked trg <- src
         head_in = hidden[: batch["head_tokens"]].index_copy(0, head_cu[:-1].long(), other_cls)  # (T_m, H)
-        attn = self._attn_kwargs(head_cu, max_seqlen, batch["head_tokens"], "head")
-        head_out = self.head(head_in[None], **attn).last_hidden_state[0]
         pos = batch["mlm_positions"]  # (N,) = (n_src + n_trg,)
+        head_out = self._head_at(head_in, head_cu, max_seqlen, pos, n_src + n_trg, batch)  # (N, H)
         rows = losses.chunk_rows(self.vocab_weight.shape[0], self.cfg.ce_chunk_bytes)
         mlm, ce = losses.linear_cross_entropy(
-            head_out[pos], self.vocab_weight, self.vocab_bias, batch["mlm_labels"], batch["mlm_weights"], rows
+            head_out, self.vocab_weight, self.vocab_bias, batch["mlm_labels"], batch["mlm_weights"], rows
         )
         ce = ce.detach()
         parts = {
@@ -329,6 +378,61 @@ class MexmaModel(nn.Module):
             "trg_mlm_loss": ce[n_src:].sum() / max(n_trg, 1),
         }
         return mlm, parts
+
+    def _head_at(self, head_in, head_cu, max_seqlen, pos, n_pos: int, batch) -> torch.Tensor:
+        """Head output at the masked positions `pos` (ascending) -> (n_pos, H).
+
+        All head layers but the last run over every row; the last one only at `pos` (keys and values from every
+        row). Its query rows per sequence are counted on the device (searchsorted of the sequence bounds in pos);
+        their maximum, a python int for the padded query grid, is the collator's `max_masked` (max_seqlen, an
+        upper bound, for batches from before it).
+        """
+        n_tokens = head_in.shape[0]
+        attn = self._attn_kwargs(head_cu, max_seqlen, n_tokens, "head")
+        if not self.skip_unread_rows:
+            return self.head(head_in[None], **attn).last_hidden_state[0][pos]
+        *layers, last = self.head.layer
+        x = head_in[None]
+        for layer in layers:
+            x = layer(x, None, None, **attn)
+        x = x[0]  # (T_m, H)
+        backend = attn["attention_backend"]
+        cu_q = torch.searchsorted(pos, head_cu.long(), out_int32=True)  # (2B + 1,): masked positions before each
+        max_q = max(1, min(int(batch.get("max_masked", max_seqlen)), max_seqlen))
+        layouts = {}
+        if backend == "sdpa":
+            layouts = {"layout": varlen_layout(cu_q, max_q, n_pos), "kv_layout": attn["varlen_layout"]}
+
+        def attend(q, k, v, scale, dropout):
+            return packed_attention(q, k, v, cu_q, max_q, scale, backend, dropout, cu_seqlens_k=head_cu,
+                                    max_seqlen_k=max_seqlen, **layouts)  # fmt: skip
+
+        return _layer_at_rows(last, x, x[pos], attend)
+
+
+def _layer_at_rows(layer, x: torch.Tensor, rows: torch.Tensor, attend) -> torch.Tensor:
+    """One stock `XLMRobertaLayer` evaluated at a subset of its input rows -> (R, H).
+
+    x: (T, H) the layer's whole input (keys and values come from every row); rows: (R, H) the input rows whose
+    output is wanted (queries, residuals). attend(q (R, h, d), k, v (T, h, d), scale, dropout) -> (R, h, d) is
+    the block-diagonal attention of those queries. The math and the submodules (so the weights and their names)
+    are those of XLMRobertaLayer.forward: query / key / value, attention.output (dense, dropout, LayerNorm with
+    the residual), intermediate and output; hidden dropout just draws masks for fewer rows. Checkpointed like
+    the stock layers when activation checkpointing is on.
+    """
+
+    def run(x, rows):
+        sa = layer.attention.self
+        heads, dim = sa.num_attention_heads, sa.attention_head_size
+        q = sa.query(rows).view(rows.shape[0], heads, dim)
+        k, v = (proj(x).view(x.shape[0], heads, dim) for proj in (sa.key, sa.value))
+        ctx = attend(q, k, v, sa.scaling, sa.dropout.p if sa.training else 0.0)  # (R, heads, dim)
+        out = layer.attention.output(ctx.reshape(rows.shape[0], heads * dim), rows)
+        return layer.feed_forward_chunk(out)
+
+    if layer.gradient_checkpointing and layer.training:
+        return layer._gradient_checkpointing_func(run, x, rows)
+    return run(x, rows)
 
 
 _MLM_KEYS = ("head_tokens", "mlm_positions", "mlm_labels", "mlm_weights", "n_masked_src", "n_masked_trg")

@@ -111,8 +111,7 @@ class XsimEvaluator:
             b = pack(seqs, [torch.full_like(s, IGNORE_INDEX) for s in seqs], n_pairs=0, pad_id=self.pad_id)
             cu = b["cu_seqlens"].to(device)
             ids, pos = b["input_ids"].to(device), b["position_ids"].to(device)
-            hidden = model.encode_packed(ids, pos, cu, b["max_seqlen"])  # (T, H)
-            return hidden[cu[:-1].long()]  # (B, H): the <s> state of each sentence
+            return model.encode_packed(ids, pos, cu, b["max_seqlen"], cls_only=True)  # (B, H): each <s> state
 
         return embed
 
