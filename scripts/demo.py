@@ -80,7 +80,7 @@ DEMO = {
 REFERENCE_RUN = {**REFERENCE, **DEMO_MODEL, "koleo-global": False, "hidden-dropout": 0.1, "head-dropout": 0.1}
 # xsim during training: every XSIM_EVERY steps on the dev split (129 sentences x 30 languages + English on the
 # default catalogues; a few seconds per evaluation on 2 CPU ranks, inside the wall-clock cap).
-XSIM_EVERY, XSIM_SPLIT = 100, "dev"
+XSIM_EVERY, XSIM_SPLIT = 50, "dev"
 STEPS, PAIRS, FIT_AFTER = 5000, 32, 10  # STEPS: upper bound of the fitted schedule (train.py --fit-to-minutes)
 TOTAL_MINUTES = 17.0  # this script's target; `make demo` adds the venv set-up (1-3 minutes from a fresh clone)
 # Per training, outside its --max-minutes: the launcher, two processes importing torch/DeepSpeed, the data index and

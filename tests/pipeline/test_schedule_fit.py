@@ -2,7 +2,7 @@
 
 Unit: `fitted_steps` is the largest length whose steps and evaluations fit (checked against brute force),
 `WarmupCosine(hold=h)` stays at the warmup's first factor for h steps and is the plain schedule shifted by h after.
-End to end (1-process CPU run): a 9-second budget with an upper bound of 100,000 steps fits a schedule far below the
+End to end (1-process CPU run): a 6-second budget with an upper bound of 100,000 steps fits a schedule far below the
 bound, written to config.json and metrics.jsonl; the lr holds at lr x 0.1 until the fit and then warms up; a
 relaunch with the same flags finishes the fitted length instead of fitting again or running to the bound.
 """
@@ -48,7 +48,7 @@ def _lrs(run):
 def test_fit_to_minutes_sizes_holds_and_survives_a_relaunch(prepared, tmp_path):
     run, lr = tmp_path / "fit", 1e-4
     flags = ["--max-steps", "100000", "--fit-to-minutes", "--fit-after", "6", "--save-every", "0"]
-    run_train(train_cmd(prepared, run, *flags, "--max-minutes", "0.15", "--valid-every", "-1", "--lr", str(lr)))
+    run_train(train_cmd(prepared, run, *flags, "--max-minutes", "0.1", "--valid-every", "-1", "--lr", str(lr)))
     schedule = json.loads((run / "config.json").read_text())["resolved"]["schedule"]
     total = schedule["max_steps"]
     assert (schedule["hold"], schedule["fitted_at_step"], schedule["upper_bound"]) == (6, 6, 100000)

@@ -94,7 +94,7 @@ def test_demo_trainings_score_xsim_on_the_dev_split(tmp_path, monkeypatch):
     assert demo.main(argv) == 0
     train = next(c for c in cmds if "pipeline/train.py" in c)
     cfg = parse_args(train[train.index("pipeline/train.py") + 1 :])
-    assert (cfg.run.xsim_every, cfg.run.xsim_split) == (demo.XSIM_EVERY, "dev") == (100, "dev")
+    assert (cfg.run.xsim_every, cfg.run.xsim_split) == (demo.XSIM_EVERY, "dev") == (50, "dev")
     assert cfg.run.xsim_data == str(tmp_path / "data" / "testset")
     evals = {c[c.index("--out") + 1]: c[c.index("--split") + 1] for c in cmds if c[1:3] == ["-m", "eval"]}
     out = tmp_path / "out"
