@@ -473,4 +473,3 @@ def _failure(error: BaseException | None, root: Path) -> str:
     if free < _LOW_SPACE:
         return f"no space left on the device: {free / 2**20:.1f} MiB free; torch: {text}"
     return f"write failed ({text}) with {free / 2**20:.0f} MiB free: over a quota, or an I/O error"
-

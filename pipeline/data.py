@@ -127,9 +127,11 @@ def load_split(data_dir: str | Path, split: str, manifest: dict | None = None) -
         names = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{state}: unreadable ({type(e).__name__}: {e}); re-run data_prep") from e
-    shards = None if manifest is None else {
-        (Path(data_dir) / s["file"]).resolve() for s in manifest["shards"] if s["split"] == split
-    }
+    shards = (
+        None
+        if manifest is None
+        else {(Path(data_dir) / s["file"]).resolve() for s in manifest["shards"] if s["split"] == split}
+    )
     for name in names:
         file = (path / name).resolve()
         if not file.is_relative_to(path.resolve()):
