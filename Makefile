@@ -66,7 +66,7 @@ bench-prep: setup
 	$(PY) -m data_prep.bench
 
 bench-train: setup
-	$(PY) -m pipeline.bench_step
+	$(PY) -m pipeline.bench_step --shapes both
 
 bench-kernels: setup
 	$(PY) kernels/bench/bench_block_diag_attention.py
