@@ -296,16 +296,18 @@ class Trainer:
         """A checkpoint whose run fitted its schedule: keep its hold (the lr history), and with --fit-to-minutes its
         length too (no second fit). Without the flag the length is --max-steps', which the relaunch rules judge."""
         schedule = (old or {}).get("schedule")
-        if not schedule:
-            return
+        if schedule:
+            self._use_schedule(schedule, length=self.cfg.run.fit_to_minutes)
+
+    def _use_schedule(self, schedule: dict, length: bool = True) -> None:
+        """Adopt a fitted schedule entry: its hold, its length (unless length=False), and the records that state it.
+        No second fit after that."""
         self.hold = schedule["hold"]
-        if self.cfg.run.fit_to_minutes:
-            self._set_length(schedule["max_steps"])
+        if length:
+            self.max_steps = self.record["max_steps"] = schedule["max_steps"]
+            self.record["config"]["run"]["max_steps"] = self.max_steps
             self.fit = None
         self.record["schedule"] = self.record["resolved"]["schedule"] = schedule
-
-    def _set_length(self, max_steps: int) -> None:
-        self.max_steps = self.record["max_steps"] = self.record["config"]["run"]["max_steps"] = max_steps
 
     def _fit_schedule(self, record: dict) -> None:
         """--fit-to-minutes, once its steps are timed: rank 0 sizes the schedule, every rank adopts it."""
@@ -324,9 +326,7 @@ class Trainer:
                 xsim_tokens=self.xsim.evaluator.tokens if self.xsim is not None else 0,
             )
         schedule = distributed.broadcast_object(schedule)
-        self.fit, self.hold = None, schedule["hold"]
-        self._set_length(schedule["max_steps"])
-        self.record["schedule"] = self.record["resolved"]["schedule"] = schedule
+        self._use_schedule(schedule)
         apply_optim_config(self.engine, self.cfg, self.max_steps, self.step - self.skipped_total, self.hold)
         self.metrics.write({"split": "schedule", "step": self.step, "time": time.time(), **schedule})
         if self.rank == 0:

@@ -300,21 +300,22 @@ class MexmaModel(nn.Module):
             x = layer(x, None, None, **attn)
         x = x[0]  # (T, H)
         backend, n_cls = attn["attention_backend"], n_seq - n_full
-        own = self._attn_kwargs(cu_seqlens[: n_full + 1], max_seqlen, full_tokens, "encoder") if n_full else None
         cu_q = torch.arange(n_cls + 1, dtype=cu_seqlens.dtype, device=cu_seqlens.device)  # one query per sequence
         cu_k = cu_seqlens[n_full:] - cu_seqlens[n_full]  # (n_cls + 1,) their tokens, from full_tokens on
-        cls_layouts = {}
-        if backend == "sdpa":
+        cls_layouts, full_layout = {}, None
+        if backend == "sdpa":  # the full call's grid, split at sequence n_full (its rows are sequence-major)
+            flat, valid, length = attn["varlen_layout"]
+            full_layout = (flat[:full_tokens], valid[:n_full], length)
             cls_layouts = {"layout": varlen_layout(cu_q, 1, n_cls)}
-            cls_layouts["kv_layout"] = varlen_layout(cu_k, max_seqlen, n_tokens - full_tokens)
+            cls_layouts["kv_layout"] = (flat[full_tokens:] - n_full * length, valid[n_full:], length)
 
         def attend(q, k, v, scale, dropout):  # q: (full_tokens + n_cls, h, d), k / v: (T, h, d)
             cls = packed_attention(q[full_tokens:], k[full_tokens:], v[full_tokens:], cu_q, 1, scale, backend,
                                    dropout, cu_seqlens_k=cu_k, max_seqlen_k=max_seqlen, **cls_layouts)  # fmt: skip
             if not n_full:
                 return cls
-            full = packed_attention(q[:full_tokens], k[:full_tokens], v[:full_tokens], own["cu_seqlens"],
-                                    max_seqlen, scale, backend, dropout, own.get("varlen_layout"))  # fmt: skip
+            full = packed_attention(q[:full_tokens], k[:full_tokens], v[:full_tokens], cu_seqlens[: n_full + 1],
+                                    max_seqlen, scale, backend, dropout, full_layout)  # fmt: skip
             return torch.cat([full, cls])
 
         rows = torch.cat([x[:full_tokens], x[cu_seqlens[n_full:-1].long()]])  # (full_tokens + n_cls, H)

@@ -54,7 +54,8 @@ def fitted_steps(step: int, upper: int, left_s: float, s_per_step: float, every:
 
 
 class ScheduleFit:
-    """Times this launch's steps from UNTIMED on; `due` once --fit-after steps ran; `decide` -> the schedule entry."""
+    """Times this launch's steps from UNTIMED on; `observe` says when --fit-after steps ran; `decide` -> the schedule
+    entry."""
 
     def __init__(self, fit_after: int, launch_step: int):
         self.launch_step, self.due_step = launch_step, launch_step + fit_after
