@@ -7,12 +7,13 @@ CHECKPOINT_OR_RUN_DIR: a training output directory (its newest checkpoint that v
 directory (OUTPUT/checkpoints/step_NNNNNNNN). The checkpoint is verified against its COMPLETE.json (sizes and sha256,
 as resume does); an unverified one is refused unless `--allow-unverified` (then a warning says what failed). Every
 DeepSpeed file is checked with the weights-only unpickler before DeepSpeed's zero_to_fp32 unpickles it
-(pipeline/safe_load.py); a file that needs more is refused unless `--trust-checkpoint`. The weights are consolidated
-(the fp32 master weights of every ZeRO partition: exact for bf16 runs too), loaded into the model that `build_model`
-makes from the run's config.json, and `model.encoder.save_pretrained` writes them as model.safetensors under the stock
-HF names (transformers 5 writes safetensors only). OUT_DIR also gets the run's tokenizer and the sentence-transformers
-files (modules.json, sentence_bert_config.json, config_sentence_transformers.json, 1_Pooling/config.json with CLS
-pooling), so both `XLMRobertaModel.from_pretrained(OUT_DIR)` and `SentenceTransformer(OUT_DIR)` load it.
+(pipeline/training/safe_load.py); a file that needs more is refused unless `--trust-checkpoint`. The weights are
+consolidated (the fp32 master weights of every ZeRO partition: exact for bf16 runs too), loaded into the model that
+`build_model` makes from the run's config.json, and `model.encoder.save_pretrained` writes them as model.safetensors
+under the stock HF names (transformers 5 writes safetensors only). OUT_DIR also gets the run's tokenizer and the
+sentence-transformers files (modules.json, sentence_bert_config.json, config_sentence_transformers.json,
+1_Pooling/config.json with CLS pooling), so both `XLMRobertaModel.from_pretrained(OUT_DIR)` and
+`SentenceTransformer(OUT_DIR)` load it.
 
 OUT_DIR must lie outside the run directory and be new, empty or an earlier export: the export is written beside it
 and renamed into place, so a failed export changes nothing.
@@ -31,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoint import BEST, COMPLETE, LATEST, TAG_RE, CheckpointManager, NoUsableCheckpointError
-from pipeline.model import ModelConfig, build_model
-from pipeline.safe_load import TRUST_FLAG, SafeLoadError, check_deepspeed_files
+from pipeline.model.mexma import ModelConfig, build_model
+from pipeline.training.checkpoint import BEST, COMPLETE, LATEST, TAG_RE, CheckpointManager, NoUsableCheckpointError
+from pipeline.training.safe_load import TRUST_FLAG, SafeLoadError, check_deepspeed_files
 
 log = logging.getLogger(__name__)
 EXPORT_ATTENTION = "sdpa"  # what the exported config names: stock PyTorch attention, no import of ours needed

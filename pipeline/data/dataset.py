@@ -3,7 +3,7 @@
 A prepared dataset directory (contract 1): `train/`, `valid/` (`datasets.save_to_disk` output, memory-mapped by
 `load_from_disk`), `tokenizer/`, `manifest.json` listing every Arrow shard with its rows and sha256.
 
-Batching: pipeline/sampler.py (a lazily evaluated global plan of micro batches from (seed, epoch), the same rows per
+Batching: pipeline/data/sampler.py (a lazily evaluated global plan of micro batches from (seed, epoch), the same rows per
 optimizer step whatever the number of ranks; language-pair sampling with --lang-alpha); `sampling_tables` opens the
 split's shared memory-mapped lengths and pair files (data_prep/lengths.py), building them on first use.
 """
@@ -175,17 +175,13 @@ def _truncate(ids: list[int], max_length: int) -> list[int]:
 
 
 # -- batching ----------------------------------------------------------------------------------------------------
-# The sampler lives in pipeline/sampler.py (lazy global plan, language-pair sampling); re-exported for importers.
-from pipeline.sampler import DistributedBatchSampler, SamplerState  # noqa: E402,F401
-
-
 def sampling_tables(data_dir: str | Path, split: str, manifest: dict, verify: str = "size", rank: int = 0) -> dict:
     """The split's shared, memory-mapped sampling files (data_prep/lengths.py): lengths (N, 2) uint16, pair_ids,
     pair_index, pairs, counts. A dataset prepared before them gets them built once per node by its local rank 0
     (logged; --data may be a node-local copy), the other ranks wait for every node's verdict; a record whose row
     count differs from the manifest is rebuilt the same way. `rank` is unused (kept for callers)."""
     from data_prep import lengths as L
-    from pipeline import distributed
+    from runtime import collectives
 
     rows = sum(s["rows"] for s in manifest["shards"] if s["split"] == split)
 
@@ -198,7 +194,7 @@ def sampling_tables(data_dir: str | Path, split: str, manifest: dict, verify: st
             if error is not None:
                 raise DataError(error) from e
 
-    distributed.on_each_node(ensure, (DataError,))
+    collectives.on_each_node(ensure, (DataError,))
     try:
         return L.open_sampling_files(data_dir, split, rows, verify)
     except (L.LengthsError, OSError, ValueError) as e:
