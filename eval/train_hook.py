@@ -19,7 +19,7 @@ already) and marked `best` (checkpoints/best + best.json, `CheckpointManager.mar
 The best-so-far comes from best.json, so a resumed run keeps it and --no-resume (which sets checkpoints/ aside)
 starts a new one. `python -m pipeline.export RUN OUT --tag best` exports it.
 
-The module reads the live model from `engine.module`: ZeRO stages 0-2 keep every parameter whole on every rank.
+The hook reads the live model from its `HookContext`: the engine's module, whole on every rank under ZeRO stages 0-2.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from eval.encode import encode_ids, tokenize
 from eval.score import Scorer, score_sets
 from pipeline.config import ConfigError
 from pipeline.data.collate import IGNORE_INDEX, pack
+from pipeline.training.hooks import Hook, HookContext
 from pipeline.training.metrics import log
 from runtime import collectives, rng
 
@@ -77,7 +78,7 @@ def load_tokenizer(data_dir: str | Path):
 
 
 class XsimEvaluator:
-    """The test set of one run, checked and tokenised at start-up; `run(engine)` scores the live model."""
+    """The test set of one run, checked and tokenised at start-up; `run(model, device)` scores the live model."""
 
     def __init__(self, run_cfg, tokenizer, max_length: int, pad_id: int, rank: int = 0, world: int = 1):
         self.split, self.target, self.pad_id = run_cfg.xsim_split, run_cfg.xsim_target, pad_id
@@ -127,11 +128,9 @@ class XsimEvaluator:
             finally:
                 model.train(was_training)
 
-    def run(self, engine) -> dict:
+    def run(self, model, device) -> dict:
         """Encode (every rank its share), score on rank 0 -> the same record on every rank (collective)."""
         start = time.perf_counter()
-        model = getattr(engine, "module", engine)
-        device = getattr(engine, "device", None) or next(model.parameters()).device
         emb = shares.gather(self.encode_share(model, device))
         record = None
         if self.rank == 0:
@@ -153,43 +152,43 @@ class XsimEvaluator:
         return record
 
 
-class XsimHook:
-    """The trainer's side: evaluate on the cadence, log, and keep the `best` checkpoint (module docstring)."""
+class XsimHook(Hook):
+    """The trainer's side: evaluate on the cadence, log, and keep the `best` checkpoint (module docstring). It sees
+    the run through a `HookContext` only (pipeline/training/hooks.py)."""
 
     def __init__(self, evaluator: XsimEvaluator, every: int):
         self.evaluator, self.every = evaluator, every
+        self.tokens = evaluator.tokens  # encoded per evaluation on this rank: the schedule fit's estimate
 
     @classmethod
     def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimHook | None:
         evaluator = XsimEvaluator.for_run(cfg, specials, rank, world)
         return None if evaluator is None else cls(evaluator, cfg.run.xsim_every)
 
-    def after_step(self, trainer) -> None:
-        if trainer.step % self.every == 0:
-            self.evaluate(trainer)
+    def after_step(self, ctx: HookContext) -> None:
+        if ctx.step % self.every == 0:
+            self.evaluate(ctx)
 
-    def at_end(self, trainer) -> None:
+    def at_end(self, ctx: HookContext) -> None:
         """The last step, when the cadence did not just score it."""
-        if trainer.step % self.every:
-            self.evaluate(trainer)
+        if ctx.step % self.every:
+            self.evaluate(ctx)
 
-    def evaluate(self, trainer) -> dict:
-        record = self.evaluator.run(trainer.engine)
-        best = trainer.ckpt.best() if trainer.rank == 0 else None
-        if trainer.rank == 0:
+    def evaluate(self, ctx: HookContext) -> dict:
+        record = self.evaluator.run(ctx.model, ctx.device)
+        rank0 = self.evaluator.rank == 0
+        if rank0:
+            best = ctx.best()
             improved = best is None or record[METRIC] < best["score"]
             record["is_best"] = improved
             record["best_" + METRIC] = record[METRIC] if improved else best["score"]
-            record["best_step"] = trainer.step if improved else best["step"]
+            record["best_step"] = ctx.step if improved else best["step"]
         record = collectives.broadcast_object(record)
         if record["is_best"]:  # every rank: the save is collective
-            tag = trainer.ckpt.save(trainer.engine, trainer.step, trainer.client_state())
-            trainer.ckpt.mark_best(tag, trainer.step, record[METRIC], METRIC)
-        record.update(
-            step=trainer.step, time=time.time(), elapsed_s=trainer.elapsed_before + time.time() - trainer.t_start
-        )
-        trainer.metrics.write(record)
-        if trainer.rank == 0:
+            ctx.save_best(record[METRIC], METRIC)
+        record.update(step=ctx.step, time=time.time(), elapsed_s=ctx.elapsed())
+        ctx.write(record)
+        if rank0:
             self._log(record)
         return record
 

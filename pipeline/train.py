@@ -33,7 +33,7 @@ def setup(argv: list[str] | None = None) -> Trainer:
     """Config -> Trainer (rank 0 holds OUTPUT/.lock); the run records are written by `Trainer.resume`, after the
     relaunch checks."""
     cfg = parse_args(argv)
-    return Trainer(cfg, load_ds_config(cfg.run.ds_config), make_xsim_hook=XsimHook.for_run)
+    return Trainer(cfg, load_ds_config(cfg.run.ds_config), hooks=[XsimHook.for_run])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -416,6 +416,25 @@ class DistributedBatchSampler:
             self._k, self.state.index = in_step, self.state.index + in_step
 
 
+class PairLog:
+    """Rows per language pair read since the last metrics record, from the sampler's cumulative counts.
+
+    The counts are those of the consumed batches' sampler state (a prefetch thread runs ahead of the steps); a
+    resumed run counts from the resumed step on (`restart`)."""
+
+    def __init__(self, sampler: DistributedBatchSampler):
+        self.sampler, self.last = sampler, {}
+
+    def restart(self) -> None:
+        self.last = self.sampler.pair_counts()
+
+    def since_last(self, state: dict | None = None) -> dict[str, int]:
+        """Pairs per language pair since the previous call, as of `state` (a sampler state_dict; default: now)."""
+        total, last = self.sampler.pair_counts(state), self.last
+        self.last = total
+        return {k: v - last.get(k, 0) for k, v in total.items() if v != last.get(k, 0)}
+
+
 def _cut(idx: np.ndarray, cost: np.ndarray, budget: int) -> list[np.ndarray]:
     """Greedy cut of length-sorted idx into runs with sum(cost) <= budget (a lone pair over budget stays alone)."""
     out, start, total = [], 0, 0

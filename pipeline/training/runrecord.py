@@ -67,18 +67,35 @@ class RelaunchError(RuntimeError):
     """A relaunch refused before anything on disk changed (lock held, config change); the message says what to do."""
 
 
-def run_record(cfg: TrainConfig, max_steps: int, manifest: dict, manifest_sha256: str, world_size: int) -> dict:
-    """What a checkpoint was trained with: the config (run.max_steps = the schedule's resolved length), the data."""
+def run_record(cfg: TrainConfig, max_steps: int, manifest: dict, world_size: int, **resolved) -> dict:
+    """What a checkpoint was trained with: the config (run.max_steps = the schedule's resolved length), the data.
+
+    resolved: what start-up decided; `batch` (the batch arithmetic, read back by a relaunch on another world
+    size), `pair_shares` (target share of each language pair), `backends` (the backend report). config.json shows
+    them under "resolved"."""
     config = to_dict(cfg)
     config["run"]["max_steps"] = max_steps
-    return {
+    record = {
         "config": config,
         "max_steps": max_steps,
         "data": str(Path(cfg.data.path).resolve()),
-        "manifest_sha256": manifest_sha256,
+        "manifest_sha256": manifest_sha256(cfg.data.path),
         "tokenizer_sha256": tokenizer_sha256(cfg.data.path, manifest),
         "world_size": world_size,
     }
+    if "batch" in resolved:
+        record["batch"] = resolved["batch"]
+    if "pair_shares" in resolved:
+        record["pair_shares"] = resolved["pair_shares"]
+    record["resolved"] = {k: resolved[k] for k in ("backends", "pair_shares") if k in resolved}
+    return record
+
+
+def state_schedule(record: dict, schedule) -> None:
+    """Write a Schedule (pipeline/training/schedule.py) into the record: its length, and its fit entry if any."""
+    record["max_steps"] = record["config"]["run"]["max_steps"] = schedule.length
+    if schedule.fit is not None:
+        record["schedule"] = record["resolved"]["schedule"] = schedule.fit
 
 
 def manifest_sha256(data_dir: str | Path) -> str:

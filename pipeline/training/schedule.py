@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -83,6 +84,40 @@ def apply_optim_config(engine, cfg: TrainConfig, max_steps: int, applied_steps: 
         lr = o.lr * schedule(sched.last_epoch)
         group.update(lr=lr, initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=decay)
     sched._last_lr = [g["lr"] for g in groups]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's lr schedule: warmup + cosine to step `length`, after `hold` applied steps at the start factor.
+
+    Immutable: a fit or a relaunch that adopts one makes a new Schedule. `fit` is the fitted entry (the run record's
+    "schedule": length, hold and what they were computed from) once there is one; `fitted_length` says whether the
+    run also takes the fit's length (--fit-to-minutes) or only its hold (a relaunch without the flag keeps
+    --max-steps, which the relaunch rules judge)."""
+
+    length: int
+    hold: int = 0
+    fit: dict | None = None
+    fitted_length: bool = False
+
+    @classmethod
+    def from_fit(cls, entry: dict, length: int | None = None) -> Schedule:
+        """The schedule of a fit entry: its hold, and its length unless `length` (the run's own) is given."""
+        if length is None:
+            return cls(entry["max_steps"], entry["hold"], entry, fitted_length=True)
+        return cls(length, entry["hold"], entry)
+
+    def factors(self, optim) -> WarmupCosine:
+        """The lr factor per applied optimizer step (skipped steps do not count) for an OptimConfig."""
+        o = optim
+        return WarmupCosine(self.length, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio, self.hold)
+
+    def lr(self, optim, applied: int) -> float:
+        return optim.lr * self.factors(optim)(applied)
+
+    def apply(self, engine, cfg: TrainConfig, applied: int) -> None:
+        """Set the engine's optimizer groups and LambdaLR to this schedule at `applied` steps (`apply_optim_config`)."""
+        apply_optim_config(engine, cfg, self.length, applied, self.hold)
 
 
 UNTIMED = 3  # steps of this launch not timed (start-up effects)
@@ -157,3 +192,14 @@ class ScheduleFit:
             "xsim_s_estimate": round(eval_s, 2),
             "xsim_evaluations": evaluations(step, total, xsim_every),
         }
+
+
+def describe(entry: dict, step: int) -> str:
+    """One log line for a fit entry."""
+    e = entry
+    return (
+        f"--fit-to-minutes: {e['s_per_step']:.3f} s/step over the {e['timed_steps']} steps before step {step}, "
+        f"{e['budget_s'] - e['spent_s']:.0f} s of {e['budget_s']:.0f} left (reserve {e['reserve_s']:.0f} s, "
+        f"{e['xsim_evaluations']} xsim evaluations at ~{e['xsim_s_estimate']:.1f} s): schedule {e['max_steps']} "
+        f"steps (upper bound {e['upper_bound']}), warmup + cosine from step {e['hold']}"
+    )

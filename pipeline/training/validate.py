@@ -9,11 +9,13 @@ split; they are read once, at the end.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from pipeline.data.collate import MexmaCollator
-from pipeline.data.dataset import fetch_rows
+from pipeline.data.dataset import fetch_rows, load_split, pair_lengths
 from pipeline.data.sampler import DistributedBatchSampler
 from pipeline.training.metrics import log
 from runtime import collectives, devices
@@ -75,6 +77,28 @@ class Validator:
             src_mask_prob=src_mask_prob,
             trg_mask_prob=trg_mask_prob,
             seed=seed + VALID_SEED_OFFSET,
+        )
+
+    @classmethod
+    def for_run(cls, cfg, data, batch_pairs: int, rank: int, world: int) -> Validator | None:
+        """The run's validator (TrainConfig `cfg`, its TrainData `data`); None with --valid-every -1 or no valid/."""
+        c = cfg.data
+        if cfg.run.valid_every < 0 or not (Path(c.path) / "valid").is_dir():
+            return None
+        valid = load_split(c.path, "valid", data.manifest)
+        return cls(
+            valid,
+            pair_lengths(valid, c.max_length),
+            batch_pairs=batch_pairs,
+            n_batches=c.valid_batches,
+            max_length=c.max_length,
+            special_ids=data.specials,
+            vocab_size=data.vocab_size,
+            src_mask_prob=c.src_mask_prob,
+            trg_mask_prob=c.trg_mask_prob,
+            seed=cfg.run.seed,
+            rank=rank,
+            world_size=world,
         )
 
     @torch.no_grad()

@@ -1,6 +1,6 @@
 """pipeline/data/prefetch.py and the sync-free micro step: batches made ahead in a thread equal batches made in line;
 closing rewinds sampler and masking generator to the batches consumed; a run with --prefetch 0 equals the default
-run step for step; `Trainer._micro_step` makes no .item() / bool() / int() / float() / tolist() call."""
+run step for step; `OptimizerStep._micro_step` makes no .item() / bool() / int() / float() / tolist() call."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_prefetch_on_and_off_give_identical_losses(prepared, tiny_run, tmp_path)
 COUNT_SYNCS = textwrap.dedent("""
     import json, sys, threading, torch
     from pathlib import Path
-    from pipeline.training import trainer as engine
+    from pipeline.training.step import OptimizerStep
     from pipeline.train import setup
 
     ROOT = Path(sys.argv[1]).resolve()
@@ -121,14 +121,14 @@ COUNT_SYNCS = textwrap.dedent("""
 
     for name in ("item", "__bool__", "__int__", "__float__", "__index__", "tolist"):
         setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-    micro = engine.Trainer._micro_step
+    micro = OptimizerStep._micro_step
     def watched(self, mb):
         inside[0] = True
         try:
             return micro(self, mb)
         finally:
             inside[0] = False
-    engine.Trainer._micro_step = watched
+    OptimizerStep._micro_step = watched
     trainer = setup(sys.argv[2:])
     trainer.train()
     Path(trainer.out, "syncs.json").write_text(json.dumps(calls))

@@ -67,3 +67,23 @@ def test_fit_to_minutes_sizes_holds_and_survives_a_relaunch(prepared, tmp_path):
     assert max(lrs) == total
     assert json.loads((run / "config.json").read_text())["resolved"]["schedule"]["max_steps"] == total
     assert len(read_metrics(run, "schedule")) == 1
+
+
+def test_schedule_object_holds_its_hold_and_length():
+    """A Schedule is immutable; a fit entry makes a new one, with the fit's length or with the run's own."""
+    import dataclasses
+
+    from pipeline.config import OptimConfig
+    from pipeline.training.schedule import Schedule
+
+    optim = OptimConfig(lr=2e-4)
+    plain = Schedule(100)
+    assert plain.lr(optim, 0) == pytest.approx(2e-4 * optim.warmup_start_factor)
+    entry = {"max_steps": 60, "hold": 10, "fitted_at_step": 10}
+    fitted, held = Schedule.from_fit(entry), Schedule.from_fit(entry, length=100)
+    assert (fitted.length, fitted.hold, fitted.fitted_length, fitted.fit) == (60, 10, True, entry)
+    assert (held.length, held.hold, held.fitted_length) == (100, 10, False)
+    factors = WarmupCosine(60, optim.warmup_fraction, optim.warmup_start_factor, optim.min_lr_ratio, hold=10)
+    assert [fitted.lr(optim, s) for s in range(61)] == [2e-4 * factors(s) for s in range(61)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fitted.hold = 0

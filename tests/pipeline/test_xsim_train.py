@@ -16,6 +16,7 @@ import torch
 from eval.train_hook import METRIC, XsimEvaluator, XsimHook, load_tokenizer
 from pipeline.config import ConfigError
 from pipeline.training import checkpoint as C
+from pipeline.training.hooks import HookContext
 from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import deepspeed_launcher, run_train, train_cmd
 from tests.pipeline.test_checkpoint import _save
@@ -212,7 +213,7 @@ def test_xsimpp_is_recorded_when_the_augmented_files_exist(prepared, tmp_path):
     (root / "dev_augmented" / "eng_Latn_augmented.dev").write_text("\n".join(aug) + "\n")
     errtypes = {a: {"src": e, "errtype": "word order"} for a, e in zip(aug, eng)}
     (root / "dev_augmented" / "eng_Latn_errtype.dev.json").write_text(json.dumps(errtypes))
-    record = evaluator(prepared, root).run(tiny_model(prepared))
+    record = evaluator(prepared, root).run(tiny_model(prepared), torch.device("cpu"))
     assert record["split"] == "xsim" and 0.0 <= record["xsimpp_error_pct"] <= 100.0 and METRIC in record
     assert {k for k in record if k.startswith("xsimpp_error_pct/")} == {
         "xsimpp_error_pct/deu_Latn",
@@ -224,13 +225,15 @@ def test_resumed_best_so_far_is_kept(prepared, flores, tmp_path):
     """The hook ranks against checkpoints/best.json, so a relaunch (or any later evaluation) keeps a better best."""
     mgr = C.CheckpointManager(tmp_path, keep=1)
     mgr.mark_best(_save(mgr, 2), 2, -1.0, METRIC)  # a best no model can beat: -1% error
-    trainer = SimpleNamespace(
-        engine=tiny_model(prepared), ckpt=mgr, rank=0, step=4, elapsed_before=0.0, t_start=0.0,
-        metrics=SimpleNamespace(write=lambda r: None), client_state=lambda: {"step": 4},
+    written, saved = [], []
+    ctx = HookContext(
+        step=4, model=tiny_model(prepared), device=torch.device("cpu"), write=written.append, best=mgr.best,
+        save_best=lambda score, metric: saved.append(score), elapsed=lambda: 1.5,
     )  # fmt: skip
-    record = XsimHook(evaluator(prepared, flores), every=2).evaluate(trainer)
+    record = XsimHook(evaluator(prepared, flores), every=2).evaluate(ctx)
     assert not record["is_best"] and (record["best_step"], record[f"best_{METRIC}"]) == (2, -1.0)
-    assert mgr.best()["step"] == 2 and mgr.tags() == ["step_00000002"]  # no forced save
+    assert mgr.best()["step"] == 2 and saved == [] and mgr.tags() == ["step_00000002"]  # no forced save
+    assert written == [record] and (record["step"], record["elapsed_s"]) == (4, 1.5)
 
 
 # -- the checkpoint manager's side ----------------------------------------------------------------------------------
