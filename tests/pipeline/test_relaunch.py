@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.data.synthetic import make_prepared
 from pipeline.training import checkpoint as C
 from pipeline.training.metrics import read_metrics
 from pipeline.training.runrecord import RUN_FILES, RelaunchError, check_relaunch, compare
 from pipeline.training.schedule import WarmupCosine, param_groups
-from tests.pipeline.conftest import make_prepared, run_train, train_cmd
+from tests.pipeline.conftest import run_train, train_cmd
 from tests.pipeline.test_checkpoint import _save
 
 TINY_FLAGS = ("--max-steps", "8", "--save-every", "2", "--valid-every", "4")  # the tiny_run fixture's

@@ -281,7 +281,7 @@ def _multi_pair_copy(prepared, root):
     """`prepared` with its train rows spread over three language pairs (200 / 40 / 16 rows), manifest updated."""
     import datasets
 
-    from tests.pipeline.conftest import _sha256
+    from pipeline.data.synthetic import sha256_file as _sha256
 
     data = root / "multi"
     shutil.copytree(prepared, data, ignore=shutil.ignore_patterns("train", "sampling"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.conftest import make_prepared
+from pipeline.data.synthetic import make_prepared
 
 
 @pytest.fixture(scope="session")
