@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import AutoTokenizer  # noqa: E402
 
 from eval.xsim import xsim  # noqa: E402
-from pipeline import data as D  # noqa: E402
 from pipeline.config import OptimConfig  # noqa: E402
+from pipeline.data import dataset as D  # noqa: E402
 from pipeline.data.collate import IGNORE_INDEX, MexmaCollator, pack  # noqa: E402
 from pipeline.model.mexma import ModelConfig, build_model  # noqa: E402
 from pipeline.training.schedule import WarmupCosine  # noqa: E402
