@@ -22,11 +22,12 @@ MODEL ?= runs/demo/train
 
 setup: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.txt
+$(VENV_STAMP): requirements.txt pyproject.toml
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q torch==2.13.0
 	.venv/bin/pip install -q -r requirements.txt
+	.venv/bin/pip install -q --no-deps -e .  # the project itself: `python pipeline/train.py` and the mexma-* commands
 	DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.accelerator import get_accelerator as a; \
 		a().create_op_builder('ShareMemCommBuilder').load()"
 	touch $(VENV_STAMP)

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # `deepspeed pipeline/train.py` runs the file as a script: make `pipeline` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eval.train_hook import XsimHook
 from pipeline.config import ConfigError, load_ds_config, parse_args

@@ -22,9 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from scripts.common import StageError
 from scripts.demo import DEMO, PAIRS
 from scripts.report import seed_table

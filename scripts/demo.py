@@ -37,9 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from scripts.common import (
     PY,
     REFERENCE,

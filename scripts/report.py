@@ -15,9 +15,6 @@ import statistics
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python scripts/report.py`: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from pipeline.training.metrics import read_metrics
 
 LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")

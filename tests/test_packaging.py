@@ -1,0 +1,51 @@
+"""The project as an installed distribution (pyproject.toml): its packages, its commands, and the `kernels` clash.
+
+The metadata is built with setuptools' PEP 660 hook, the step `pip install -e .` runs first, into a temporary
+directory (the venv is left alone). With that metadata on the path, transformers' probe for Hugging Face's `kernels`
+package (`is_kernels_available`, run when a model class is imported) reads our distribution's version for the
+import name `kernels` instead of importing our package to look for one (docs/training.md, "The kernels name").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"runtime", "kernels", "data_prep", "pipeline", "eval", "scripts"}
+PROBE = "import sys; from transformers import XLMRobertaModel; print('kernels' in sys.modules)"
+
+
+@pytest.fixture(scope="module")
+def dist_info(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("metadata")
+    hook = f"from setuptools import build_meta; print(build_meta.prepare_metadata_for_build_editable({str(out)!r}))"
+    proc = subprocess.run([sys.executable, "-c", hook], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / proc.stdout.strip().splitlines()[-1]
+
+
+def _probe(*path: Path) -> bool:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join(map(str, path))
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd="/", env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_metadata_lists_every_package_and_the_commands(dist_info):
+    assert set((dist_info / "top_level.txt").read_text().split()) == PACKAGES
+    scripts = (dist_info / "entry_points.txt").read_text()
+    for command, target in (("train", "pipeline.train"), ("export", "pipeline.export"), ("eval", "eval.cli")):
+        assert f"mexma-{command} = {target}:main" in scripts
+    meta = (dist_info / "METADATA").read_text()
+    assert "Name: mexma-pipeline" in meta and "Requires-Dist: torch>=2.11" in meta
+
+
+def test_installed_metadata_keeps_transformers_from_importing_our_kernels(dist_info):
+    assert not _probe(dist_info.parent, ROOT)  # what `pip install -e .` gives
+    assert _probe(ROOT), "without the metadata the probe imports kernels/: the clash the install avoids"
