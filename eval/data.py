@@ -18,6 +18,11 @@ class DataError(ValueError):
     """Bad test-set input; the message names the file, line or flag."""
 
 
+# The flags that name the test set's root, split, languages and target: ``python -m eval``'s by default; the
+# evaluation inside training passes its own (``--xsim-data`` ...), so each message names the flag its user typed.
+FLAGS = {"root": "--flores", "split": "--split", "langs": "--langs", "target": "--target"}
+
+
 @dataclass
 class Augmented:
     """xsim++ hard negatives for the target language."""
@@ -27,43 +32,45 @@ class Augmented:
     path: Path
 
 
-def split_dir(root: str | Path, split: str) -> Path:
+def split_dir(root: str | Path, split: str, flags: dict = FLAGS) -> Path:
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"--flores {root}: not a directory")
+        raise DataError(f"{flags['root']} {root}: not a directory")
     path = root / split
     if not path.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise DataError(f"--split {split}: no directory {path} (found: {', '.join(found) or 'none'})")
+        raise DataError(f"{flags['split']} {split}: no directory {path} (found: {', '.join(found) or 'none'})")
     return path
 
 
-def available_languages(root: str | Path, split: str) -> list[str]:
+def available_languages(root: str | Path, split: str, flags: dict = FLAGS) -> list[str]:
     """Language codes with a ``{lang}.{split}`` file in ``ROOT/{split}``, sorted."""
     suffix = f".{split}"
-    langs = sorted(p.name[: -len(suffix)] for p in split_dir(root, split).glob(f"*{suffix}") if p.is_file())
+    langs = sorted(p.name[: -len(suffix)] for p in split_dir(root, split, flags).glob(f"*{suffix}") if p.is_file())
     if not langs:
-        raise DataError(f"--flores {root}: no *{suffix} files in {Path(root) / split}")
+        raise DataError(f"{flags['root']} {root}: no *{suffix} files in {Path(root) / split}")
     return langs
 
 
-def resolve_languages(spec: str, available: list[str], target: str, nway: bool = False) -> list[str]:
+def resolve_languages(
+    spec: str, available: list[str], target: str, nway: bool = False, flags: dict = FLAGS
+) -> list[str]:
     """Source languages from ``--langs`` (``all`` or a comma list); the target is excluded unless ``nway``."""
     if target not in available:
-        raise DataError(f"--target {target}: no such language file (available: {', '.join(available)})")
+        raise DataError(f"{flags['target']} {target}: no such language file (available: {', '.join(available)})")
     if spec.strip() == "all":
         langs = list(available)
     else:
         langs = [lang.strip() for lang in spec.split(",") if lang.strip()]
         missing = [lang for lang in langs if lang not in available]
         if missing:
-            raise DataError(f"--langs: missing {', '.join(missing)} (available: {', '.join(available)})")
+            raise DataError(f"{flags['langs']}: missing {', '.join(missing)} (available: {', '.join(available)})")
         langs = list(dict.fromkeys(langs))
     if nway:
         return sorted(set(langs) | {target})
     langs = [lang for lang in langs if lang != target]
     if not langs:
-        raise DataError(f"--langs {spec}: no source language besides the target {target}")
+        raise DataError(f"{flags['langs']} {spec}: no source language besides the target {target}")
     return langs
 
 
@@ -127,14 +134,16 @@ def load_augmented(root: str | Path, split: str, target: str) -> Augmented | Non
     return Augmented(read_lines(lines_path), _check_errtypes(json_path, errtypes), lines_path)
 
 
-def load_flores(root, split: str, langs_spec: str, target: str, nway: bool = False, xsimpp: bool = True):
+def load_flores(root, split: str, langs_spec: str, target: str, nway: bool = False, xsimpp: bool = True,
+                flags: dict = FLAGS):  # fmt: skip
     """-> (source languages, {set name: lines}, Augmented | None): every check of ``python -m eval``'s inputs.
 
     The sets are the languages (and the target); with xsim++ files present (and ``xsimpp``, not ``nway``) also
-    ``{target}_augmented``. Shared by ``python -m eval`` and the evaluation inside training (eval/train_hook.py).
+    ``{target}_augmented``. Shared by ``python -m eval`` and the evaluation inside training (eval/train_hook.py),
+    which passes its own ``flags``.
     """
-    available = available_languages(root, split)
-    langs = resolve_languages(langs_spec, available, target, nway)
+    available = available_languages(root, split, flags)
+    langs = resolve_languages(langs_spec, available, target, nway, flags)
     texts = load_texts(root, split, sorted(set(langs) | {target}))
     aug = load_augmented(root, split, target) if xsimpp and not nway else None
     if aug is not None:

@@ -43,19 +43,8 @@ from runtime import collectives, rng
 
 METRIC = "xsim_error_pct"  # pooled X -> target xsim error %, the `best` criterion
 BATCH_TOKENS = 8192  # padded tokens per encoder batch (python -m eval's --batch-tokens default)
-# python -m eval's messages name its own flags; in training the same checks answer to these.
-_FLAGS = {
-    "--flores ": "--xsim-data ",
-    "--split ": "--xsim-split ",
-    "--langs": "--xsim-langs",
-    "--target ": "--xsim-target ",
-}
-
-
-def _training_flags(message: str) -> str:
-    for eval_flag, train_flag in _FLAGS.items():
-        message = message.replace(eval_flag, train_flag)
-    return message
+# The flags of the test set inside training, named in eval.data's messages instead of python -m eval's.
+TRAINING_FLAGS = {"root": "--xsim-data", "split": "--xsim-split", "langs": "--xsim-langs", "target": "--xsim-target"}
 
 
 @contextmanager
@@ -84,10 +73,10 @@ class XsimEvaluator:
         self.split, self.target, self.pad_id = run_cfg.xsim_split, run_cfg.xsim_target, pad_id
         try:
             self.langs, texts, self.aug = load_flores(
-                run_cfg.xsim_data, run_cfg.xsim_split, run_cfg.xsim_langs, run_cfg.xsim_target
+                run_cfg.xsim_data, run_cfg.xsim_split, run_cfg.xsim_langs, run_cfg.xsim_target, flags=TRAINING_FLAGS
             )
-        except DataError as e:
-            raise ConfigError(_training_flags(str(e))) from e
+        except DataError as e:  # a bad --xsim-* value or test-set file: refused like any bad flag (exit 2)
+            raise ConfigError(str(e)) from e
         n = len(texts[self.target])
         if n < Scorer().k:
             raise ConfigError(f"--xsim-data {run_cfg.xsim_data}: {n} sentences per language, the margin needs >= 4")

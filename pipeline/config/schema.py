@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.fields import opt
-from pipeline.model.mexma import PRESETS, ModelConfig
+from pipeline.model.mexma import PRESETS, ModelConfig, ModelConfigError
 
 
 class ConfigError(ValueError):
@@ -252,10 +251,9 @@ def _validate_model(cfg: TrainConfig) -> None:
         )
     try:
         cfg.model.validate()
-    except ValueError as e:  # "ModelConfig.num_layers must ..." -> "--num-layers: ModelConfig.num_layers must ..."
-        names = re.findall(r"ModelConfig\.(\w+)", str(e))
-        flag = f"--{names[0].replace('_', '-')}: " if names else "model config: "
-        raise ConfigError(f"{flag}{e}") from e
+    except ModelConfigError as e:
+        bad = next(f for f in dataclasses.fields(ModelConfig) if f.name == e.field)
+        raise ConfigError(f"--{flag_name(bad)}: {e}") from e
     # XLM-R positions run from padding_idx + 1 = 2, so a table of P rows holds sequences of P - 2 tokens (514 -> 512)
     positions = cfg.model.max_positions - 2
     _check(

@@ -44,6 +44,14 @@ _SHAPE_OVERRIDES = {  # ModelConfig field -> XLMRobertaConfig field, for presets
 }
 
 
+class ModelConfigError(ValueError):
+    """A bad ModelConfig value; `field` names it, so the training config can name its flag."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"ModelConfig.{field} {problem}")
+        self.field = field
+
+
 @dataclass
 class ModelConfig:
     """Model and loss settings; every field has a default (the reference recipe's where it has one)."""
@@ -74,34 +82,34 @@ class ModelConfig:
     ce_chunk_bytes: int = opt(losses.DEFAULT_CHUNK_BYTES, "byte budget of one fp32 (rows, V) logits block")
 
     def validate(self) -> ModelConfig:
-        """Raise ValueError naming the field on any bad value; returns self."""
+        """Raise ModelConfigError (a ValueError) naming the field on any bad value; returns self."""
         for name in ("num_layers", "hidden_size", "num_heads", "ffn_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"ModelConfig.{name} must be a positive int or None, got {value!r}")
+                raise ModelConfigError(name, f"must be a positive int or None, got {value!r}")
         for name in ("head_layers", "head_heads", "head_ffn", "max_positions", "ce_chunk_bytes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+                raise ModelConfigError(name, f"must be a positive int, got {getattr(self, name)!r}")
         for name in ("attention_dropout", "head_dropout", "hidden_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"ModelConfig.{name} must lie in [0, 1), got {value!r}")
+                raise ModelConfigError(name, f"must lie in [0, 1), got {value!r}")
         for name in ("mlm_weight", "cls_weight", "koleo_weight", "koleo_eps"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"ModelConfig.{name} must be finite and >= 0, got {value!r}")
+                raise ModelConfigError(name, f"must be finite and >= 0, got {value!r}")
         if self.attention not in BACKENDS:
-            raise ValueError(f"ModelConfig.attention must be one of {BACKENDS}, got {self.attention!r}")
+            raise ModelConfigError("attention", f"must be one of {BACKENDS}, got {self.attention!r}")
         if self.head_init not in HEAD_INITS:
-            raise ValueError(f"ModelConfig.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+            raise ModelConfigError("head_init", f"must be one of {HEAD_INITS}, got {self.head_init!r}")
         if self.attention_dropout > 0 and self.attention in ("kernel", "varlen", "ref"):
-            raise ValueError(f"ModelConfig.attention_dropout must be 0 with attention={self.attention!r}")
+            raise ModelConfigError("attention_dropout", f"must be 0 with attention={self.attention!r}")
         if not self.model:
-            raise ValueError("ModelConfig.model must name a preset (tiny, base, large) or a model path")
+            raise ModelConfigError("model", "must name a preset (tiny, base, large) or a model path")
         overrides = [n for n in _SHAPE_OVERRIDES if getattr(self, n) is not None]
         if overrides and self.model not in PRESETS:
-            raise ValueError(
-                f"ModelConfig.{overrides[0]} only applies to presets {list(PRESETS)}, not to model={self.model!r}"
+            raise ModelConfigError(
+                overrides[0], f"only applies to presets {list(PRESETS)}, not to model={self.model!r}"
             )
         return self
 

@@ -68,3 +68,17 @@ def test_augmented_files(flores):
     json_path.unlink()
     with pytest.raises(DataError, match="xsim\\+\\+ needs both"):
         load_augmented(flores, "devtest", "eng_Latn")
+
+
+def test_messages_name_the_flags_the_caller_passes(flores, tmp_path):
+    """Training reads the same test set through --xsim-* flags: the checks name those, no message is rewritten."""
+    flags = {"root": "--xsim-data", "split": "--xsim-split", "langs": "--xsim-langs", "target": "--xsim-target"}
+    with pytest.raises(DataError, match=r"^--xsim-split dev: no directory"):
+        available_languages(flores, "dev", flags)
+    with pytest.raises(DataError, match=r"^--xsim-data .*nowhere: not a directory"):
+        available_languages(tmp_path / "nowhere", "devtest", flags)
+    langs = available_languages(flores, "devtest", flags)
+    with pytest.raises(DataError, match=r"^--xsim-langs: missing xho_Latn"):
+        resolve_languages("xho_Latn", langs, "eng_Latn", flags=flags)
+    with pytest.raises(DataError, match=r"^--xsim-target zul_Latn: no such language file"):
+        resolve_languages("all", langs, "zul_Latn", flags=flags)

@@ -106,7 +106,8 @@ def test_config_file_then_flags_override(tmp_path, suffix):
         (BASE + ["--src-mask-prob", "1.0"], "--src-mask-prob"),
         (BASE + ["--batch-tokens", "100"], "--batch-tokens"),
         (BASE + ["--keep-checkpoints", "0"], "--keep-checkpoints"),
-        (BASE + ["--head-layers", "0"], "--head-layers"),
+        (BASE + ["--head-layers", "0"], "^--head-layers: ModelConfig.head_layers must be a positive int"),
+        (BASE + ["--attention", "kernel", "--attention-dropout", "0.1"], "^--attention-dropout: ModelConfig"),
         (BASE + ["--koleo-weight", "-1"], "--koleo-weight"),
         (BASE + ["--max-length", "600"], "--max-length"),
         (BASE + ["--fit-to-minutes"], "--fit-to-minutes"),  # no --max-minutes to fit
