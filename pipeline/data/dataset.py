@@ -1,10 +1,10 @@
-"""Prepared dataset -> per-rank batches of rows: manifest/shard checks, a deterministic distributed batch sampler.
+"""A prepared dataset directory: manifest and shard checks, memory-mapped splits, rows, the sampling files.
 
 A prepared dataset directory (contract 1): `train/`, `valid/` (`datasets.save_to_disk` output, memory-mapped by
 `load_from_disk`), `tokenizer/`, `manifest.json` listing every Arrow shard with its rows and sha256.
 
-Batching: pipeline/data/sampler.py (a lazily evaluated global plan of micro batches from (seed, epoch), the same rows per
-optimizer step whatever the number of ranks; language-pair sampling with --lang-alpha); `sampling_tables` opens the
+Batching: pipeline/data/sampler.py (a lazily evaluated global plan of micro batches from (seed, epoch), the same rows
+per optimizer step whatever the number of ranks; language-pair sampling with --lang-alpha); `sampling_tables` opens the
 split's shared memory-mapped lengths and pair files (data_prep/lengths.py), building them on first use.
 """
 
