@@ -63,16 +63,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-# Collectives: runtime/collectives.py (host objects and flags over gloo; no-ops without a process group).
-_dist = collectives.is_dist
-_all_ok = collectives.all_ok  # True when every rank reports ok (MIN); one collective, so no rank hangs on a failed peer
-_barrier = collectives.barrier
-
-
-def _broadcast(obj):
-    return collectives.broadcast_object(obj, src=0)
-
-
 class CheckpointManager:
     """Save / verify / resume / prune checkpoints under OUTPUT/checkpoints (see the module docstring)."""
 
@@ -119,7 +109,7 @@ class CheckpointManager:
         verdict: tuple[str | None, str | None] = (None, None)
         if self.rank == 0:
             verdict = self._choose()
-        choice, error = _broadcast(verdict)
+        choice, error = collectives.broadcast_object(verdict)
         if error is not None:
             raise NoUsableCheckpointError(error)
         return choice
@@ -163,16 +153,16 @@ class CheckpointManager:
         ckpt = self.root / tag
         if self.rank == 0 and ckpt.exists():
             shutil.rmtree(ckpt)  # leftovers of a save that was killed: never mixed with new files
-        _barrier()
+        collectives.barrier()
         error = self._write(engine, tag, client_state)
-        if not _all_ok(error is None):
+        if not collectives.all_ok(error is None):
             self._abort(ckpt, error)
-        _barrier()
+        collectives.barrier()
         self._hash_own_files(tag)
         if self.rank == 0:
             self._commit(tag, step)
             self.prune()
-        _barrier()
+        collectives.barrier()
         return tag
 
     def _hash_own_files(self, tag: str) -> None:
@@ -217,7 +207,7 @@ class CheckpointManager:
 
     def _abort(self, ckpt: Path, error: BaseException | None) -> None:
         what = _failure(error, self.root)  # before the partial files go: their space is part of the diagnosis
-        _barrier()
+        collectives.barrier()
         if self.rank == 0 and ckpt.exists():
             shutil.rmtree(ckpt, ignore_errors=True)
         if isinstance(error, CheckpointError):
@@ -252,7 +242,7 @@ class CheckpointManager:
                 os.replace(path, moved / path.name)
             self.root.mkdir()
             log.warning("--no-resume: the previous run (checkpoints, metrics, records) was moved to %s", moved)
-        _barrier()
+        collectives.barrier()
         return moved
 
     def prune(self) -> None:
@@ -345,7 +335,7 @@ class CheckpointManager:
         error = None
         if self.rank == 0 and not self._universal_current(tag, root):
             error = self._convert_universal(tag, root)
-        error = _broadcast(error)
+        error = collectives.broadcast_object(error)
         if error is not None:
             raise CheckpointError(error)
         return root
