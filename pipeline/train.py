@@ -23,6 +23,7 @@ from pipeline.config import ConfigError, load_ds_config, parse_args
 from pipeline.data import DataError
 from pipeline.engine import Trainer, TrainingStoppedError
 from pipeline.runrecord import RelaunchError
+from runtime.env import apply_defaults
 
 REFUSALS = (ConfigError, DataError, RelaunchError, NoUsableCheckpointError)
 
@@ -35,6 +36,7 @@ def setup(argv: list[str] | None = None) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_defaults()  # read when used: DeepSpeed's op build, the first tokenizer batch, wandb.init
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     trainer = None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.fields import opt
 from pipeline.model import PRESETS, ModelConfig
+from runtime.hub import HubUnreachableError, check_hub_name
 
 
 class ConfigError(ValueError):
@@ -250,6 +251,11 @@ def _validate_model(cfg: TrainConfig) -> None:
             f"--model {name}: the path does not exist (give an existing local model directory, a hub name such "
             f"as xlm-roberta-large, or a preset: {', '.join(PRESETS)})"
         )
+    if name not in PRESETS and not _looks_like_path(name):
+        try:
+            check_hub_name(name, "--model", f"--model DIR (a local HF model dir) or a preset, random init: {PRESETS}")
+        except HubUnreachableError as e:
+            raise ConfigError(str(e)) from e
     try:
         cfg.model.validate()
     except ValueError as e:  # "ModelConfig.num_layers must ..." -> "--num-layers: ModelConfig.num_layers must ..."
