@@ -336,7 +336,7 @@ def write_demo_report(
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuild runs/demo/report.md from the files a finished (or partial) demo left."""
-    p = argparse.ArgumentParser(description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python scripts/report.py", description=main.__doc__)
     p.add_argument("demo_dir", nargs="?", default="runs/demo", help="the demo's output directory")
     p.add_argument("--manifest", default="data/prepared/manifest.json", help="the prepared dataset's manifest")
     args = p.parse_args(argv)
