@@ -122,6 +122,7 @@ class RunConfig:
     dist_timeout: float = opt(30.0, "process-group timeout in minutes (a rank waiting longer on a collective fails)")
     wandb: str = opt("offline", "Weights & Biases mode", choices=("off", "offline", "online"))
     wandb_project: str = opt("mexma", "wandb project")
+    verbose: bool = opt(False, "also print wandb's and DeepSpeed's own console lines (wandb logs to its files anyway)")
     run_name: str = opt("", "run name (wandb); default: the output directory's name")
 
 
