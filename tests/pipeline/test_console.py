@@ -81,3 +81,13 @@ def test_finished_run_relaunched_says_so_once_opens_no_wandb_and_sums_up(prepare
     assert text.count("already holds a finished run") == 1
     assert not (finished_copy / "wandb").exists()
     assert "done: 8 steps" in text and f"next: python -m pipeline.export {finished_copy}" in text
+
+
+def test_long_pair_lists_are_summarised():
+    from pipeline.sampler import shares_summary
+
+    shares = {f"eng_Latn-x{i:03d}": (i + 1) / 12_246 for i in range(156)}  # 156 pairs, as the offline corpus
+    line = shares_summary(shares)
+    assert len(line) < 400 and line.count("%") == 8 and "config.json" in line
+    assert line.startswith("largest eng_Latn-x155 ") and "smallest" in line
+    assert shares_summary({"a-b": 0.75, "c-d": 0.25}) == "a-b 75.00% c-d 25.00%"
