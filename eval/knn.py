@@ -5,15 +5,23 @@ and serves both the forward top-k of its x rows and the backward top-k of its y 
 computed once (LASER's ``mine_bitexts`` searches twice). Peak memory is one block of cosines plus the two blocks
 of rows and the running top-k lists, (n_x + n_y) x k pairs: at bx = by = 4096 the cosine block is 64 MiB, whatever
 n_x and n_y are. Inputs may be memory-mapped fp16 / fp32 files; a block is read, converted to float32 and
-L2-normalised (by faiss, as LASER does) when it is used.
+L2-normalised (by faiss, as LASER does) when it is used. A y side that fits ``cache_bytes`` once normalised is kept
+(on the GPU when the search runs there) instead of being read again for every x block.
 
 Ties follow faiss's ``IndexFlatIP`` (as ``eval.xsim`` documents): among equal cosines at the k-th place the lowest
 ids are kept, and each list is ordered by cosine descending, equal cosines by id descending. Merging running
-lists with a total order (cosine, then id) makes the result independent of the block and rank layout, so a run
-sharded over ranks gives the one-process result.
+lists with a total order (cosine, then id) makes the result independent of the rank layout: x blocks have fixed
+boundaries and are dealt to ranks, so a run sharded over ranks computes the same blocks as one process.
 
-Approximate (``knn_faiss``): a faiss ``index_factory`` string (e.g. ``IVF4096,PQ64``) with inner-product metric,
-trained on a random sample of the indexed side, searched with ``nprobe`` lists.
+The cosines are numpy's sgemm on the CPU and torch's fp32 GEMM (TF32 off) on CUDA. They may differ from faiss's
+search in the last bit (different BLAS builds and tile shapes), so scores agree with LASER's to float32 rounding;
+equal embeddings still give equal cosines, so ties are resolved as faiss resolves them.
+
+Approximate (``build_index`` + ``knn_index``): a faiss ``index_factory`` string (e.g. ``IVF4096,PQ64``) with the
+inner-product metric, trained on a seeded random sample of the indexed side and filled block by block. Each query
+asks the index for ``k x rerank`` candidates, which are rescored with exact cosines from the embeddings: the scores
+of the pairs found are exact, what is approximate is which neighbours are found. A query for which the index
+returns fewer than k candidates (too few vectors in the probed lists) is searched exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import torch
 from eval.xsim import _faiss_order, _topk_rows
 
 DEFAULT_BLOCK = 4096  # rows per block on each side: a (4096, 4096) float32 cosine block is 64 MiB
+DEFAULT_CACHE_BYTES = 2**30  # a normalised y side up to 1 GiB (262k rows at d = 1024) is read once
 
 
 @dataclass
@@ -36,14 +45,29 @@ class Neighbours:
     fwd_ind: np.ndarray
     bwd_sim: np.ndarray
     bwd_ind: np.ndarray
+    exact_rows: int = 0  # approximate search: query rows searched exactly (the index returned fewer than k)
+
+
+@dataclass
+class Part:
+    """One rank's share of a search: final forward lists of its x ``rows`` (concatenated in that order) and either
+    backward lists of every y row over those x rows only (exact search; ``merge_ranks`` merges them across ranks)
+    or, with ``bwd_rows``, final backward lists of those y rows (approximate search)."""
+
+    rows: list[tuple[int, int]]
+    fwd_sim: np.ndarray
+    fwd_ind: np.ndarray
+    bwd_sim: np.ndarray
+    bwd_ind: np.ndarray
+    exact_rows: int = 0
+    bwd_rows: list[tuple[int, int]] | None = None
 
 
 def normalized_block(a: np.ndarray) -> np.ndarray:
     """A float32 C-contiguous copy of rows ``a`` (fp16 / fp32, possibly memory-mapped), L2-normalised."""
     out = np.array(a, dtype=np.float32, order="C", copy=True)
-    try:
-        import faiss
-    except ImportError:  # same formula, possibly not the same last bit as faiss
+    faiss = faiss_or_none()
+    if faiss is None:  # same formula, possibly not the same last bit as faiss
         norms = np.sqrt((out * out).sum(axis=1, keepdims=True, dtype=np.float32))
         return np.divide(out, norms, out=out, where=norms > 0)
     faiss.normalize_L2(out)
@@ -61,63 +85,102 @@ def empty_lists(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
 
 
-def _cosines(xb: np.ndarray, yb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(bx, by) float32 cosines of two normalised blocks: numpy's sgemm on the CPU (faiss's bits), torch elsewhere."""
-    if device.type == "cpu":
-        return torch.from_numpy(xb @ yb.T)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the cosines to 10 mantissa bits
-    try:
-        return torch.from_numpy(xb).to(device) @ torch.from_numpy(yb).to(device).T
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
 def x_blocks(n_x: int, block: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
     """This rank's x row blocks: fixed boundaries, dealt round-robin, so any world size computes the same blocks."""
     starts = range(0, n_x, block)
     return [(s, min(s + block, n_x)) for i, s in enumerate(starts) if i % world == rank]
 
 
-def knn_exact(x, y, kx: int, ky: int, *, block: int = DEFAULT_BLOCK, device=None, rank: int = 0, world: int = 1):
-    """Exact top-kx of each x row over y and top-ky of each y row over x, over this rank's x blocks only.
+class _YBlocks:
+    """Normalised y blocks on the search device, kept after the first pass when the side fits ``cache_bytes``."""
 
-    Returns ``(rows, Neighbours)``: ``rows`` the (start, end) x blocks done here (their forward lists are final,
-    the others zero); the backward lists cover this rank's x rows. ``merge_ranks`` combines the ranks."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    def __init__(self, y, block: int, device: torch.device, cache_bytes: int):
+        self.y, self.device = y, device
+        self.bounds = [(c0, min(c0 + block, y.shape[0])) for c0 in range(0, y.shape[0], block)]
+        self.cache = {} if y.shape[0] * y.shape[1] * 4 <= cache_bytes else None
+
+    def get(self, j: int):
+        if self.cache is not None and j in self.cache:
+            return self.cache[j]
+        c0, c1 = self.bounds[j]
+        out = normalized_block(self.y[c0:c1])
+        if self.device.type != "cpu":
+            out = torch.from_numpy(out).to(self.device)
+        if self.cache is not None:
+            self.cache[j] = out
+        return out
+
+
+def _cosines(xb, yb) -> torch.Tensor:
+    """(bx, by) float32 cosines of two normalised blocks: numpy's sgemm on the CPU, torch's GEMM on a device."""
+    if isinstance(yb, np.ndarray):
+        return torch.from_numpy(xb @ yb.T)
+    return xb @ yb.T
+
+
+def _pick_device(device) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def knn_exact(x, y, kx: int, ky: int, *, block=DEFAULT_BLOCK, device=None, rank=0, world=1, cache_bytes=None) -> Part:
+    """Exact top-kx of each x row over y and top-ky of each y row over x, for this rank's x blocks.
+
+    kx and ky are clamped to n_y and n_x, as LASER clamps them. One process: ``merge_ranks([part], n_x)``."""
+    device = _pick_device(device)
     n_x, n_y = x.shape[0], y.shape[0]
     kx, ky = min(kx, n_y), min(ky, n_x)
-    fwd_sim, fwd_ind = np.zeros((n_x, kx), np.float32), np.zeros((n_x, kx), np.int64)
-    bwd = [empty_lists(min(block, n_y - c0)) for c0 in range(0, n_y, block)]
-    rows = x_blocks(n_x, block, rank, world)
-    for r0, r1 in rows:
-        xb = normalized_block(x[r0:r1])
-        row_v, row_i = empty_lists(r1 - r0)
-        for j, c0 in enumerate(range(0, n_y, block)):
-            c1 = min(c0 + block, n_y)
-            s = _cosines(xb, normalized_block(y[c0:c1]), device)  # (bx, by)
-            v, i = _topk_rows(s, min(kx, c1 - c0))
-            row_v, row_i = merge_topk(row_v, row_i, v, i + c0, kx)
-            v, i = _topk_rows(s.T, min(ky, r1 - r0))
-            bwd[j] = merge_topk(*bwd[j], v, i + r0, ky)
-            del s
-        fwd_sim[r0:r1], fwd_ind[r0:r1] = row_v, row_i
-    bwd_sim = np.concatenate([b[0] for b in bwd]) if bwd else np.zeros((0, ky), np.float32)
-    bwd_ind = np.concatenate([b[1] for b in bwd]) if bwd else np.zeros((0, ky), np.int64)
-    return rows, Neighbours(fwd_sim, fwd_ind, bwd_sim, bwd_ind)
-
-
-def merge_ranks(parts: list[tuple[list, Neighbours]], ky: int) -> Neighbours:
-    """One ``Neighbours`` from every rank's ``knn_exact``: forward rows taken from the rank that owns them,
-    backward lists merged (the total order makes the merge independent of the number of ranks)."""
-    first = parts[0][1]
-    fwd_sim, fwd_ind = np.empty_like(first.fwd_sim), np.empty_like(first.fwd_ind)
-    bwd_sim, bwd_ind = empty_lists(first.bwd_sim.shape[0])
-    for rows, nb in parts:
+    ys = _YBlocks(y, block, device, DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
+    bwd = [empty_lists(c1 - c0) for c0, c1 in ys.bounds]
+    rows, fwd = x_blocks(n_x, block, rank, world), []
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round the cosines to 10 mantissa bits
+    try:
         for r0, r1 in rows:
-            fwd_sim[r0:r1], fwd_ind[r0:r1] = nb.fwd_sim[r0:r1], nb.fwd_ind[r0:r1]
-        bwd_sim, bwd_ind = merge_topk(bwd_sim, bwd_ind, nb.bwd_sim, nb.bwd_ind, ky)
-    return Neighbours(fwd_sim, fwd_ind, bwd_sim, bwd_ind)
+            xb = normalized_block(x[r0:r1])
+            if device.type != "cpu":
+                xb = torch.from_numpy(xb).to(device)
+            row_v, row_i = empty_lists(r1 - r0)
+            for j, (c0, c1) in enumerate(ys.bounds):
+                s = _cosines(xb, ys.get(j))  # (bx, by)
+                v, i = _topk_rows(s, min(kx, c1 - c0))
+                row_v, row_i = merge_topk(row_v, row_i, v, i + c0, kx)
+                if ky:
+                    v, i = _topk_rows(s.T, min(ky, r1 - r0))
+                    bwd[j] = merge_topk(*bwd[j], v, i + r0, ky)
+                del s
+            fwd.append((row_v, row_i))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    fwd_sim, fwd_ind = (np.concatenate(a) for a in zip(*fwd)) if fwd else empty_lists(0)
+    return Part(rows, fwd_sim, fwd_ind, *(np.concatenate(a) for a in zip(*bwd)))
+
+
+def _place(out_sim: np.ndarray, out_ind: np.ndarray, rows, sim: np.ndarray, ind: np.ndarray) -> None:
+    at = 0
+    for r0, r1 in rows:
+        out_sim[r0:r1], out_ind[r0:r1] = sim[at : at + r1 - r0], ind[at : at + r1 - r0]
+        at += r1 - r0
+
+
+def merge_ranks(parts: list[Part], n_x: int) -> Neighbours:
+    """One ``Neighbours`` from every rank's ``Part``: final rows placed where they belong, partial backward lists
+    merged (the total order makes the merge independent of the number of ranks)."""
+    kx = max(p.fwd_sim.shape[1] for p in parts)
+    ky = max(p.bwd_sim.shape[1] for p in parts)
+    fwd_sim, fwd_ind = np.zeros((n_x, kx), np.float32), np.zeros((n_x, kx), np.int64)
+    for part in parts:
+        _place(fwd_sim, fwd_ind, part.rows, part.fwd_sim, part.fwd_ind)
+    if parts[0].bwd_rows is not None:
+        n_y = max((r1 for p in parts for _, r1 in p.bwd_rows), default=0)
+        bwd_sim, bwd_ind = np.zeros((n_y, ky), np.float32), np.zeros((n_y, ky), np.int64)
+        for part in parts:
+            _place(bwd_sim, bwd_ind, part.bwd_rows, part.bwd_sim, part.bwd_ind)
+    else:
+        bwd_sim, bwd_ind = empty_lists(parts[0].bwd_sim.shape[0])
+        for part in parts:
+            if part.bwd_sim.shape[1]:
+                bwd_sim, bwd_ind = merge_topk(bwd_sim, bwd_ind, part.bwd_sim, part.bwd_ind, ky)
+    return Neighbours(fwd_sim, fwd_ind, bwd_sim, bwd_ind, sum(p.exact_rows for p in parts))
 
 
 # ---------------------------------------------------------------- approximate search (faiss)
@@ -144,36 +207,58 @@ def build_index(base, factory: str, *, sample: int = 2**18, nprobe: int = 16, bl
         index.train(normalized_block(base[rows]))
     for r0 in range(0, n, block):
         index.add(normalized_block(base[r0 : r0 + block]))
-    try:
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
-    except RuntimeError:  # an index without inverted lists (e.g. "Flat", "PQ64")
-        pass
+    set_nprobe(index, nprobe)
     return index
 
 
-def search_index(index, queries, k: int, block: int = DEFAULT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """(n, k) similarities and ids of the normalised ``queries`` in ``index``, block by block (ids -1: none found)."""
-    sims, ids = [], []
-    for r0 in range(0, queries.shape[0], block):
-        s, i = index.search(normalized_block(queries[r0 : r0 + block]), k)
-        sims.append(s)
+def set_nprobe(index, nprobe: int) -> None:
+    import faiss
+
+    try:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+    except RuntimeError:  # an index without inverted lists (e.g. "Flat", "PQ64", "HNSW32")
+        pass
+
+
+def _rescore(qb: np.ndarray, base, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosines of the candidates ``cand`` (b, c) (id -1: none) and the best k by (cosine desc, id asc);
+    missing entries get cosine -inf."""
+    valid = cand >= 0
+    uniq, inverse = np.unique(cand[valid], return_inverse=True)
+    rows = normalized_block(base[uniq]) if uniq.size else np.zeros((0, qb.shape[1]), np.float32)
+    cos = np.full(cand.shape, -np.inf, np.float32)
+    cos[valid] = np.einsum("ij,ij->i", qb[np.nonzero(valid)[0]], rows[inverse])
+    ids = np.where(valid, cand, np.iinfo(np.int64).max)
+    keep = np.lexsort((ids, -cos), axis=-1)[:, :k]
+    return np.take_along_axis(cos, keep, axis=1), np.take_along_axis(ids, keep, axis=1)
+
+
+def knn_index(queries, base, index, k: int, rows: list[tuple[int, int]], *, rerank: int = 4, device=None):
+    """Top-k of the query ``rows`` blocks in ``index`` (over ``base``), rescored exactly; ``(sim, ind, exact)``
+    in faiss order, concatenated in ``rows`` order; ``exact``: query rows searched exactly instead."""
+    k = min(k, base.shape[0])
+    want, sims, ids, exact = min(base.shape[0], k * max(1, rerank)), [], [], 0
+    for r0, r1 in rows:
+        qb = normalized_block(queries[r0:r1])
+        sub = 1024  # rescoring gathers (sub x want) rows of base at a time: 64 MiB at want = 16, d = 1024
+        search = index.search
+        parts = [_rescore(qb[a : a + sub], base, search(qb[a : a + sub], want)[1], k) for a in range(0, r1 - r0, sub)]
+        v, i = (np.concatenate(p) for p in zip(*parts))
+        short = np.flatnonzero(~np.isfinite(v[:, -1]))
+        if short.size:
+            exact += int(short.size)
+            part = knn_exact(qb[short], base, k, 0, device=device)
+            v[short], i[short] = part.fwd_sim, part.fwd_ind
+        v, i = _faiss_order(v, i)
+        sims.append(v)
         ids.append(i)
-    return np.concatenate(sims), np.concatenate(ids)
+    if not sims:
+        return *empty_lists(0), 0
+    return np.concatenate(sims), np.concatenate(ids), exact
 
 
-def knn_faiss(x, y, kx: int, ky: int, factory: str, *, sample: int = 2**18, nprobe: int = 16) -> Neighbours:
-    """Approximate top-k both ways through two faiss indexes (one over y, one over x) built from ``factory``."""
-    fwd = search_index(build_index(y, factory, sample=sample, nprobe=nprobe), x, min(kx, y.shape[0]))
-    bwd = search_index(build_index(x, factory, sample=sample, nprobe=nprobe), y, min(ky, x.shape[0]))
-    return Neighbours(*_fill_missing(*fwd), *_fill_missing(*bwd))
-
-
-def _fill_missing(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Entries an approximate search left empty (id -1: too few vectors in the probed lists) get cosine -1, the
-    lowest there is, and the row's first id, so they lower the k-NN mean as a far neighbour would."""
-    missing = ids < 0
-    if missing.any():
-        sims, ids = sims.copy(), ids.copy()
-        sims[missing] = -1.0
-        ids[missing] = np.broadcast_to(np.maximum(ids[:, :1], 0), ids.shape)[missing]
-    return sims, ids
+def missing_faiss_message(factory: str) -> str:
+    return (
+        f"--index {factory}: faiss is not installed on this node; searching exactly in blocks instead (time grows "
+        "with n_src x n_trg; install faiss-cpu or faiss-gpu for the approximate index)"
+    )

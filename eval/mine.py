@@ -16,17 +16,20 @@ GEMM, memory bounded by --block); ``--index`` uses an approximate faiss index fo
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from eval import dist
-from eval.knn import DEFAULT_BLOCK, faiss_or_none, knn_exact, knn_faiss, merge_ranks
+from eval.knn import DEFAULT_BLOCK, DEFAULT_CACHE_BYTES, faiss_or_none, knn_exact, merge_ranks, missing_faiss_message
 from eval.mine_io import (
     MineError,
     as_float32,
     as_float64,
+    file_key,
     load_embeddings,
     read_side,
     unique_rows,
@@ -47,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trg-lang", help="target language id")
     p.add_argument("--output", help="output file")
     p.add_argument("--summary", help="JSON summary (default OUTPUT.json)")
-    p.add_argument("--threshold", type=float, help="keep scores above this (default: LASER's, 0 for max only)")
+    p.add_argument("--threshold", type=float, default=0.0, help="max retrieval: keep scores above this (default 0)")
     p.add_argument("--mode", choices=MODES, help="execution mode")
     p.add_argument("-k", "--neighborhood", type=int, default=4, help="neighbourhood size (default 4)")
     p.add_argument("--margin", choices=MARGINS, default="ratio", help="margin function (default ratio)")
@@ -68,12 +71,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=512, help="truncate sentences to this many tokens")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="encoder precision")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="encoding/search device")
-    p.add_argument("--cache-dir", help="embeddings of --model, reused on a rerun (default OUTPUT.emb)")
+    p.add_argument("--cache-dir", help="--model embeddings, --index indexes; reused (default OUTPUT.cache)")
     p.add_argument("--chunk", type=int, default=2**16, help="sentences per embedding shard (default 65536)")
-    p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help="rows per search block on each side")
+    p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help="rows per search block on each side (4096)")
+    p.add_argument(
+        "--cache-mb", type=int, default=DEFAULT_CACHE_BYTES >> 20, help="keep the normalised target side up to this"
+    )
     p.add_argument("--index", help="approximate search: a faiss index_factory string, e.g. IVF4096,PQ64")
     p.add_argument("--index-sample", type=int, default=2**18, help="rows to train the index on (default 262144)")
     p.add_argument("--nprobe", type=int, default=16, help="inverted lists visited per query (default 16)")
+    p.add_argument("--rerank", type=int, default=4, help="index candidates per neighbour, rescored exactly (4)")
     p.add_argument("--bench", action="store_true", help="print search (and --model embedding) sentences/s")
     p.add_argument("--bench-sizes", default="1e5,1e6", help="sentences per side for --bench (default 1e5,1e6)")
     args = p.parse_args(argv)
@@ -96,6 +103,9 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ("--dim", args.dim),
         ("--block", args.block),
         ("--chunk", args.chunk),
+        ("--index-sample", args.index_sample),
+        ("--nprobe", args.nprobe),
+        ("--rerank", args.rerank),
     ):
         if value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
@@ -108,31 +118,43 @@ def log(args, message: str) -> None:
         print(f" - {message}", file=sys.stderr)
 
 
-def embeddings(args, src, trg, rank: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of both sides: the precomputed files (memory-mapped), or embedded by --model into the cache."""
+def cache_dir(args) -> Path:
+    return Path(args.cache_dir or f"{args.output}.cache")
+
+
+def embeddings(args, src, trg, rank: int, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows of both sides (the precomputed files memory-mapped, or embedded by --model into the cache) and a
+    fingerprint of each side's rows (keys of cached indexes)."""
     if args.model is None:
         x = load_embeddings(args.src_embeddings, args.dim, args.fp16, "--src-embeddings")
         y = load_embeddings(args.trg_embeddings, args.dim, args.fp16, "--trg-embeddings")
-        return unique_rows(x, src, "--src-embeddings", args.unify), unique_rows(y, trg, "--trg-embeddings", args.unify)
+        keys = [file_key(path, args.unify) for path in (args.src_embeddings, args.trg_embeddings)]
+        x, y = unique_rows(x, src, "--src-embeddings", args.unify), unique_rows(y, trg, "--trg-embeddings", args.unify)
+        return x, y, keys
     from eval.embed_cache import embed_sides
 
-    return embed_sides(args, {f"src.{args.src_lang}": src.sents, f"trg.{args.trg_lang}": trg.sents}, rank, size)
+    sets = {f"src.{args.src_lang}": src.sents, f"trg.{args.trg_lang}": trg.sents}
+    x, y = embed_sides(args, sets, rank, size)
+    keys = [json.loads((Path(e.filename).parent / "meta.json").read_text())["sha"] for e in (x, y)]
+    return x, y, keys
 
 
-def neighbours(args, x, y, rank: int, size: int):
-    """Both directions' k-NN lists on rank 0 (None on the others): exact and sharded over ranks by x blocks, or
-    through --index on rank 0 when faiss is there (else exact, with a message saying so)."""
-    k = args.neighborhood
-    if args.index:
-        if faiss_or_none() is not None and rank != 0:
-            return None
-        if faiss_or_none() is not None:
-            return knn_faiss(x, y, k, k, args.index, sample=args.index_sample, nprobe=args.nprobe)
-        print(f"python -m eval.mine: --index {args.index}: faiss is not installed here; exact search", file=sys.stderr)
-    device = dist.device_for(args.device)
-    part = knn_exact(x, y, k, k, block=args.block, device=device, rank=rank, world=size)
+def neighbours(args, x, y, keys: list[str], rank: int, size: int):
+    """Both directions' k-NN lists on rank 0 (None on the others), every rank searching its share of blocks:
+    exact, or through --index (built once by rank 0 into the cache) when faiss is installed."""
+    k, device = args.neighborhood, dist.device_for(args.device)
+    approximate = args.index is not None and faiss_or_none() is not None
+    if args.index is not None and not approximate and rank == 0:
+        print(f"python -m eval.mine: warning: {missing_faiss_message(args.index)}", file=sys.stderr)
+    if approximate:
+        from eval.mine_index import approximate_part
+
+        part = approximate_part(args, x, y, keys, cache_dir(args), rank, size)
+    else:
+        part = knn_exact(x, y, k, k, block=args.block, device=device, rank=rank, world=size,
+                         cache_bytes=args.cache_mb << 20)  # fmt: skip
     parts = dist.gather({str(rank): part})
-    return None if parts is None else merge_ranks([parts[str(r)] for r in range(size)], k)
+    return None if parts is None else merge_ranks([parts[str(r)] for r in range(size)], x.shape[0])
 
 
 def write_output(args, src, trg, x, y, nb) -> dict:
@@ -153,6 +175,12 @@ def write_output(args, src, trg, x, y, nb) -> dict:
     return {"lines": write_lines(args.output, [trg.sents[best[i]] for i in src.inds]), "errors": errors}
 
 
+def search_kind(args) -> str:
+    if args.index is None:
+        return "exact"
+    return f"faiss {args.index}" if faiss_or_none() is not None else "exact (faiss missing for --index)"
+
+
 def run(args) -> int:
     rank, size = dist.init()
     timings, t0 = {}, time.perf_counter()
@@ -160,9 +188,9 @@ def run(args) -> int:
     for side in (src, trg):
         log(args, f"{side.path}: {side.lines} lines, {len(side.sents)} rows")
     timings["load_s"], t0 = time.perf_counter() - t0, time.perf_counter()
-    x, y = embeddings(args, src, trg, rank, size)
+    x, y, keys = embeddings(args, src, trg, rank, size)
     timings["embed_s"], t0 = time.perf_counter() - t0, time.perf_counter()
-    nb = neighbours(args, x, y, rank, size)
+    nb = neighbours(args, x, y, keys, rank, size)
     timings["knn_s"], t0 = time.perf_counter() - t0, time.perf_counter()
     if rank != 0:
         return 0
@@ -172,8 +200,8 @@ def run(args) -> int:
         "src": {"file": src.path, "lang": args.src_lang, "lines": src.lines, "rows": len(src.sents)},
         "trg": {"file": trg.path, "lang": args.trg_lang, "lines": trg.lines, "rows": len(trg.sents)},
         "mode": args.mode, "retrieval": args.retrieval, "margin": args.margin, "k": args.neighborhood,
-        "threshold": args.threshold, "unify": args.unify, "search": args.index or "exact",
-        "output": str(args.output), **counts, "world_size": size,
+        "threshold": args.threshold, "unify": args.unify, "search": search_kind(args),
+        "exact_fallback_rows": nb.exact_rows, "output": str(args.output), **counts, "world_size": size,
         "timings": {key: round(value, 3) for key, value in timings.items()},
     }  # fmt: skip
     write_summary(args.summary or f"{args.output}.json", summary)

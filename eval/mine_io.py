@@ -80,16 +80,34 @@ def load_embeddings(path: str | Path, dim: int, fp16: bool, flag: str) -> np.nda
     return np.memmap(path, mode="r", dtype=dtype, shape=(size // (dim * dtype.itemsize), dim))
 
 
-def unique_rows(emb: np.ndarray, side: Side, flag: str, unify: bool) -> np.ndarray:
+class RowView:
+    """Rows ``rows`` of a (memory-mapped) array, read only when sliced: the unified side of a large file without
+    a copy of it. Supports ``shape``, ``view[a:b]`` and ``view[index_array]``."""
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray):
+        self.base, self.rows = base, rows
+        self.shape = (rows.shape[0], base.shape[1])
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.base[self.rows[key]]
+
+
+def unique_rows(emb: np.ndarray, side: Side, flag: str, unify: bool):
     """The embedding rows of ``side``'s rows: one per line, or with ``unify`` the row of each distinct sentence's
-    last line (as LASER's ``unique_embeddings`` takes it)."""
+    last line (as LASER's ``unique_embeddings`` takes it), as a ``RowView``."""
     if emb.shape[0] != side.lines:
         raise MineError(f"{flag}: {emb.shape[0]} embeddings but {side.path} has {side.lines} lines")
     if not unify:
         return emb
     last = np.zeros(len(side.sents), dtype=np.int64)
     last[side.inds] = np.arange(side.lines)  # later lines overwrite earlier ones
-    return emb[last]
+    return RowView(emb, last)
+
+
+def file_key(path: str | Path, unify: bool) -> str:
+    """Identity of an embedding file for cached indexes: path, size, modification time, and the unification."""
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}:{unify}"
 
 
 def write_pairs(path: str | Path, scores: np.ndarray, src: list[str], trg: list[str], scalar) -> int:

@@ -7,8 +7,9 @@ the y side and ``mean_k(y)`` that of y's among the x side; ``ratio`` is ``a / b`
 
 Retrieval (``--mode mine``): ``fwd`` the best-scoring candidate of every source sentence, ``bwd`` of every target
 sentence, ``intersect`` the forward pairs that are also backward pairs, ``max`` all forward and backward pairs
-taken greedily by descending score, each sentence used at most once (a stable sort: equal scores keep forward
-pairs first, in source order, then backward pairs, in target order).
+taken greedily by descending score, each sentence used at most once, those scoring above ``--threshold`` written
+(a stable sort: equal scores keep forward pairs first, in source order, then backward pairs, in target order;
+LASER's ``np.argsort`` is not stable, so there the order of exactly equal scores depends on the numpy build).
 
 Both directions' k-NN means are computed in every mode (the margin needs both; LASER's script computes the
 backward one only for ``max`` and ``intersect``).
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.knn import Neighbours
+from eval.knn import DEFAULT_BLOCK, Neighbours, knn_exact, merge_ranks
 
 MODES = ("mine", "score", "search")
 RETRIEVALS = ("fwd", "bwd", "max", "intersect")
@@ -76,42 +77,44 @@ def best_candidates(nb: Neighbours, margin: str):
 
 
 def _greedy_max(fwd_best, fwd_score, bwd_best, bwd_score, threshold: float) -> Pairs:
-    """LASER's ``max`` retrieval: every forward and backward pair by descending score, each side used once."""
+    """LASER's ``max`` retrieval: every forward and backward pair by descending score, each side used once, the
+    pairs scoring above ``threshold`` written. Pairs at or below it come after all written ones in that order, so
+    they are dropped before the (sequential) greedy pass without changing its result."""
     n_x, n_y = fwd_best.shape[0], bwd_best.shape[0]
     src = np.concatenate([np.arange(n_x), bwd_best])
     trg = np.concatenate([fwd_best, np.arange(n_y)])
     scores = np.concatenate([fwd_score, bwd_score])
+    above = np.flatnonzero(scores > threshold)
+    order = above[np.argsort(-scores[above], kind="stable")]  # equal scores: forward pairs first, in row order
     seen_src, seen_trg = np.zeros(n_x, bool), np.zeros(n_y, bool)
     keep = []
-    for i in np.argsort(-scores, kind="stable").tolist():
-        s, t = src[i], trg[i]
+    for i, s, t in zip(order.tolist(), src[order].tolist(), trg[order].tolist()):
         if not seen_src[s] and not seen_trg[t]:
             seen_src[s] = seen_trg[t] = True
-            if scores[i] > threshold:
-                keep.append(i)
+            keep.append(i)
     keep = np.asarray(keep, dtype=np.int64)
     return Pairs(scores[keep], src[keep], trg[keep])
 
 
-def mine(nb: Neighbours, margin: str, retrieval: str, threshold: float | None = None) -> Pairs:
-    """The pairs ``--mode mine`` writes, in LASER's order. ``threshold``: keep scores strictly above it; None is
-    LASER's behaviour (0 for ``max``, no filter for the others, where LASER's script ignores ``--threshold``)."""
+def mine(nb: Neighbours, margin: str, retrieval: str, threshold: float = 0.0) -> Pairs:
+    """The pairs ``--mode mine`` writes, in LASER's order. As in LASER's script, ``threshold`` (default 0) filters
+    the ``max`` retrieval only (scores strictly above it); ``fwd``, ``bwd`` and ``intersect`` write every pair."""
     fwd_best, fwd_score, bwd_best, bwd_score = best_candidates(nb, margin)
     if retrieval == "max":
-        return _greedy_max(fwd_best, fwd_score, bwd_best, bwd_score, 0.0 if threshold is None else threshold)
+        return _greedy_max(fwd_best, fwd_score, bwd_best, bwd_score, threshold)
     if retrieval == "fwd":
-        pairs = Pairs(fwd_score, np.arange(fwd_best.shape[0]), fwd_best)
-    elif retrieval == "bwd":
-        pairs = Pairs(bwd_score, bwd_best, np.arange(bwd_best.shape[0]))
-    elif retrieval == "intersect":
+        return Pairs(fwd_score, np.arange(fwd_best.shape[0]), fwd_best)
+    if retrieval == "bwd":
+        return Pairs(bwd_score, bwd_best, np.arange(bwd_best.shape[0]))
+    if retrieval == "intersect":
         src = np.flatnonzero(bwd_best[fwd_best] == np.arange(fwd_best.shape[0]))
-        pairs = Pairs(fwd_score[src], src, fwd_best[src])
-    else:
-        raise ValueError(f"--retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
-    if threshold is not None:
-        keep = pairs.scores > threshold
-        pairs = Pairs(pairs.scores[keep], pairs.src[keep], pairs.trg[keep])
-    return pairs
+        return Pairs(fwd_score[src], src, fwd_best[src])
+    raise ValueError(f"--retrieval must be one of {RETRIEVALS}, got {retrieval!r}")
+
+
+def neighbours(x, y, k: int, *, device=None, block: int = DEFAULT_BLOCK) -> Neighbours:
+    """Both directions' exact k-NN lists of two in-memory (or memory-mapped) sides in one process."""
+    return merge_ranks([knn_exact(x, y, k, k, block=block, device=device)], x.shape[0])
 
 
 def search(nb: Neighbours, margin: str) -> np.ndarray:

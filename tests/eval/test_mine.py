@@ -184,11 +184,14 @@ def test_blocks_and_ranks_do_not_change_neighbours():
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((37, 8)).astype(np.float32), rng.standard_normal((41, 8)).astype(np.float32)
     y[20] = y[3]
-    one = knn_exact(x, y, 4, 4, block=5)[1]
-    merged = merge_ranks([knn_exact(x, y, 4, 4, block=5, rank=r, world=3) for r in range(3)], 4)
+    one = merge_ranks([knn_exact(x, y, 4, 4, block=5)], 37)
+    merged = merge_ranks([knn_exact(x, y, 4, 4, block=5, rank=r, world=3) for r in range(3)], 37)
     for a, b in zip(vars(one).values(), vars(merged).values()):
         np.testing.assert_array_equal(a, b)  # the same blocks on any number of ranks: the same bits
-    whole = knn_exact(x, y, 4, 4, block=64)[1]  # other blocks: the GEMM's last bit may differ
+    uncached = merge_ranks([knn_exact(x, y, 4, 4, block=5, cache_bytes=0)], 37)
+    for a, b in zip(vars(one).values(), vars(uncached).values()):
+        np.testing.assert_array_equal(a, b)
+    whole = merge_ranks([knn_exact(x, y, 4, 4, block=64)], 37)  # other blocks: the GEMM's last bit may differ
     np.testing.assert_array_equal(whole.fwd_ind, one.fwd_ind)
     np.testing.assert_array_equal(whole.bwd_ind, one.bwd_ind)
     np.testing.assert_allclose(whole.bwd_sim, one.bwd_sim, rtol=1e-6)
