@@ -169,14 +169,15 @@ def test_identical_to_laser(tmp_path, margin, mode, retrieval, unify):
 # cosines ~1e3 times; the pairs must still be the same.
 # k = 1 makes every mutual nearest pair score 1 under the ratio margin: their order in ``max`` then rests on the
 # last bit of the cosine (LASER's per-pair dot vs the GEMM), so k = 1 is checked with ``fwd`` (source order).
-@pytest.mark.parametrize(("k", "retrieval", "threshold"), [(1, "fwd", None), (3, "max", 1.05), (40, "max", 1.5)])
+# As in LASER, --threshold filters ``max`` only: ``fwd`` with a threshold above every score writes every pair.
+@pytest.mark.parametrize(("k", "retrieval", "threshold"), [(1, "fwd", 5.0), (3, "max", 1.05), (40, "max", 1.5)])
 def test_fp16_threshold_and_k(tmp_path, k, retrieval, threshold):
     paths = corpus(tmp_path, seed=3, fp16=True)
     flags = ["--mode", "mine", "--retrieval", retrieval, "--fp16", "-k", str(k), "--unify"]
     got = run_mine(paths, tmp_path / "o.tsv", *flags, *(["--threshold", str(threshold)] if threshold else []))
     want = laser_reference(paths["src"][0], paths["trg"][0], paths["src"][2], paths["trg"][2], "mine", retrieval,
                            "ratio", k, True, threshold=threshold or 0.0)  # fmt: skip
-    assert want and (len(want) < 22 or threshold is None)
+    assert want and (len(want) < 22) == (retrieval == "max")
     assert_same(got, want, "mine", rel=1e-4 if k >= 23 else 2e-6)
 
 
