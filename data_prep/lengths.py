@@ -150,3 +150,76 @@ def open_sampling_files(data_dir: str | Path, split: str, expected_rows: int, ve
             raise LengthsError(f"{f}: sha256 differs from {path} (corrupted); delete it to rebuild")
         arrays[s] = np.load(f, mmap_mode="r")
     return {**arrays, "pairs": meta["pairs"], "counts": np.asarray(meta["counts"], dtype=np.int64), "meta": meta}
+
+
+def merge_sampling_files(data_dir: str | Path, split: str, shards: list[dict]) -> dict:
+    """The split's sampling files from per-shard arrays, in shard order; the same files `write_sampling_files`
+    builds by scanning the rows, without reading a shard.
+
+    shards: per shard {"rows", "lengths": (n, 2) uint16 .npy, "codes": (n,) uint16 .npy (pair code in the shard's
+    first-appearance order), "index": (n,) .npy (rows grouped by code, ascending), "pairs": names in code order}.
+    Pair codes are renumbered by first appearance over the whole split, as a scan in row order numbers them."""
+    root = Path(data_dir)
+    out = sampling_dir(root)
+    out.mkdir(parents=True, exist_ok=True)
+    names: dict[str, int] = {}
+    for shard in shards:
+        for name in shard["pairs"]:
+            names.setdefault(name, len(names))
+    if len(names) > MAX_PAIRS:
+        raise LengthsError(f"{root / split}: more than {MAX_PAIRS} language pairs; pair codes are uint16")
+    n = sum(s["rows"] for s in shards)
+    tag = f"{socket.gethostname()}.{os.getpid()}"
+    tmp = {s: out / f".{split}_{s}.tmp{tag}.npy" for s in SUFFIXES}
+    lengths = np.lib.format.open_memmap(tmp["lengths"], mode="w+", dtype=np.uint16, shape=(n, 2))
+    codes = np.lib.format.open_memmap(tmp["pair_ids"], mode="w+", dtype=np.uint16, shape=(n,))
+    counts = np.zeros(len(names), dtype=np.int64)
+    starts, at = [], 0
+    for shard in shards:
+        to_global = np.array([names[p] for p in shard["pairs"]], dtype=np.uint16)
+        local = np.load(shard["codes"], mmap_mode="r")
+        lengths[at : at + shard["rows"]] = np.load(shard["lengths"], mmap_mode="r")
+        codes[at : at + shard["rows"]] = to_global[local]
+        counts[to_global] += np.bincount(local, minlength=len(to_global))
+        starts.append(at)
+        at += shard["rows"]
+    _merge_index(tmp["pair_index"], shards, starts, names, counts)
+    lengths.flush(), codes.flush()
+    del lengths, codes
+    return _publish(root, split, tmp, tag, {"version": VERSION, "split": split, "rows": n, "pairs": list(names),
+                                            "counts": counts.tolist()})  # fmt: skip
+
+
+def _merge_index(path: Path, shards: list[dict], starts: list[int], names: dict[str, int], counts) -> None:
+    """Rows grouped by global pair code: for each code, each shard's rows of that pair (+ the shard's first row)."""
+    n = int(counts.sum())
+    index = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint32 if n < 2**32 else np.uint64, shape=(n,))
+    segments, local = [], [np.load(s["index"], mmap_mode="r") for s in shards]
+    for shard in shards:  # per shard: {global code: (begin, end) in its local index}
+        local_counts = np.bincount(np.load(shard["codes"], mmap_mode="r"), minlength=len(shard["pairs"]))
+        ends = np.cumsum(local_counts)
+        segments.append({names[p]: (int(e - c), int(e)) for p, c, e in zip(shard["pairs"], local_counts, ends)})
+    at = 0
+    for code in range(len(names)):
+        for rows, start, seg in zip(local, starts, segments):
+            if code in seg:
+                b, e = seg[code]
+                index[at : at + e - b] = rows[b:e].astype(index.dtype) + start
+                at += e - b
+    index.flush()
+    del index
+
+
+def _publish(root: Path, split: str, tmp: dict, tag: str, meta: dict) -> dict:
+    """Move the arrays into place, then the JSON record (written last: its presence means the arrays are whole)."""
+    files = {}
+    for s in SUFFIXES:
+        final = _file(root, split, s)
+        os.replace(tmp[s], final)
+        files[final.name] = {"size": final.stat().st_size, "sha256": _sha256(final)}
+    meta["files"] = files
+    path = meta_path(root, split)
+    tmp_meta = path.with_name(f".{path.name}.tmp{tag}")
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, path)
+    return meta
