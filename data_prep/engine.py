@@ -34,8 +34,8 @@ from .stages.read import CountStep, ReadStep
 from .stages.vocab import VocabStep
 
 log = logging.getLogger("data_prep")
-POLL_SECONDS = 0.5
-PRELOAD = ["data_prep.engine", "datatrove.executor.local", "pyarrow.compute", "tokenizers"]  # how often a machine looks for the other machines' completion markers
+POLL_SECONDS = 0.5  # how often a machine looks for the other machines' completion markers
+PRELOAD = ["data_prep.engine", "datatrove.executor.local", "pyarrow.compute", "tokenizers"]
 
 
 @dataclass(frozen=True)

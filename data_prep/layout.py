@@ -44,6 +44,29 @@ class Layout:
     def of(cls, langs_or_layout: tuple[str, str] | Layout) -> Layout:
         return langs_or_layout if isinstance(langs_or_layout, Layout) else cls(langs=tuple(langs_or_layout))
 
+    def score_column(self, names: list[str], where: str) -> str:
+        """The score column among `names` ("" when none is needed); SourceError when --min-score has none."""
+        score = self.score or next((c for c in SCORE_COLUMNS if c in names), "")
+        if self.score and self.score not in names:
+            raise SourceError(f"{where}: no score column {self.score!r} (--score-col); columns {names}")
+        if self.min_score is not None and not score:
+            names_it = " or ".join(SCORE_COLUMNS)
+            raise SourceError(f"{where}: --min-score needs a score column ({names_it}, or --score-col)")
+        return score
+
+    def low_score(self, score, where: str) -> Skip | None:
+        """`low_score` when --min-score is set and the score is missing, not a number, or below it."""
+        if self.min_score is None:
+            return None
+        if isinstance(score, str):
+            try:
+                score = float(score)
+            except ValueError:
+                pass
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or math.isnan(score):
+            return Skip(LOW_SCORE, where, f"no score ({score!r})")
+        return Skip(LOW_SCORE, where, f"score {score} < {self.min_score}") if score < self.min_score else None
+
     def columns(self) -> tuple[str, str, str, str]:
         return self.src, self.trg, self.src_lang, self.trg_lang
 
@@ -89,20 +112,12 @@ class Resolved:
         return cols + [c for c in (*self.lang_columns, self.score) if c]
 
     def record(self, obj: dict, where: str) -> Record:
-        low = self._low_score(obj.get(self.score) if self.score else None, where)
+        low = self.layout.low_score(obj.get(self.score) if self.score else None, where)
         if low is not None:
             return low
         if self.translation:
             return translation_pair(obj.get(TRANSLATION), self.layout.langs[0], where)
         return self._columns_pair(obj, where)
-
-    def _low_score(self, score, where: str) -> Skip | None:
-        minimum = self.layout.min_score
-        if minimum is None:
-            return None
-        if not isinstance(score, (int, float)) or isinstance(score, bool) or math.isnan(score):
-            return Skip(LOW_SCORE, where, f"no score ({score!r})")
-        return Skip(LOW_SCORE, where, f"score {score} < {minimum}") if score < minimum else None
 
     def _columns_pair(self, obj: dict, where: str) -> Record:
         lay = self.layout

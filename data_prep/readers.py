@@ -55,15 +55,20 @@ def _header_index(fields: list[str], path: Path, layout: Layout) -> dict[str, in
     index = {
         key: names.index(c) for key, c in zip(("src", "trg", "src_lang", "trg_lang"), layout.columns()) if c in names
     }
+    if layout.min_score is not None:
+        index["score"] = names.index(layout.score_column(names, f"{path}:1"))
     # fields a row needs at least, and has at most (a tab or comma inside an unquoted sentence adds one)
     return {**index, "_width": max(len(index), max(index.values()) + 1), "_max": len(names)}
 
 
-def _row_pair(fields: list[str], index: dict[str, int], langs: tuple[str, str], where: str) -> Record:
+def _row_pair(fields: list[str], index: dict[str, int], layout: Layout, where: str) -> Record:
     if len(fields) < index["_width"]:
         return Skip(MALFORMED, where, f"{len(fields)} field(s), header has {index['_width']}")
     if len(fields) > index["_max"]:
         return Skip(EXTRA_FIELDS, where, f"{len(fields)} fields, header has {index['_max']} (a separator in a text?)")
+    if "score" in index and (low := layout.low_score(fields[index["score"]].strip(), where)) is not None:
+        return low
+    langs = layout.langs
     src_lang = fields[index["src_lang"]].strip() if "src_lang" in index else langs[0]
     trg_lang = fields[index["trg_lang"]].strip() if "trg_lang" in index else langs[1]
     return Pair(fields[index["src"]], fields[index["trg"]], src_lang or langs[0], trg_lang or langs[1], where)
@@ -72,7 +77,6 @@ def _row_pair(fields: list[str], index: dict[str, int], langs: tuple[str, str], 
 def tsv_records(path: Path, langs: tuple[str, str] | Layout) -> Iterator[Record]:
     """Tab-separated lines after a header; a line with too few fields is `malformed`."""
     layout = Layout.of(langs)
-    langs = layout.langs
     index: dict[str, int] | None = None
     for lineno, raw in _lines(path):
         where = f"{path}:{lineno}"
@@ -82,7 +86,7 @@ def tsv_records(path: Path, langs: tuple[str, str] | Layout) -> Iterator[Record]
                 raise SourceError(f"{where}: header is not valid UTF-8")
             index = _header_index(text.split("\t"), path, layout)
             continue
-        yield text if isinstance(text, Skip) else _row_pair(text.split("\t"), index, langs, where)
+        yield text if isinstance(text, Skip) else _row_pair(text.split("\t"), index, layout, where)
     if index is None:
         raise SourceError(f"{path}: empty file, expected a header line with src and trg")
 
@@ -94,7 +98,7 @@ def csv_records(path: Path, langs: tuple[str, str] | Layout) -> Iterator[Record]
     header, rows = csv_reader.csv_rows(path)
     index = _header_index(header, path, layout)
     for row in rows:
-        yield row if isinstance(row, Skip) else _row_pair(row[1], index, layout.langs, row[0])
+        yield row if isinstance(row, Skip) else _row_pair(row[1], index, layout, row[0])
 
 
 def _has_surrogate(text: str) -> bool:

@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
 def built(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "out"
     argv = ["--source", f"tsv:{corpus}", "--out", str(out), "--train-tokenizer", "200", "--workers", "2"]
-    argv += ["--chunk-rows", "64", "--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "-q"]
+    argv += ["--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "-q"]
     assert main(argv) == 0
     return out
 

@@ -203,7 +203,8 @@ def test_killed_rebuild_leaves_the_previous_output(first_build):
            "100", "--force", "--workers", "1", "-q"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (workdir.work_dir(out) / ".work").exists() and proc.poll() is None and time.monotonic() < deadline:
+    started = workdir.work_dir(out) / "engine" / "read" / "completions"
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "the rebuild ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
