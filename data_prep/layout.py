@@ -112,12 +112,14 @@ class Resolved:
         return cols + [c for c in (*self.lang_columns, self.score) if c]
 
     def record(self, obj: dict, where: str) -> Record:
-        low = self.layout.low_score(obj.get(self.score) if self.score else None, where)
-        if low is not None:
-            return low
         if self.translation:
-            return translation_pair(obj.get(TRANSLATION), self.layout.langs[0], where)
-        return self._columns_pair(obj, where)
+            rec = translation_pair(obj.get(TRANSLATION), self.layout.langs[0], where)
+        else:
+            rec = self._columns_pair(obj, where)
+        if isinstance(rec, Skip):
+            return rec  # malformed before low_score
+        low = self.layout.low_score(obj.get(self.score) if self.score else None, where)
+        return rec if low is None else low
 
     def _columns_pair(self, obj: dict, where: str) -> Record:
         lay = self.layout
