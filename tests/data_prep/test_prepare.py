@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
 def built(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "out"
     argv = ["--source", f"tsv:{corpus}", "--out", str(out), "--train-tokenizer", "200", "--workers", "2"]
-    argv += ["--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "-q"]
+    argv += ["--partitions", "3", "--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "-q"]
     assert main(argv) == 0
     return out
 
@@ -85,9 +85,9 @@ def test_rerun_is_a_no_op_and_force_rebuilds_identically(built, corpus, capsys):
     mtime = shard.stat().st_mtime_ns
     argv = ["--source", f"tsv:{corpus}", "--out", str(built), "--train-tokenizer", "200", "--workers", "1", "-q"]
     argv += ["--src-lang", "fra_Latn", "--trg-lang", "eng_Latn"]
-    assert main(argv) == 0  # workers/chunk size do not change the output, so the fingerprint matches
+    assert main(argv) == 0  # workers/partitions do not change the rows, so the fingerprint matches
     assert shard.stat().st_mtime_ns == mtime
-    assert main([*argv, "--force"]) == 0  # rebuilt on 1 process with other chunks: same bytes
+    assert main([*argv, "--force", "--partitions", "3"]) == 0  # rebuilt on 1 process: same bytes
     again = json.loads((built / "manifest.json").read_text())
     assert shard.stat().st_mtime_ns != mtime
     assert again["shards"] == manifest["shards"] and again["tokenizer"] == manifest["tokenizer"]
