@@ -126,7 +126,8 @@ def test_refuses_foreign_dir_and_needs_one_tokenizer(corpus, tmp_path, capsys):
 
 def test_pretrained_tokenizer_gives_the_same_ids(built, corpus, tmp_path):
     argv = ["--source", f"tsv:{corpus}", "--out", str(tmp_path / "o"), "--tokenizer", str(built / "tokenizer")]
-    assert main([*argv, "--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "--workers", "1", "--partitions", "3", "-q"]) == 0
+    argv += ["--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "--workers", "1", "--partitions", "3", "-q"]
+    assert main(argv) == 0
     ours, theirs = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "o", built))
     assert ours["tokenizer"]["name"] == str(built / "tokenizer")
     assert ours["tokenizer"]["special_ids"] == theirs["tokenizer"]["special_ids"]
