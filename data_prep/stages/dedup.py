@@ -6,8 +6,9 @@ Sorted by (key, read task, seq), i.e. by key and then by input order, the first 
 others are `duplicate`s naming the pair they repeat; exact duplicates share a key, so they meet in one partition.
 
 Writes `dedup/P.arrow` (the kept pairs in key order: the dataset's row order), `dedup/P.skipped.jsonl` (the
-duplicates, in input order), `sample/P.arrow` (this partition's share of the tokenizer sample, vocab.py) and
-`dedup/P.json` (kept, duplicates, pairs below the valid threshold, the smallest keys for `--min-valid`).
+duplicates, in input order), `sample/P.arrow` (this partition's candidates for the tokenizer sample, vocab.py)
+and `dedup/P.json` (kept pairs in all and per language pair, duplicates, pairs below the valid threshold, the
+smallest keys for `--min-valid`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 
 from .common import Step, read_ipc, read_json, write_bytes, write_ipc, write_json
 from .read import SCHEMA, skip_line
-from .vocab import in_sample
+from .vocab import GOLDEN, in_sample
 
 KEPT = ["key", "src", "trg", "src_lang", "trg_lang"]
 
@@ -45,9 +46,12 @@ class DedupStep(Step):
         write_ipc(self.paths.file("dedup", task, "arrow"), kept)
         cfg = self.plan.config
         kept_keys = keys[first]
-        n_sample = self._write_sample(task, kept, kept_keys)
+        names = pair_names(kept) if kept.num_rows else np.zeros(0, dtype=object)
+        n_sample = self._write_sample(task, kept, kept_keys, names)
+        uniq, counts = np.unique(names, return_counts=True)
         stats = {
             "kept": kept.num_rows,
+            "pairs": {str(k): int(c) for k, c in zip(uniq, counts)},
             "duplicates": int((~first).sum()),
             "valid": int((kept_keys < np.uint64(valid_threshold(cfg["valid_fraction"]))).sum()),
             "smallest": [int(k) for k in kept_keys[: cfg["min_valid"]]],
@@ -93,12 +97,16 @@ class DedupStep(Step):
         ]
         write_bytes(self.paths.file("dedup", task, "skipped.jsonl"), "".join(lines).encode())
 
-    def _write_sample(self, task: int, kept: pa.Table, keys: np.ndarray) -> int:
-        """The tokenizer sample's rows of this partition (only when a tokenizer is trained)."""
+    def _write_sample(self, task: int, kept: pa.Table, keys: np.ndarray, names: np.ndarray) -> int:
+        """This partition's candidates for the tokenizer sample (only when a tokenizer is trained): src, trg, the
+        language pair and the remixed key, which vocab.py thins to the final per-pair thresholds."""
         if self.plan.config["train_tokenizer"] is None:
             return 0
         thresholds = read_json(self.paths.one("summary.json"))["sample_thresholds"]
-        mask = in_sample(keys, pair_names(kept), thresholds) if len(keys) else np.zeros(0, dtype=bool)
+        mask = in_sample(keys, names, thresholds) if len(keys) else np.zeros(0, dtype=bool)
+        with np.errstate(over="ignore"):
+            mixed = keys[mask] * GOLDEN
         sample = kept.filter(pa.array(mask)).select(["src", "trg"])
-        write_ipc(self.paths.file("sample", task, "arrow"), sample)
+        sample = sample.append_column("pair", pa.array(names[mask].tolist(), pa.string()))
+        write_ipc(self.paths.file("sample", task, "arrow"), sample.append_column("mixed", pa.array(mixed)))
         return sample.num_rows

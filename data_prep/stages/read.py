@@ -10,7 +10,7 @@ A read task writes, for its units in order:
   the first locations per reason, the size and sha256 of the files whose first unit the task read.
 
 `count` turns the per-task counts into `summary.json`: where `--max-pairs` cuts the input (records are numbered in
---source order: task by task, seq by seq) and the tokenizer sample's per-pair rates (vocab.py).
+--source order: task by task, seq by seq) and the per-pair rates of the tokenizer sample's candidates (vocab.py).
 """
 
 from __future__ import annotations
@@ -184,5 +184,6 @@ class CountStep(Step):
             if limit != 0:
                 pairs.update(c["pairs"])
         cfg = plan.config
-        thresholds = sample_thresholds(pairs, cfg["tokenizer_alpha"], cfg["tokenizer_max_sentences"])
+        budget = cfg["tokenizer_max_sentences"]  # candidates: twice the budget, on the counts before dedup
+        thresholds = sample_thresholds(pairs, cfg["tokenizer_alpha"], None if budget is None else 2 * budget)
         write_json(work.one("summary.json"), {"limits": limits, "pairs": dict(pairs), "sample_thresholds": thresholds})

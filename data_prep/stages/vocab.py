@@ -4,13 +4,15 @@ Valid split: a pair is held out when its key is below `valid_fraction * 2^64` (d
 that gives fewer than `--min-valid` pairs, the smallest keys overall are held out instead (each dedup partition
 reports its smallest few; one pair always stays in train): `split.json` lists them for the encode tasks.
 
-Tokenizer: `--tokenizer` is copied; `--train-tokenizer N` trains a Unigram model on the sample the dedup tasks drew
-in parallel. The sample is balanced over language pairs with the training sampler's temperature rule: pair p
-gets a share of the `--tokenizer-max-sentences` budget proportional to n_p ** alpha (`--tokenizer-alpha`; n_p
-its cleaned pairs before dedup), capped at n_p, the rest going to the other pairs (water-filling). A pair is in
-the sample when a remix of its key falls under its pair's threshold, so the sample does not depend on how the
-input is cut into tasks. alpha 1 is a uniform sample of the corpus; alpha 0 gives every language pair the same
-share, so a corpus dominated by a few pairs does not starve the small languages' vocabulary.
+Tokenizer: `--tokenizer` is copied; `--train-tokenizer N` trains a Unigram model on a sample drawn in parallel.
+The sample is balanced over language pairs with the training sampler's temperature rule: pair p gets a share of
+the `--tokenizer-max-sentences` budget proportional to n_p ** alpha (`--tokenizer-alpha`; n_p its kept pairs),
+capped at n_p, the rest going to the other pairs (water-filling). A pair is in the sample when a remix of its key
+falls under its pair's threshold, so the sample does not depend on how the input is cut into tasks. The dedup
+tasks keep candidates at twice the budget on the counts before dedup (known before they run); this task thins
+them to the thresholds of the counts after dedup. alpha 1 is a uniform sample of the corpus; alpha 0 gives every
+language pair the same share, so a corpus dominated by a few pairs does not starve the small languages'
+vocabulary.
 """
 
 from __future__ import annotations
@@ -84,20 +86,35 @@ class VocabStep(Step):
         else:
             if sum(s["kept"] for s in stats) == 0:
                 raise ValueError("no pair survived cleaning; nothing to train a tokenizer on (see the skip counts)")
-            n_sample = sum(s["sample"] for s in stats)
-            log.info("training a %d-id unigram tokenizer on %d sentences", cfg["train_tokenizer"], 2 * n_sample)
-            info = train_unigram(self._texts(), cfg["train_tokenizer"], tok_dir, show_progress=False)
+            kept: dict[str, int] = {}
+            for st in stats:
+                for pair, n in st["pairs"].items():
+                    kept[pair] = kept.get(pair, 0) + n
+            final = sample_thresholds(kept, cfg["tokenizer_alpha"], cfg["tokenizer_max_sentences"])
+            log.info("training a %d-id unigram tokenizer on about %d sentences", cfg["train_tokenizer"],
+                     min(2 * sum(kept.values()), cfg["tokenizer_max_sentences"] or 2**62))  # fmt: skip
+            drawn: dict[str, int] = {}
+            info = train_unigram(self._texts(final, drawn), cfg["train_tokenizer"], tok_dir, show_progress=False)
             if info.vocab_size < cfg["train_tokenizer"]:
                 log.warning(
                     "--train-tokenizer %d: the text supports only %d ids", cfg["train_tokenizer"], info.vocab_size
                 )
+            info.sample = dict(sorted(drawn.items()))
         write_json(work.one("tokenizer.json"), {**info.to_json(), "backend": info.backend})
 
-    def _texts(self):
-        """src and trg of every sampled pair, partition by partition (global key order)."""
+    def _texts(self, thresholds: dict[str, int | None], drawn: dict[str, int]):
+        """src and trg of every sampled pair, partition by partition (global key order); `drawn` counts the
+        sampled pairs per language pair."""
         for p in range(self.plan.partitions):
             table = read_ipc(self.paths.file("sample", p, "arrow"))
             for batch in table.to_batches(8192):
-                for src, trg in zip(batch.column("src").to_pylist(), batch.column("trg").to_pylist()):
-                    yield src
-                    yield trg
+                pairs = batch.column("pair").to_numpy(zero_copy_only=False)
+                every = np.array([thresholds.get(str(x), 0) is None for x in pairs], dtype=bool)
+                limit = np.array([0 if e else thresholds.get(str(x), 0) for x, e in zip(pairs, every)], np.uint64)
+                keep = every | (batch.column("mixed").to_numpy() < limit)
+                for pair in pairs[keep]:
+                    drawn[pair] = drawn.get(pair, 0) + 1
+                for src, trg, k in zip(batch.column("src").to_pylist(), batch.column("trg").to_pylist(), keep):
+                    if k:
+                        yield src
+                        yield trg

@@ -161,3 +161,19 @@ def test_nothing_kept(built, tmp_path):
     counts = manifest["counts"]
     assert (counts["read"], counts["kept"], counts["skipped"]) == (1, 0, {"duplicate": 0, "identical": 1})
     assert len(datasets.load_from_disk(str(tmp_path / "p" / "train"))) == 0 and manifest["rows"]["train"] == 0
+
+
+def test_tokenizer_alpha_balances_the_sample_over_language_pairs(tmp_path):
+    pairs = sentence_pairs(330)
+    big = write_tsv(tmp_path / "big.tsv", pairs[:300])
+    small = write_tsv(tmp_path / "small.tsv", [(f"de {s}", t) for s, t in pairs[300:]], langs=("deu_Latn", "eng_Latn"))
+    drawn = {}
+    for alpha in (1.0, 0.0):
+        cfg = PrepConfig(sources=[f"tsv:{big}", f"tsv:{small}"], out=str(tmp_path / f"o{alpha}"), train_tokenizer=80,
+                         tokenizer_max_sentences=60, tokenizer_alpha=alpha, workers=1)  # fmt: skip
+        drawn[alpha] = prepare(cfg)["tokenizer"]["sample"]
+    assert drawn[1.0]["deu_Latn-eng_Latn"] < 8 < drawn[1.0]["fra_Latn-eng_Latn"]  # ~30 x 30/330 vs ~30 x 300/330
+    assert (
+        8 < drawn[0.0]["deu_Latn-eng_Latn"]
+        and abs(drawn[0.0]["deu_Latn-eng_Latn"] - drawn[0.0]["fra_Latn-eng_Latn"]) < 12
+    )
