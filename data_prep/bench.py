@@ -2,7 +2,7 @@
 workers, peak memory per worker and scratch space, and what that means at a billion pairs.
 
 For each corpus size N (synthetic NLLB-like text, data_prep/synth.py: 24 language pairs of Zipf sizes, lognormal
-lengths, 200k-line TSV files) and each worker count W, one `python -m data_prep --source 'tsv:DIR/part-*.tsv'
+lengths, 50k-line TSV files) and each worker count W, one `python -m data_prep --source 'tsv:DIR/part-*.tsv'
 --tokenizer TOK --workers W --force` runs in a child process while the bench samples every process of its tree
 every 0.2 s (RSS). The tokenizer is a 12k-id Unigram trained once on the corpus (not timed), so the `vocab` stage
 is its copy; `--train-tokenizer V` times training on the pair-balanced sample instead.

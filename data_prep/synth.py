@@ -8,7 +8,7 @@ from a lognormal like the real data's, several scripts, a few duplicates and bro
   vocabulary of pseudo-words (Zipf frequencies), so the tokenizer sees a realistic piece distribution;
 - every pair is made unique by a running number; 1% of lines repeat an earlier line (duplicates) and 0.2% are
   broken (one field), so dedup and the skip accounting do real work.
-Files: `part-NNNNN.tsv` of `pairs_per_file` lines each, pairs interleaved (as a shuffled release is).
+Files: `part-NNNNN.tsv` of `pairs_per_file` lines each (about 12 MB), pairs interleaved (as a shuffled release is).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def pair_shares() -> np.ndarray:
     return weights / weights.sum()
 
 
-def write_corpus(folder: Path, n_pairs: int, pairs_per_file: int = 200_000, seed: int = 0) -> list[Path]:
+def write_corpus(folder: Path, n_pairs: int, pairs_per_file: int = 50_000, seed: int = 0) -> list[Path]:
     """`n_pairs` lines (plus the header of each file) in folder/part-NNNNN.tsv; -> the files."""
     folder.mkdir(parents=True, exist_ok=True)
     pools, langs = _pools(seed), list(SCRIPTS)
