@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-partition", help="Slurm partition (--executor slurm)")
     p.add_argument("--slurm-time", default="12:00:00", help="Slurm time limit per task (--executor slurm)")
     p.add_argument("--slurm-cpus", type=int, default=1, help="CPUs per Slurm task (--executor slurm)")
+    p.add_argument("--slurm-mem-gb", type=int, default=4, help="memory per CPU of a Slurm task, GB (--executor slurm)")
+    p.add_argument("--slurm-qos", default="", help="Slurm QOS (--executor slurm; empty: the partition's default)")
     p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     return p
@@ -96,7 +98,13 @@ def config_from_args(args: argparse.Namespace) -> PrepConfig:
         args.score_col,
         args.min_score,
     )
-    slurm = {"partition": args.slurm_partition, "time": args.slurm_time, "cpus_per_task": args.slurm_cpus}
+    slurm = {
+        "partition": args.slurm_partition,
+        "time": args.slurm_time,
+        "cpus_per_task": args.slurm_cpus,
+        "mem_per_cpu_gb": args.slurm_mem_gb,
+        "qos": args.slurm_qos,
+    }
     if args.executor == "slurm" and not args.slurm_partition:
         raise ValueError("--executor slurm needs --slurm-partition")
     return PrepConfig(

@@ -215,3 +215,30 @@ def test_concurrent_preps_into_one_out_refuse_the_second(tmp_path):
     assert not lock_path(out).exists()
     assert main([*second, "-q"]) == 0
     assert json.loads((out / "manifest.json").read_text())["counts"]["read"] == 50
+
+
+def test_slurm_submits_one_array_per_stage_each_after_the_previous(tmp_path, monkeypatch, capsys):
+    import datatrove.executor.slurm as slurm
+
+    submitted = []
+
+    def fake_sbatch(contents: str, retriever, *args) -> str:
+        submitted.append((contents, args))
+        return str(100 + len(submitted))
+
+    monkeypatch.setattr(slurm, "launch_slurm_job", fake_sbatch)
+    sources = make_corpus(tmp_path / "in", n=90)
+    argv = prep_argv(sources, tmp_path / "out", "--partitions", "3", "--task-mb", "0.005")
+    assert main([*argv, "--executor", "slurm", "--slurm-partition", "cpu"]) == 0
+    assert "submitted; the last Slurm job" in capsys.readouterr().out
+    arrays = [(c, a) for c, a in submitted if "launch_pickled_pipeline" in c]  # the others merge datatrove's stats
+    names = [c.split("--job-name=")[1].split()[0] for c, _ in arrays]
+    assert names == [f"data_prep-{s}" for s in ("read", "count", "dedup", "vocab", "encode", "merge")]
+    plan = json.loads((workdir.work_dir(tmp_path / "out") / "plan.json").read_text())
+    sizes = [int(c.split("--array=0-")[1].split()[0]) + 1 for c, _ in arrays]
+    assert sizes == [len(plan["tasks"]), 1, 3, 1, 3, 1] and len(plan["tasks"]) > 1
+    ids = {contents: str(100 + i + 1) for i, (contents, _) in enumerate(submitted)}
+    for (_, args), (before, _) in zip(arrays[1:], arrays[:-1]):
+        assert f"--dependency=afterok:{ids[before]}" in args  # each stage waits for the previous one
+    assert "--partition=cpu" in arrays[0][0] and "--qos" not in arrays[0][0]
+    assert not lock_path(tmp_path / "out").exists() and not (tmp_path / "out").exists()
