@@ -62,8 +62,10 @@ class _TaskLog:
         self.skip_lines: list[str] = []
         self.skip_seq: list[int] = []
         self.skipped: Counter = Counter()
-        self.pairs: Counter = Counter()
         self.examples: dict[str, list] = {}
+        c = self.cols  # bound appends: `keep` runs once per pair
+        self._add = (c["key"].append, c["seq"].append, c["src"].append, c["trg"].append, c["src_lang"].append,
+                     c["trg_lang"].append, c["where"].append)  # fmt: skip
 
     def skip(self, seq: int, reason: str, where: str, detail: str = "") -> None:
         seen = self.skipped[reason]
@@ -74,12 +76,19 @@ class _TaskLog:
             self.examples.setdefault(reason, []).append([where, detail])
 
     def keep(self, seq: int, pair: Pair) -> None:
-        for name, value in zip(
-            SCHEMA.names,
-            (pair_key(pair.src, pair.trg), seq, pair.src, pair.trg, pair.src_lang, pair.trg_lang, pair.where),
-        ):
-            self.cols[name].append(value)
-        self.pairs[f"{pair.src_lang}-{pair.trg_lang}"] += 1
+        key, sq, src, trg, src_lang, trg_lang, where = self._add
+        key(pair_key(pair.src, pair.trg))
+        sq(seq)
+        src(pair.src)
+        trg(pair.trg)
+        src_lang(pair.src_lang)
+        trg_lang(pair.trg_lang)
+        where(pair.where)
+
+    def pairs(self) -> dict[str, int]:
+        """Kept pairs per language pair."""
+        counts = Counter(zip(self.cols["src_lang"], self.cols["trg_lang"]))
+        return {f"{a}-{b}": n for (a, b), n in counts.items()}
 
 
 class ReadStep(Step):
@@ -124,7 +133,7 @@ class ReadStep(Step):
             "spooled": table.num_rows,
             "skipped": dict(out.skipped),
             "by_source": {k: {**v, "skipped": dict(v["skipped"])} for k, v in by_source.items()},
-            "pairs": dict(out.pairs),
+            "pairs": out.pairs(),
             "unit_records": unit_records,
             "examples": out.examples,
             "stopped": stopped,
