@@ -332,3 +332,90 @@ def check_against_shards(data_dir: str | Path, split: str, tables: dict) -> None
         raise LengthsError(f"{meta_path(data_dir, split)}: pair names differ from the shards' languages")
     if _max_id(rows) > tables["meta"]["max_id"]:
         raise LengthsError(f"{meta_path(data_dir, split)}: max_id is below the token ids of the shards")
+
+
+# -- merging per-shard arrays (data_prep's parallel build) ------------------------------------------------------------
+def merge_sampling_files(data_dir: str | Path, split: str, shards: list[dict]) -> dict:
+    """The split's sampling files from per-shard arrays, in shard order: the same files `write_sampling_files`
+    builds by scanning the rows, without a pass over the rows in one process.
+
+    shards: per shard {"rows", "lengths": (n, 2) uint16 .npy, "codes": (n,) uint16 .npy (pair code in the shard's
+    first-appearance order), "index": (n,) .npy (rows grouped by code, ascending), "pairs": names in code order,
+    optional "max_id"}. Pair codes are renumbered by first appearance over the whole split, as a scan in row order
+    numbers them. DIR/split/state.json must already list the shards (the record names them with their sha256)."""
+    root = Path(data_dir)
+    out = sampling_dir(root)
+    out.mkdir(parents=True, exist_ok=True)
+    names: dict[str, int] = {}
+    for shard in shards:
+        for name in shard["pairs"]:
+            names.setdefault(name, len(names))
+    if len(names) > MAX_PAIRS:
+        raise LengthsError(f"{root / split}: more than {MAX_PAIRS} language pairs; pair codes are uint16")
+    n = sum(s["rows"] for s in shards)
+    _check_space(out, n)
+    tag = f"{socket.gethostname()}.{os.getpid()}"
+    tmp = {s: out / f".{split}_{s}.tmp{tag}.npy" for s in SUFFIXES}
+    tmp_meta = meta_path(root, split).with_name(f".{split}.json.tmp{tag}")
+    try:
+        return _merge(root, split, shards, names, n, tmp, tmp_meta)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise LengthsError(f"{out}: no space left on the device while writing the sampling files ({e})") from e
+        raise
+    finally:
+        for path in (*tmp.values(), tmp_meta):
+            path.unlink(missing_ok=True)
+
+
+def _merge(root: Path, split: str, shards: list[dict], names: dict[str, int], n: int, tmp: dict, tmp_meta: Path):
+    lengths = _open_reserved(tmp["lengths"], np.uint16, (n, 2))
+    codes = _open_reserved(tmp["pair_ids"], np.uint16, (n,))
+    counts = np.zeros(len(names), dtype=np.int64)
+    starts, at = [], 0
+    for shard in shards:
+        to_global = np.array([names[p] for p in shard["pairs"]], dtype=np.uint16)
+        local = np.load(shard["codes"], mmap_mode="r")
+        lengths[at : at + shard["rows"]] = np.load(shard["lengths"], mmap_mode="r")
+        codes[at : at + shard["rows"]] = to_global[local]
+        counts[to_global] += np.bincount(local, minlength=len(to_global))
+        starts.append(at)
+        at += shard["rows"]
+    _merge_index(tmp["pair_index"], shards, starts, names, counts)
+    lengths.flush(), codes.flush()
+    del lengths, codes
+    if all("max_id" in s for s in shards):
+        max_id = max((int(s["max_id"]) for s in shards), default=-1)
+    else:
+        max_id = max((_max_id(b) for b in _record_batches(root / split)), default=-1)
+    files = {}
+    for s in SUFFIXES:
+        final = _file(root, split, s)
+        os.replace(tmp[s], final)
+        files[final.name] = {"size": final.stat().st_size, "sha256": _sha256(final)}
+    meta = {"version": VERSION, "split": split, "rows": n, "pairs": list(names), "counts": counts.tolist()}
+    meta.update(max_id=max_id, source=shard_sources(root, split), files=files)
+    meta["digest"] = digest(meta)
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, meta_path(root, split))  # written last: its presence means the arrays are complete
+    return meta
+
+
+def _merge_index(path: Path, shards: list[dict], starts: list[int], names: dict[str, int], counts) -> None:
+    """Rows grouped by global pair code: for each code, each shard's rows of that pair (+ the shard's first row)."""
+    n = int(counts.sum())
+    index = _open_reserved(path, np.uint32 if n < 2**32 else np.uint64, (n,))
+    segments, local = [], [np.load(s["index"], mmap_mode="r") for s in shards]
+    for shard in shards:  # per shard: {global code: (begin, end) in its local index}
+        local_counts = np.bincount(np.load(shard["codes"], mmap_mode="r"), minlength=len(shard["pairs"]))
+        ends = np.cumsum(local_counts)
+        segments.append({names[p]: (int(e - c), int(e)) for p, c, e in zip(shard["pairs"], local_counts, ends)})
+    at = 0
+    for code in range(len(names)):
+        for rows, start, seg in zip(local, starts, segments):
+            if code in seg:
+                b, e = seg[code]
+                index[at : at + e - b] = rows[b:e].astype(index.dtype) + start
+                at += e - b
+    index.flush()
+    del index
