@@ -63,7 +63,7 @@ ablation: setup
 bench: bench-prep bench-train bench-kernels bench-eval
 
 bench-prep: setup
-	$(PY) -m data_prep.bench
+	$(PY) -m data_prep.bench --pairs 1e6 --workers 1 2
 
 bench-train: setup
 	$(PY) -m pipeline.bench_step --shapes both

@@ -280,7 +280,7 @@ class CheckpointManager:
         return recorded | ({self.best_tag()} - {None})
 
     def best(self) -> dict | None:
-        """{tag, step, score, metric} of the best checkpoint so far (checkpoints/best.json), None before one."""
+        """{tag, step, score, metric, fingerprint} of the best checkpoint so far (checkpoints/best.json), or None."""
         try:
             return json.loads((self.root / BEST_JSON).read_text())
         except FileNotFoundError:
@@ -289,14 +289,16 @@ class CheckpointManager:
             log.warning("%s unreadable (%s): the next evaluation starts a new best", self.root / BEST_JSON, e)
             return None
 
-    def mark_best(self, tag: str, step: int, score: float, metric: str) -> None:
+    def mark_best(self, tag: str, step: int, score: float, metric: str, fingerprint: str = "") -> None:
         """Rank 0: record the complete checkpoint `tag` as `best` (best.json first, then the `best` marker, both
-        atomic); pruning then keeps it until a better one replaces it. No-op on other ranks."""
+        atomic); pruning then keeps it until a better one replaces it. `fingerprint`: the test set's content, which
+        a later score must share to be compared (pipeline/xsim_eval.py). No-op on other ranks."""
         if self.rank != 0:
             return
         if not (self.root / tag / COMPLETE).is_file():
             raise CheckpointError(f"{self.root / tag}: not a complete checkpoint, cannot mark it {BEST}")
         record = {"tag": tag, "step": step, "score": score, "metric": metric, "time": time.time()}
+        record["fingerprint"] = fingerprint
         write_atomic(self.root / BEST_JSON, (json.dumps(record, indent=1) + "\n").encode())
         write_atomic(self.root / BEST, tag.encode())
         self.prune()  # the previous best, if now outside the newest `keep`, goes
@@ -407,14 +409,32 @@ class CheckpointManager:
 
 
 def latest_batch_record(output_dir: str | Path) -> dict | None:
-    """The batch arithmetic ({micro, gas, world_size}) of the newest marked checkpoint's run record, or None; read
-    before the engine exists so that a relaunch on another world size keeps the global batch (ds_json.py)."""
-    root = Path(output_dir) / "checkpoints"
+    """The batch arithmetic ({micro, gas, world_size}) of the checkpoint a resume will pick (`resume_candidate`),
+    or None; read before the engine exists so that a relaunch on another world size keeps the global batch."""
+    tag = resume_candidate(output_dir)
+    if tag is None:
+        return None
     try:
-        tag = (root / LATEST).read_text().strip()
-        return json.loads((root / tag / RUN_RECORD).read_text()).get("batch")
+        return json.loads((Path(output_dir) / "checkpoints" / tag / RUN_RECORD).read_text()).get("batch")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def resume_candidate(output_dir: str | Path) -> str | None:
+    """The tag `find_resume` tries first: the one `latest` marks, else (the marker deleted or damaged) the newest
+    checkpoint with a COMPLETE.json. Cheap (no hashing); `Trainer.resume` checks that the checkpoint it loads is
+    the same one."""
+    root = Path(output_dir) / "checkpoints"
+    try:
+        marked = (root / LATEST).read_text().strip()
+    except OSError:
+        marked = ""
+    if TAG_RE.match(marked) and (root / marked / COMPLETE).is_file():
+        return marked
+    tags = sorted(
+        (p.name for p in root.glob("step_*") if TAG_RE.match(p.name) and (p / COMPLETE).is_file()), reverse=True
+    )
+    return tags[0] if tags else None
 
 
 def _fresh_rng(state: dict, rank: int) -> dict:

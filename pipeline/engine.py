@@ -37,6 +37,7 @@ from pipeline.checkpoint import CheckpointManager, latest_batch_record
 from pipeline.collate import MexmaCollator
 from pipeline.config import ConfigError, TrainConfig, resolve_ds_config, write_run_files
 from pipeline.config.ds_json import batch_record
+from pipeline.config.schema import fit_refusal
 from pipeline.distributed import clear_stale_jit_lock, rng_state, set_rng_state  # noqa: F401 (moved; re-exported)
 from pipeline.metrics import MetricsLogger, log
 from pipeline.model import build_model
@@ -146,11 +147,19 @@ class Trainer:
         # --fit-to-minutes: the lr holds at the warmup's start until the fit (pipeline/schedule_fit.py)
         self.fit = ScheduleFit(cfg.run.fit_after, 0) if cfg.run.fit_to_minutes else None
         self.hold = cfg.run.fit_after if self.fit else 0
+        if self.fit and self.max_steps <= cfg.run.fit_after:  # --epochs resolved to too few steps to fit
+            raise ConfigError(fit_refusal(self.max_steps, cfg.run.fit_after) + f" (--epochs {cfg.run.epochs})")
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)  # applied in build_engine only
-        model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
+        try:
+            model = build_model(model_cfg, self.vocab_size, self.specials["pad"])
+        except (ValueError, OSError) as e:  # a --model directory that does not fit the data, or cannot be read
+            raise ConfigError(f"--model {cfg.model.model}: {e}") from e
         backends = self._select_backends(model)
         self.engine = build_engine(cfg, model, self.ds_config, self.max_steps, self.hold)
-        self.record = run_record(cfg, self.max_steps, self.manifest, manifest_sha256(cfg.data.path), self.world)
+        xsim_sha256 = self.xsim.evaluator.fingerprint if self.xsim is not None else ""
+        self.record = run_record(
+            cfg, self.max_steps, self.manifest, manifest_sha256(cfg.data.path), self.world, xsim_sha256
+        )
         self.record["batch"] = batch_record(self.ds_config, self.world)  # read back by a relaunch on another W
         self.record["pair_shares"] = self.sampler.pair_shares()  # target share of each language pair
         self.record["resolved"] = {"backends": backends, "pair_shares": self.record["pair_shares"]}  # -> config.json

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ from pipeline.checkpoint import BEST, COMPLETE, LATEST, TAG_RE, CheckpointManage
 from pipeline.model import ModelConfig, build_model
 from pipeline.safe_load import TRUST_FLAG, SafeLoadError, check_deepspeed_files
 from runtime.env import apply_defaults
+from runtime.received import RemoteCodeError, load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 EXPORT_ATTENTION = "sdpa"  # what the exported config names: stock PyTorch attention, no import of ours needed
@@ -188,9 +190,10 @@ def run_tokenizer(run_dir: Path):
     tok_dir = run_dir / "tokenizer"
     if not tok_dir.is_dir():
         raise ExportError(f"{tok_dir}: missing (train.py copies the data's tokenizer there)")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tok_dir))
+    try:
+        return load_tokenizer(tok_dir, "run tokenizer")
+    except (RemoteCodeError, OSError, ValueError) as e:
+        raise ExportError(str(e)) from e
 
 
 def write_sentence_transformers(out: Path, hidden_size: int, max_seq_length: int) -> None:
@@ -224,7 +227,9 @@ def _write_dir(out: Path, model, run_dir: Path, record: dict) -> None:
     if getattr(encoder, "pooler", None) is None:
         encoder.pooler = untrained_pooler(encoder.config)
     encoder.save_pretrained(str(out))  # model.safetensors (+ config.json)
-    run_tokenizer(run_dir).save_pretrained(str(out))
+    tokenizer = run_tokenizer(run_dir)
+    tokenizer.save_pretrained(str(out))
+    record.update(tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=encoder.config.vocab_size)
     max_length = load_run_config(run_dir)[1]["data"]["max_length"]
     max_seq = min(max_length, encoder.config.max_position_embeddings - encoder.config.pad_token_id - 1)
     write_sentence_transformers(out, encoder.config.hidden_size, max_seq)
@@ -239,6 +244,29 @@ def apply_umask(root: Path) -> None:
     for path in [root, *root.rglob("*")]:
         if not path.is_symlink():
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove `.OUT.tmpPID` / `.OUT.oldPID` siblings of OUT left by an export that was killed (its PID no longer
+    runs); a live export's are left alone. -> the paths removed."""
+    removed = []
+    for path in out.parent.glob(f".{out.name}.*"):
+        m = re.fullmatch(rf"\.{re.escape(out.name)}\.(?:tmp|old)(\d+)", path.name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by an export that did not finish", path)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -262,6 +290,7 @@ def export_checkpoint(
     check_output(out, run_dir)
     model = _load_model(run_dir, root, tag, trust)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     record = {"source": str(Path(src).resolve()), "checkpoint": tag, "pooling": "cls"}

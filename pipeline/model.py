@@ -36,6 +36,7 @@ from pipeline.attention import (
     varlen_layout,
 )
 from pipeline.fields import opt
+from runtime.received import check_dir
 
 # Encoder shapes: layers, hidden, heads, FFN. large = xlm-roberta-large, base = xlm-roberta-base.
 PRESETS = {
@@ -156,7 +157,8 @@ def build_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int = 1) -> XLMRobe
     overrides = {"attention_probs_dropout_prob": cfg.attention_dropout}
     if cfg.hidden_dropout is not None:
         overrides["hidden_dropout_prob"] = cfg.hidden_dropout
-    encoder = XLMRobertaModel.from_pretrained(cfg.model, add_pooling_layer=False, **overrides)
+    check_dir(cfg.model, "--model")  # a received directory never runs code (runtime/received.py)
+    encoder = XLMRobertaModel.from_pretrained(cfg.model, add_pooling_layer=False, trust_remote_code=False, **overrides)
     encoder.config._attn_implementation = ATTN_IMPLEMENTATION
     if encoder.config.vocab_size != vocab_size:
         raise ValueError(

@@ -234,6 +234,11 @@ def _validate_run(r: RunConfig) -> None:
     _check(r.max_minutes >= 0, "max-minutes", f"must be >= 0, got {r.max_minutes}")
     _check(not r.fit_to_minutes or r.max_minutes > 0, "fit-to-minutes", "needs --max-minutes > 0 (the budget to fit)")
     _check(r.fit_after >= 5, "fit-after", f"must be >= 5 (3 untimed steps + at least 2 timed), got {r.fit_after}")
+    _check(
+        not r.fit_to_minutes or r.max_steps == 0 or r.max_steps > r.fit_after,
+        "fit-to-minutes",
+        fit_refusal(r.max_steps, r.fit_after),
+    )
     _check(r.save_every >= 0, "save-every", f"must be >= 0, got {r.save_every}")
     _check(r.keep_checkpoints >= 1, "keep-checkpoints", f"must be >= 1, got {r.keep_checkpoints}")
     _check(0 <= r.seed < 2**32, "seed", f"must lie in [0, 2**32), got {r.seed}")
@@ -243,6 +248,14 @@ def _validate_run(r: RunConfig) -> None:
     _check(r.xsim_every == 0 or bool(r.xsim_data), "xsim-data", "required with --xsim-every (a FLORES-layout dir)")
     _check(r.max_bad_steps >= 1, "max-bad-steps", f"must be >= 1, got {r.max_bad_steps}")
     _check(r.dist_timeout > 0, "dist-timeout", f"must be > 0 minutes, got {r.dist_timeout}")
+
+
+def fit_refusal(max_steps: int, fit_after: int) -> str:
+    return (
+        f"--max-steps {max_steps} is not above --fit-after {fit_after}: the schedule would be fitted after the last "
+        "step, and every step would train at the warmup's first lr; raise --max-steps (the upper bound of the fit) or "
+        "lower --fit-after"
+    )
 
 
 def _validate_model(cfg: TrainConfig) -> None:
