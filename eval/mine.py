@@ -78,13 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache-mb", type=int, default=DEFAULT_CACHE_BYTES >> 20, help="keep the normalised target side up to this"
     )
     p.add_argument("--index", help="approximate search: a faiss index_factory string, e.g. IVF4096,PQ64")
-    p.add_argument("--index-sample", type=int, default=2**18, help="rows to train the index on (default 262144)")
+    p.add_argument("--index-sample", type=int, help="rows to train the index on (default 262144)")
     p.add_argument("--nprobe", type=int, default=16, help="inverted lists visited per query (default 16)")
     p.add_argument("--rerank", type=int, default=4, help="index candidates per neighbour, rescored exactly (4)")
     p.add_argument("--bench", action="store_true", help="print search (and --model embedding) sentences/s")
     p.add_argument("--bench-sizes", default="1e5,1e6", help="sentences per side for --bench (default 1e5,1e6)")
+    p.add_argument("--bench-queries", type=int, default=8192, help="--bench: queries timed per size (8192)")
+    p.add_argument("--bench-embed-sentences", type=int, default=2048, help="--bench --model: sentences to embed")
     args = p.parse_args(argv)
     if not args.bench:
+        args.index_sample = args.index_sample or 2**18
         _check_args(p, args)
     return args
 
