@@ -48,7 +48,7 @@ prep: setup
 	$(PY) -m data_prep.offline --out $(DATA)
 
 train: setup
-	.venv/bin/deepspeed --num_gpus 2 pipeline/train.py --data $(PREPARED) --output-dir $(RUN) \
+	.venv/bin/deepspeed --quiet --num_gpus 2 pipeline/train.py --data $(PREPARED) --output-dir $(RUN) \
 		--model tiny --ds-config ds_configs/zero2_cpu_fp32.json --max-steps 200 --save-every 50
 
 eval: setup

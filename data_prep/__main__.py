@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+from runtime.env import apply_defaults
+from runtime.hub import check_hub_name
 
 from .lock import LockError
 from .prepare import PrepConfig, prepare
 from .readers import UNKNOWN_LANG, SourceError
 from .sources import FORMATS, ReadOptions
+
+OFFLINE_TOKENIZERS = "--train-tokenizer N (one trained on the corpus) or --tokenizer DIR (a local tokenizer dir)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-mem-gb", type=int, default=4, help="memory per CPU of a Slurm task, GB (--executor slurm)")
     p.add_argument("--slurm-qos", default="", help="Slurm QOS (--executor slurm; empty: the partition's default)")
     p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
     return p
 
 
@@ -136,7 +142,12 @@ def config_from_args(args: argparse.Namespace) -> PrepConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    apply_defaults()
+    if args.quiet:  # read when `datasets` is imported, here and in the processes it starts
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     try:
+        if args.tokenizer:
+            check_hub_name(args.tokenizer, "--tokenizer", OFFLINE_TOKENIZERS)
         manifest = prepare(config_from_args(args))
     except (SourceError, ValueError, FileNotFoundError, FileExistsError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)

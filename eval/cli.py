@@ -24,6 +24,7 @@ from eval.encode import BUILTIN, POOLINGS, ModelError, export_if_needed, load_en
 from eval.report import markdown, write_all
 from eval.score import Scorer, score_nway, score_sets
 from eval.xsim import MARGINS
+from runtime.env import apply_defaults
 
 TASKS = ("xsim", "bucc", "tatoeba")
 EXPORTED = "exported_model"  # OUT/exported_model: a training checkpoint exported for this evaluation
@@ -172,6 +173,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_defaults()
     args = parse_args(argv)
     try:
         return run(args)

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from eval.char3gram import Char3gramEncoder
+from runtime.hub import HubUnreachableError, check_hub_name
 from runtime.received import RemoteCodeError, check_dir, load_tokenizer, tokenizer_fingerprint
 
 BUILTIN = {"char3gram": Char3gramEncoder}
@@ -259,7 +260,7 @@ def export_if_needed(model: str, out_dir: str | Path, trust: bool = False) -> st
     if model in BUILTIN or is_hf_dir(path):
         return model
     if not path.exists():
-        return model  # a hub name: from_pretrained resolves it from the local cache or fails clearly
+        return _hub_name(model)
     if not path.is_dir():
         raise ModelError(
             f"--model {model}: not a directory (expected an HF model dir, a training output dir, "
@@ -276,6 +277,24 @@ def export_if_needed(model: str, out_dir: str | Path, trust: bool = False) -> st
             f"--model {model}: no config.json (not an HF dir) and exporting it as a training "
             f"checkpoint failed: {type(err).__name__}: {err}"
         ) from err
+
+
+MAKES_A_MODEL = (
+    "a model directory is made by `make demo` (runs/demo/train), `make train` (runs/train) or any training's "
+    "--output-dir; name one with `make eval MODEL=DIR` or --model DIR"
+)
+
+
+def _hub_name(model: str) -> str:
+    """`model` when it can be a hub name the hub or its cache serves; a missing local path is refused at once."""
+    head = Path(model).parts[0] if Path(model).parts else model
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or (model.count("/") == 1 and Path(head).is_dir()):
+        raise ModelError(f"--model {model}: no such directory; {MAKES_A_MODEL}")
+    try:
+        check_hub_name(model, "--model", f"a local model dir ({MAKES_A_MODEL}) or {', '.join(sorted(BUILTIN))}")
+    except HubUnreachableError as err:
+        raise ModelError(str(err)) from None
+    return model
 
 
 def load_encoder(

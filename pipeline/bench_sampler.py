@@ -179,7 +179,7 @@ def _child_result(proc: subprocess.CompletedProcess, directory: str, mode: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench_sampler", description=__doc__.split("\n")[0])
     p.add_argument("--pairs", nargs="+", type=float, default=[1e6, 1e7, 1e8], help="corpus sizes (1e9 = 10 GB)")
     p.add_argument("--dir", default="/tmp/bench_sampler", help="where the synthetic files are written and kept")
     p.add_argument("--world", type=int, default=8, help="ranks (the bench is rank 0 of them)")

@@ -58,7 +58,9 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 t
 
 def parse_args(argv=None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.bench_step", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="large" if cuda else "tiny", help="model preset (tiny, base, large)")
     p.add_argument("--pairs", type=int, default=150 if cuda else 32, help="translation pairs per batch")
     p.add_argument("--min-len", type=int, default=8, help="shortest sentence in tokens, with <s> and </s>")

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.ds_ops import cpu_op_build, use_all_gather_single
+
 ACCELERATOR_BACKENDS = {"cuda": "nccl", "xpu": "xccl", "hpu": "hccl", "npu": "hccl"}
 
 
@@ -97,7 +99,7 @@ def _single_process_env() -> None:
     )
 
 
-def init_training(timeout_minutes: float) -> tuple[int, int]:
+def init_training(timeout_minutes: float, verbose: bool = False) -> tuple[int, int]:
     """Training: select LOCAL_RANK's accelerator, then join the launcher's group through DeepSpeed (it wraps the
     torch group for its own collectives). A 1-rank group for plain `python`. Returns (rank, world size)."""
     import deepspeed
@@ -112,7 +114,10 @@ def init_training(timeout_minutes: float) -> tuple[int, int]:
     select_device(device_type)
     if not is_dist():
         backend = backend_for(device_type, accel.communication_backend_name())
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        quiet_build = cpu_op_build(int(os.environ.get("RANK", 0)), verbose) if device_type == "cpu" else None
+        with quiet_build or contextlib.nullcontext():
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        use_all_gather_single()
     if device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # N ranks on one host each defaulting to all cores oversubscribe the CPU N-fold: split the cores instead
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size()))

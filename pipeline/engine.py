@@ -133,7 +133,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, ds_config: dict):
         self.cfg = cfg
-        self.rank, self.world = distributed.init_training(cfg.run.dist_timeout)
+        self.rank, self.world = distributed.init_training(cfg.run.dist_timeout, cfg.run.verbose)
         self.out = Path(cfg.run.output_dir)
         distributed.check_shared_dir(self.out, error=ConfigError)  # rank 0 writes checkpoints, every node reads
         self.lock = take_output_lock(self.out, self.rank)  # before anything is written to --output-dir

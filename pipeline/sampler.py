@@ -508,13 +508,24 @@ def make_train_sampler(cfg, manifest: dict, micro: int, grad_accum: int, rank: i
             c.epoch_pairs,
         )
     if rank == 0:
-        shares = " ".join(f"{k} {100 * v:.2f}%" for k, v in sampler.pair_shares().items())
         mode = "proportional to rows" if probs is None else f"alpha {c.lang_alpha}, weights {c.lang_weights or '-'}"
         logging.getLogger("pipeline.train").info(
             "sampling %d language pairs (%s), %d pairs per epoch: %s",
             len(pairs.names),
             mode,
             sampler.n_positions,
-            shares,
+            shares_summary(sampler.pair_shares()),
         )
     return sampler
+
+
+def shares_summary(shares: dict[str, float], shown: int = 4) -> str:
+    """The largest and smallest shares of a long list, for the console (config.json's resolved.pair_shares has all)."""
+    items = sorted(shares.items(), key=lambda kv: -kv[1])
+    fmt = lambda kv: f"{kv[0]} {100 * kv[1]:.2f}%"
+    if len(items) <= 2 * shown:
+        return " ".join(map(fmt, items))
+    return (
+        f"largest {' '.join(map(fmt, items[:shown]))} ... smallest {' '.join(map(fmt, items[-shown:]))} "
+        "(every share: config.json, resolved.pair_shares)"
+    )

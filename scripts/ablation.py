@@ -114,7 +114,9 @@ def write_report(out: Path, records: list[dict], args: argparse.Namespace) -> Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python scripts/ablation.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every variant (at least 2)")
     p.add_argument("--steps", type=int, default=STEPS, help="step cap of each run")
     p.add_argument("--minutes", type=float, default=MINUTES, help="wall-clock cap of each run")

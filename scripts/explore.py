@@ -61,7 +61,7 @@ def evaluate(model, test, pad_id):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(prog="python scripts/explore.py")
     p.add_argument("name", help="run name (the log record's key)")
     p.add_argument("--data", default="data/prepared", help="prepared data (python -m data_prep.offline --out data)")
     p.add_argument("--testset", default="data/testset", help="held-out test set (devtest split)")

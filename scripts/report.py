@@ -336,11 +336,16 @@ def write_demo_report(
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuild runs/demo/report.md from the files a finished (or partial) demo left."""
-    p = argparse.ArgumentParser(description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python scripts/report.py", description=main.__doc__)
     p.add_argument("demo_dir", nargs="?", default="runs/demo", help="the demo's output directory")
     p.add_argument("--manifest", default="data/prepared/manifest.json", help="the prepared dataset's manifest")
     args = p.parse_args(argv)
     root = Path(args.demo_dir)
+    if (root / "metrics.jsonl").is_file():  # one training run, not a demo directory: its curves
+        from pipeline.plot import main as plot_main
+
+        print(f"{root} is a training run: drawing its curves (python -m pipeline.plot {root})")
+        return plot_main([str(root)])
     runs = {
         label: root / d
         for label, d in (("trained", "train"), ("reference", "reference-train"))
@@ -356,6 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         for label in ("untrained", "char3gram")
         if (root / f"{label}-dev" / "results.json").is_file()
     }
+    if not runs or not evals:
+        print(
+            f"error: {root}: no demo training ({root}/train/metrics.jsonl) or evaluation ({root}/trained/results.json)"
+            "; for one training run: python -m pipeline.plot RUN",
+            file=sys.stderr,
+        )
+        return 2
     saved = root / "demo_state.json"
     state = read_json(saved) if saved.is_file() else {}
     try:

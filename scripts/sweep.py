@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--table"]:
         print(table(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/sweep")))
         return 0
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python scripts/sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("name", help="run name: runs/sweep/NAME/{train,hf,eval}; `--table [ROOT]` prints the log instead")
     p.add_argument("--set", dest="sets", action="append", default=[], help="FLAG=VALUE over the reference recipe")
     p.add_argument("--steps", type=int, default=150, help="optimizer steps (the schedule's length)")

@@ -33,7 +33,8 @@ def _help(f) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """One flag per leaf field; defaults are SUPPRESSed so that only the flags a user typed override the file."""
     p = argparse.ArgumentParser(
-        description="Train a MEXMA encoder with DeepSpeed ZeRO-2 (deepspeed/torchrun/python).",
+        prog="deepspeed pipeline/train.py",
+        description="Train a MEXMA encoder with DeepSpeed ZeRO-2 (launched by deepspeed, torchrun or python).",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", help="YAML or JSON file with sections data/optim/run/model (flags override it)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.fields import opt
 from pipeline.model import PRESETS, ModelConfig
+from runtime.hub import HubUnreachableError, check_hub_name
 
 
 class ConfigError(ValueError):
@@ -121,6 +122,7 @@ class RunConfig:
     dist_timeout: float = opt(30.0, "process-group timeout in minutes (a rank waiting longer on a collective fails)")
     wandb: str = opt("offline", "Weights & Biases mode", choices=("off", "offline", "online"))
     wandb_project: str = opt("mexma", "wandb project")
+    verbose: bool = opt(False, "also print wandb's and DeepSpeed's own console lines (wandb logs to its files anyway)")
     run_name: str = opt("", "run name (wandb); default: the output directory's name")
 
 
@@ -263,6 +265,11 @@ def _validate_model(cfg: TrainConfig) -> None:
             f"--model {name}: the path does not exist (give an existing local model directory, a hub name such "
             f"as xlm-roberta-large, or a preset: {', '.join(PRESETS)})"
         )
+    if name not in PRESETS and not _looks_like_path(name):
+        try:
+            check_hub_name(name, "--model", f"--model DIR (a local HF model dir) or a preset, random init: {PRESETS}")
+        except HubUnreachableError as e:
+            raise ConfigError(str(e)) from e
     try:
         cfg.model.validate()
     except ValueError as e:  # "ModelConfig.num_layers must ..." -> "--num-layers: ModelConfig.num_layers must ..."

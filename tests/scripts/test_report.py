@@ -170,3 +170,17 @@ def test_tables_keep_missing_languages_blank_and_spread():
     spread = seed_table({"v": [10.0, 14.0], "w": [5.0]})
     assert "| v | 2 | 10.00, 14.00 | 12.00 | 2.83 | 4.00 |" in spread  # sample std of (10, 14) = 2.83
     assert "| w | 1 | 5.00 | 5.00 | 0.00 | 0.00 |" in spread
+
+
+def test_a_plain_training_run_gets_its_curves_not_a_crash(tmp_path, capsys):
+    run = fake_run(tmp_path / "train")
+    assert main([str(run)]) == 0
+    assert "python -m pipeline.plot" in capsys.readouterr().out
+    png = run / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_a_dir_with_nothing_to_report_is_an_error_not_an_empty_picture(tmp_path, capsys):
+    assert main([str(tmp_path), "--manifest", str(fake_manifest(tmp_path / "m.json"))]) == 2
+    assert "python -m pipeline.plot RUN" in capsys.readouterr().err
+    assert not (tmp_path / "losses.png").exists()
