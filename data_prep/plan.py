@@ -4,7 +4,8 @@ It depends only on the inputs and the flags (never on `--workers` or the number 
 computes the same plan, a killed run resumes under it, and every stage's task count is known up front (a Slurm
 array per stage can be submitted at once, each depending on the one before).
 
-- read tasks: consecutive units (sources.py) of about `task_bytes` together, in --source order;
+- read tasks: consecutive units (sources.py) of about `task_bytes` together, in --source order (a plain text file
+  larger than that is cut into byte ranges of that size);
 - partitions: the 64-bit pair-key space cut into `partitions` equal ranges; dedup and encode run one task each.
 
 Layout of the work directory `.OUT.work/` (beside `--out`, same file system):
@@ -79,8 +80,7 @@ class Plan:
 def group_units(units: list[Unit], task_bytes: int | None) -> list[tuple[int, int]]:
     """Consecutive units of about `task_bytes` (default from the total: at least READ_TASKS_MIN tasks, each
     between TASK_BYTES_MIN and TASK_BYTES_MAX); a unit larger than that is a task of its own."""
-    total = sum(u.weight for u in units)
-    target = task_bytes or min(max(total // READ_TASKS_MIN, TASK_BYTES_MIN), TASK_BYTES_MAX)
+    target = task_bytes or task_target(units)
     tasks, start, acc = [], 0, 0
     for i, unit in enumerate(units):
         if acc and acc + unit.weight > target:
@@ -92,6 +92,11 @@ def group_units(units: list[Unit], task_bytes: int | None) -> list[tuple[int, in
     return tasks
 
 
+def task_target(units: list[Unit]) -> int:
+    """Input bytes per read task: at least READ_TASKS_MIN tasks, each between TASK_BYTES_MIN and TASK_BYTES_MAX."""
+    return min(max(sum(u.weight for u in units) // READ_TASKS_MIN, TASK_BYTES_MIN), TASK_BYTES_MAX)
+
+
 def default_partitions(units: list[Unit]) -> int:
     return min(max(1, math.ceil(sum(u.weight for u in units) / PARTITION_BYTES)), MAX_PARTITIONS)
 
@@ -99,8 +104,10 @@ def default_partitions(units: list[Unit]) -> int:
 def make_plan(fingerprint: str, cfg, sources: list[Source], aux_inputs: list[dict]) -> Plan:
     """The plan of `cfg` (prepare.PrepConfig) over the parsed sources."""
     opts = cfg.read
-    units = [u for i, src in enumerate(sources) for u in src.units(i, opts)]
     task_bytes = int(cfg.task_mb * 2**20) if cfg.task_mb else None
+    whole = [u for i, src in enumerate(sources) for u in src.units(i, opts)]
+    target = task_bytes or task_target(whole)
+    units = [u for i, src in enumerate(sources) for u in src.units(i, opts, target)]  # big text files in ranges
     partitions = cfg.partitions or default_partitions(units)
     if not 1 <= partitions <= MAX_PARTITIONS:
         raise ValueError(f"--partitions {partitions}: must be in [1, {MAX_PARTITIONS}]")

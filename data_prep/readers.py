@@ -28,12 +28,13 @@ from . import csv_reader
 from .langcodes import ENGLISH, to_flores
 from .layout import Layout
 from .records import EXTRA_FIELDS, INVALID_UTF8, MALFORMED, UNKNOWN_LANG, Pair, Record, Skip, SourceError
-from .textio import raw_lines, strip_compression_suffix
+from .textio import range_lines, raw_lines, strip_compression_suffix
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line without the newline) for every line of a file (gzip/xz/zstd: decompressed)."""
-    return raw_lines(path)
+def _lines(path: Path, span: tuple[int, int] | None = None) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line without the newline) for every line of a file (gzip/xz/zstd: decompressed),
+    or for the lines starting in the byte range `span` of a plain file."""
+    return raw_lines(path) if span is None else range_lines(path, *span)
 
 
 def _decode(raw: bytes, where: str) -> str | Skip:
@@ -74,11 +75,17 @@ def _row_pair(fields: list[str], index: dict[str, int], layout: Layout, where: s
     return Pair(fields[index["src"]], fields[index["trg"]], src_lang or langs[0], trg_lang or langs[1], where)
 
 
-def tsv_records(path: Path, langs: tuple[str, str] | Layout) -> Iterator[Record]:
-    """Tab-separated lines after a header; a line with too few fields is `malformed`."""
+def tsv_records(path: Path, langs: tuple[str, str] | Layout, span: tuple[int, int] | None = None) -> Iterator[Record]:
+    """Tab-separated lines after a header; a line with too few fields is `malformed`. `span`: only the lines that
+    start in this byte range of a plain file (the header is read from the file's first line)."""
     layout = Layout.of(langs)
     index: dict[str, int] | None = None
-    for lineno, raw in _lines(path):
+    if span is not None and span[0] > 0:
+        header = _decode(next(raw_lines(path))[1], f"{path}:1")
+        if isinstance(header, Skip):
+            raise SourceError(f"{path}:1: header is not valid UTF-8")
+        index = _header_index(header.split("\t"), path, layout)
+    for lineno, raw in _lines(path, span):
         where = f"{path}:{lineno}"
         text = _decode(raw, where)
         if index is None:
@@ -105,11 +112,11 @@ def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
-def jsonl_records(path: Path, langs: tuple[str, str] | Layout) -> Iterator[Record]:
+def jsonl_records(path: Path, langs: tuple[str, str] | Layout, span: tuple[int, int] | None = None) -> Iterator[Record]:
     """One JSON object per line (the src/trg columns, or the `translation` layout); anything else (bad JSON, missing
-    or non-string fields) is `malformed`."""
+    or non-string fields) is `malformed`. `span`: only the lines that start in this byte range of a plain file."""
     layout = Layout.of(langs)
-    for lineno, raw in _lines(path):
+    for lineno, raw in _lines(path, span):
         where = f"{path}:{lineno}"
         text = _decode(raw, where)
         if isinstance(text, Skip):

@@ -1,8 +1,9 @@
 """`--source FORMAT:PATH_OR_GLOB` parsing, the files behind each source (their size and sha256 go into the manifest),
 and the *units* a source is read in: the pieces that read tasks take, each readable on its own.
 
-Units: one per file (`tsv`, `csv`, `jsonl`; one `moses` pair of files; one gettext catalogue), one per Parquet row
-group, one per `HF_UNIT_ROWS` rows of an `hf:` folder, and one per `flores:` folder. A glob (`*`, `?`, `[`) expands
+Units: one per file (`csv`; one `moses` pair of files; one gettext catalogue; a compressed or small `tsv`/`jsonl`),
+one per byte range of a large plain `tsv`/`jsonl` file (the lines that start in it), one per Parquet row group, one
+per `HF_UNIT_ROWS` rows of an `hf:` folder, and one per `flores:` folder. A glob (`*`, `?`, `[`) expands
 to its matches, sorted; a directory given to `parquet:` reads its `*.parquet` files, sorted.
 """
 
@@ -16,9 +17,11 @@ from pathlib import Path
 from . import readers
 from .layout import Layout
 from .records import Record
+from .textio import compression
 
 FORMATS = ("csv", "tsv", "moses", "jsonl", "parquet", "hf", "flores", "gettext")
 FILE_FORMATS = ("csv", "tsv", "moses", "jsonl", "parquet")  # files, not folders (plain, .gz, .xz or .zst for text)
+RANGE_FORMATS = ("tsv", "jsonl")  # line formats a byte range of a plain file can be read from
 HF_UNIT_ROWS = 100_000
 _GLOB_CHARS = "*?["
 
@@ -59,9 +62,9 @@ class Unit:
     path: str
     """The file (or folder) read."""
     part: int = -1
-    """Row group (parquet), first row (hf), or -1: the whole file or folder."""
+    """Row group (parquet), first row (hf), first byte (a range of a text file), or -1: the whole file or folder."""
     stop: int = -1
-    """First row of the next unit (hf)."""
+    """First row (hf) or byte (text range) of the next unit."""
     first: int = 0
     """Row number of the unit's first row in its file (parquet: for `FILE row N`)."""
     weight: int = 0
@@ -127,8 +130,9 @@ class Source:
             return sorted(p for p in root.rglob("*") if p.is_file())
         return [root]
 
-    def units(self, index: int, opts: ReadOptions) -> list[Unit]:
-        """The pieces of this source in reading order (`index`: its place among the --source flags)."""
+    def units(self, index: int, opts: ReadOptions, range_bytes: int | None = None) -> list[Unit]:
+        """The pieces of this source in reading order (`index`: its place among the --source flags); plain tsv/jsonl
+        files larger than `range_bytes` are cut into byte ranges of that size."""
         if self.fmt in ("moses", "flores"):
             return [Unit(index, self.path, weight=sum(p.stat().st_size for p in self.files(opts)))]
         if self.fmt == "hf":
@@ -147,17 +151,28 @@ class Source:
                 for path in self.files(opts)
                 for group, first, size in row_groups(path)
             ]
-        return [Unit(index, str(p), weight=p.stat().st_size) for p in self.files(opts)]
+        units = []
+        for path in self.files(opts):
+            size = path.stat().st_size
+            if self.fmt in RANGE_FORMATS and range_bytes and size > range_bytes and compression(path) is None:
+                starts = range(0, size, range_bytes)
+                units += [
+                    Unit(index, str(path), a, min(a + range_bytes, size), min(range_bytes, size - a)) for a in starts
+                ]
+            else:
+                units.append(Unit(index, str(path), weight=size))
+        return units
 
     def read(self, unit: Unit, opts: ReadOptions) -> Iterator[Record]:
         """The records of one unit, in order."""
         path, layout = Path(unit.path), opts.layout()
+        span = (unit.part, unit.stop) if unit.part >= 0 else None
         if self.fmt == "tsv":
-            return readers.tsv_records(path, layout)
+            return readers.tsv_records(path, layout, span)
         if self.fmt == "csv":
             return readers.csv_records(path, layout)
         if self.fmt == "jsonl":
-            return readers.jsonl_records(path, layout)
+            return readers.jsonl_records(path, layout, span)
         if self.fmt == "moses":
             return readers.moses_records(self.path)
         if self.fmt == "hf":

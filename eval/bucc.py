@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import dist
 from eval.data import DataError
 from eval.mining import mine, neighbours
+from runtime import collectives, devices
 
 PAIRS = ("de-en", "fr-en", "ru-en", "zh-en")
 
@@ -227,12 +227,12 @@ def markdown(results: dict) -> str:
 def run(args) -> int:
     from eval.tasks import Clock, encode_sets, write_results
 
-    rank, size = dist.init()
+    rank, size = collectives.init_eval()
     splits, texts = load(args)  # every rank validates, so a bad input stops all ranks alike
     emb, timing = encode_sets(args, texts, rank, size)
     if rank != 0:
         return 0
-    clock, device, languages = Clock(), dist.device_for(args.device), {}
+    clock, device, languages = Clock(), devices.device_for(args.device), {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for pair, (tune, test) in splits.items():

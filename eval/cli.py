@@ -18,12 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from eval import dist
+from eval import shares
 from eval.data import load_flores
 from eval.encode import BUILTIN, POOLINGS, ModelError, export_if_needed, load_encoder
 from eval.report import markdown, write_all
 from eval.score import Scorer, score_nway, score_sets
 from eval.xsim import MARGINS
+from runtime import collectives, devices
 from runtime.env import apply_defaults
 
 TASKS = ("xsim", "bucc", "tatoeba")
@@ -104,7 +105,7 @@ def resolve_model(args, rank: int) -> str:
             outcome = ("ok", export_if_needed(args.model, Path(args.out) / EXPORTED, args.trust_checkpoint))
         except ModelError as err:
             outcome = ("error", str(err))
-    outcome = dist.broadcast(outcome)
+    outcome = collectives.broadcast_object(outcome)
     if outcome[0] == "error":
         raise ModelError(outcome[1])
     return outcome[1]
@@ -112,11 +113,11 @@ def resolve_model(args, rank: int) -> str:
 
 def encode_share(args, texts: dict[str, list[str]], rank: int, size: int) -> tuple[dict, float, int]:
     model = resolve_model(args, rank)
-    device = dist.device_for(args.device)
+    device = devices.device_for(args.device)
     encoder = load_encoder(
         model, args.pooling, device, args.dtype, args.batch_tokens, args.max_length, tokenizer=args.tokenizer
     )
-    share = dist.plan({name: sum(map(len, lines)) for name, lines in texts.items()}, size)[rank]
+    share = shares.plan({name: sum(map(len, lines)) for name, lines in texts.items()}, size)[rank]
     progress = not args.no_progress
     start, local = time.perf_counter(), {}
     for name in tqdm(share, desc=f"rank {rank} encoding", unit="set", disable=not progress):
@@ -125,7 +126,7 @@ def encode_share(args, texts: dict[str, list[str]], rank: int, size: int) -> tup
 
 
 def score(args, emb: dict, texts: dict, langs: list[str], aug) -> dict:
-    scorer = Scorer(args.margin, args.k, args.index_comparison, dist.device_for(args.device), args.block_mb * 2**20)
+    scorer = Scorer(args.margin, args.k, args.index_comparison, devices.device_for(args.device), args.block_mb * 2**20)
     results = {
         "model": args.model,
         "flores": str(args.flores),
@@ -149,13 +150,13 @@ def run(args) -> int:
         from eval import bucc, tatoeba
 
         return {"bucc": bucc, "tatoeba": tatoeba}[args.task].run(args)
-    rank, size = dist.init()
+    rank, size = collectives.init_eval()
     langs, texts, aug = load_data(args)  # every rank validates, so a bad input stops all ranks alike
     n = len(texts[args.target])
     if args.margin != "absolute" and args.k > n:  # checked before encoding rather than after
         raise ValueError(f"--k {args.k}: the margin needs k <= {n}, the sentences per language")
     local, encode_s, n_local = encode_share(args, texts, rank, size)
-    emb = dist.gather(local)
+    emb = shares.gather(local)
     if rank != 0:
         return 0
     start = time.perf_counter()
@@ -181,4 +182,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m eval: error: {err}", file=sys.stderr)
         return 2
     finally:
-        dist.finish()
+        collectives.finish()

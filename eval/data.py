@@ -144,7 +144,7 @@ def load_flores(root, split: str, langs_spec: str, target: str, nway: bool = Fal
     """-> (source languages, {set name: lines}, Augmented | None): every check of ``python -m eval``'s inputs.
 
     The sets are the languages (and the target); with xsim++ files present (and ``xsimpp``, not ``nway``) also
-    ``{target}_augmented``. Shared by ``python -m eval`` and the evaluation inside training (pipeline/xsim_eval.py).
+    ``{target}_augmented``. Shared by ``python -m eval`` and the evaluation inside training (eval/train_hook.py).
     """
     available = available_languages(root, split)
     langs = resolve_languages(langs_spec, available, target, nway)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import dist
+from runtime import collectives, devices
 
 
 def fingerprint(args, sentences: list[str]) -> str:
@@ -58,7 +58,7 @@ def _encoder(args, rank: int):
     from eval.encode import load_encoder
 
     model = resolve_model(args, rank)
-    device = dist.device_for(args.device)
+    device = devices.device_for(args.device)
     return load_encoder(
         model, args.pooling, device, args.dtype, args.batch_tokens, args.max_length, tokenizer=args.tokenizer
     )
@@ -72,7 +72,7 @@ def embed_sides(args, sets: dict[str, list[str]], rank: int, size: int) -> list[
         name: {"rows": len(s), "dtype": dtype.name, "file": f"emb.f{dtype.itemsize * 8}", "sha": fingerprint(args, s)}
         for name, s in sets.items()
     }
-    missing = dist.broadcast({name: _missing(cache / name, metas[name], args.chunk) for name in sets})
+    missing = collectives.broadcast_object({name: _missing(cache / name, metas[name], args.chunk) for name in sets})
     encoder = None
     if any(missing.values()):
         args.out = str(cache)  # a training checkpoint is exported once into CACHE/exported_model
@@ -82,11 +82,11 @@ def embed_sides(args, sets: dict[str, list[str]], rank: int, size: int) -> list[
             for name, todo in missing.items():
                 if todo and len(todo) == len(_chunks(metas[name]["rows"], args.chunk)):
                     _create(cache / name, metas[name], dim, dtype)
-        dist.barrier()
+        collectives.barrier()
     for name, todo in missing.items():
         if todo:
             _embed_chunks(encoder, sets[name], cache / name, todo, args, rank, size)
-    dist.barrier()
+    collectives.barrier()
     out = []
     for name in sets:
         meta = json.loads((cache / name / "meta.json").read_text())

@@ -62,7 +62,7 @@ def tokenize(tokenizer, sentences: list[str], max_length: int) -> list[list[int]
 def encode_ids(ids: list[list[int]], embed, dim: int, batch_tokens: int, desc=None, progress=False) -> np.ndarray:
     """(n, dim) float32 rows in input order: ``embed(rows: list[list[int]]) -> (B, dim) tensor`` on the
     ``length_batches`` of ``ids``. Shared by ``HFEncoder`` and the evaluation inside training
-    (pipeline/xsim_eval.py, which embeds with the live model); the caller sets no_grad / eval mode."""
+    (eval/train_hook.py, which embeds with the live model); the caller sets no_grad / eval mode."""
     out = np.zeros((len(ids), dim), dtype=np.float32)
     batches = length_batches([len(x) for x in ids], batch_tokens)
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
@@ -125,7 +125,7 @@ def check_weights_file(path: str) -> None:
         return
     pickled = root / "pytorch_model.bin"
     if pickled.is_file():
-        from pipeline.safe_load import SafeLoadError, UnsafeCheckpointError, check_weights_only
+        from pipeline.training.safe_load import SafeLoadError, UnsafeCheckpointError, check_weights_only
 
         try:
             check_weights_only(pickled)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import dist
+from eval import shares
 from eval.knn import DEFAULT_BLOCK, DEFAULT_CACHE_BYTES, faiss_or_none, knn_exact, merge_ranks, missing_faiss_message
 from eval.mine_io import (
     MineError,
@@ -38,6 +38,7 @@ from eval.mine_io import (
     write_summary,
 )
 from eval.mining import MARGINS, MODES, RETRIEVALS, mine, row_cosines, score_aligned, search
+from runtime import collectives, devices
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,13 +79,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache-mb", type=int, default=DEFAULT_CACHE_BYTES >> 20, help="keep the normalised target side up to this"
     )
     p.add_argument("--index", help="approximate search: a faiss index_factory string, e.g. IVF4096,PQ64")
-    p.add_argument("--index-sample", type=int, default=2**18, help="rows to train the index on (default 262144)")
+    p.add_argument("--index-sample", type=int, help="rows to train the index on (default 262144)")
     p.add_argument("--nprobe", type=int, default=16, help="inverted lists visited per query (default 16)")
     p.add_argument("--rerank", type=int, default=4, help="index candidates per neighbour, rescored exactly (4)")
     p.add_argument("--bench", action="store_true", help="print search (and --model embedding) sentences/s")
     p.add_argument("--bench-sizes", default="1e5,1e6", help="sentences per side for --bench (default 1e5,1e6)")
+    p.add_argument("--bench-queries", type=int, default=8192, help="--bench: queries timed per size (8192)")
+    p.add_argument("--bench-embed-sentences", type=int, default=2048, help="--bench --model: sentences to embed")
     args = p.parse_args(argv)
     if not args.bench:
+        args.index_sample = args.index_sample or 2**18
         _check_args(p, args)
     return args
 
@@ -142,7 +146,7 @@ def embeddings(args, src, trg, rank: int, size: int) -> tuple[np.ndarray, np.nda
 def neighbours(args, x, y, keys: list[str], rank: int, size: int):
     """Both directions' k-NN lists on rank 0 (None on the others), every rank searching its share of blocks:
     exact, or through --index (built once by rank 0 into the cache) when faiss is installed."""
-    k, device = args.neighborhood, dist.device_for(args.device)
+    k, device = args.neighborhood, devices.device_for(args.device)
     approximate = args.index is not None and faiss_or_none() is not None
     if args.index is not None and not approximate and rank == 0:
         print(f"python -m eval.mine: warning: {missing_faiss_message(args.index)}", file=sys.stderr)
@@ -153,7 +157,7 @@ def neighbours(args, x, y, keys: list[str], rank: int, size: int):
     else:
         part = knn_exact(x, y, k, k, block=args.block, device=device, rank=rank, world=size,
                          cache_bytes=args.cache_mb << 20)  # fmt: skip
-    parts = dist.gather({str(rank): part})
+    parts = shares.gather({str(rank): part})
     return None if parts is None else merge_ranks([parts[str(r)] for r in range(size)], x.shape[0])
 
 
@@ -182,7 +186,7 @@ def search_kind(args) -> str:
 
 
 def run(args) -> int:
-    rank, size = dist.init()
+    rank, size = collectives.init_eval()
     timings, t0 = {}, time.perf_counter()
     src, trg = read_side(args.src, args.unify), read_side(args.trg, args.unify)
     for side in (src, trg):
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m eval.mine: error: {err}", file=sys.stderr)
         return 2
     finally:
-        dist.finish()
+        collectives.finish()
 
 
 if __name__ == "__main__":

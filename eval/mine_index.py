@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from eval import dist
 from eval.knn import Part, build_index, knn_index, set_nprobe, x_blocks
+from runtime import collectives, devices
 
 
 def index_path(cache: Path, side: str, key: str, args, shape: tuple[int, int]) -> Path:
@@ -43,7 +43,7 @@ def shared_index(base, path: Path, args, rank: int):
         tmp = path.with_name(path.name + ".tmp")
         faiss.write_index(index, str(tmp))
         os.replace(tmp, path)
-    dist.barrier()
+    collectives.barrier()
     if index is None:
         index = _read(path)
         set_nprobe(index, args.nprobe)
@@ -55,7 +55,7 @@ def approximate_part(args, x, y, keys: list[str], cache: Path, rank: int, size: 
     over x)."""
     index_y = shared_index(y, index_path(cache, "trg", keys[1], args, y.shape), args, rank)
     index_x = shared_index(x, index_path(cache, "src", keys[0], args, x.shape), args, rank)
-    k, device = args.neighborhood, dist.device_for(args.device)
+    k, device = args.neighborhood, devices.device_for(args.device)
     rows_x, rows_y = x_blocks(x.shape[0], args.block, rank, size), x_blocks(y.shape[0], args.block, rank, size)
     fwd_sim, fwd_ind, fwd_exact = knn_index(x, y, index_y, k, rows_x, rerank=args.rerank, device=device)
     bwd_sim, bwd_ind, bwd_exact = knn_index(y, x, index_x, k, rows_y, rerank=args.rerank, device=device)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import dist
+from eval import shares
 
 CHUNK = 16384  # sentences per unit of work
 
@@ -29,7 +29,7 @@ def encode_sets(args, texts: dict[str, list[str]], rank: int, size: int) -> tupl
         for i, a in enumerate(range(0, len(lines), CHUNK))
     }
     local, encode_s, n_local = encode_share(args, pieces, rank, size)
-    parts = dist.gather(local)
+    parts = shares.gather(local)
     timing = {
         "world_size": size,
         "encode_s_rank0": round(encode_s, 3),

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval import dist
 from eval.data import DataError, read_lines
 from eval.score import entry, pooled
 from eval.xsim import count_errors, nearest
+from runtime import collectives, devices
 
 
 def available(root: Path) -> list[str]:
@@ -75,12 +75,12 @@ def markdown(results: dict) -> str:
 def run(args) -> int:
     from eval.tasks import Clock, encode_sets, write_results
 
-    rank, size = dist.init()
+    rank, size = collectives.init_eval()
     langs, texts = load(args)  # every rank validates, so a bad input stops all ranks alike
     emb, timing = encode_sets(args, texts, rank, size)
     if rank != 0:
         return 0
-    clock, device = Clock(), dist.device_for(args.device)
+    clock, device = Clock(), devices.device_for(args.device)
     languages = {lang: score_language(emb[lang], emb[f"{lang}-eng.eng"], args.margin, args.k, device) for lang in langs}
     average = pooled(languages)
     for key in ("xx_eng", "eng_xx"):

@@ -110,7 +110,7 @@ def _cached_ok(out: Path, n: int) -> bool:
 
 def _open(directory: str) -> tuple:
     """(lengths, PairTable): the files memory-mapped, or virtual arrays for `virtual:N`."""
-    from pipeline.sampler import PairTable
+    from pipeline.data.sampler import PairTable
 
     if directory.startswith("virtual:"):
         n = int(directory.split(":")[1])
@@ -125,7 +125,7 @@ def _open(directory: str) -> tuple:
 
 
 def run_child(directory: str, mode: str, world: int, batches: int) -> dict:
-    from pipeline.sampler import DistributedBatchSampler, pair_probabilities
+    from pipeline.data.sampler import DistributedBatchSampler, pair_probabilities
 
     base = _rss_anon_mib()
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ A step is what training does per micro batch without DeepSpeed: zero_grad, forwa
 1.2 and AdamW. Variants:
 - packed: `MexmaModel` (one encoder call over the packed 4B views, block-diagonal attention, head in one call,
   chunked tied cross-entropy at masked positions only);
-- padded: `pipeline.reference.PaddedMexma` (four padded encoder calls, two padded head calls, full-vocabulary
+- padded: `pipeline.model.reference.PaddedMexma` (four padded encoder calls, two padded head calls, full-vocabulary
   logits), i.e. the original's computation with stock SDPA attention;
 - packed-ref: the packed model with attention through the per-sequence PyTorch reference (diagnostic).
 Each variant runs in its own process (spawned, same seeds, same batches) so peak memory is its own; rounds
@@ -44,9 +44,9 @@ import time
 
 import torch
 
-from pipeline.collate import MexmaCollator
-from pipeline.model import ModelConfig, build_model, encoder_config
-from pipeline.reference import PaddedMexma, unpack_to_padded
+from pipeline.data.collate import MexmaCollator
+from pipeline.model.mexma import ModelConfig, build_model, encoder_config
+from pipeline.model.reference import PaddedMexma, unpack_to_padded
 
 VARIANTS = ("packed", "padded", "packed-ref")
 SHAPES = {  # name -> (vocabulary or None for --vocab, head overrides of ModelConfig)

@@ -7,7 +7,8 @@ CHECKPOINT_OR_RUN_DIR: a training output directory (its newest checkpoint that v
 directory (OUTPUT/checkpoints/step_NNNNNNNN). The checkpoint is verified against its COMPLETE.json (sizes and sha256,
 as resume does); an unverified one is refused unless `--allow-unverified` (then a warning says what failed). Every
 DeepSpeed file is checked with the weights-only unpickler before DeepSpeed's zero_to_fp32 unpickles it
-(pipeline/safe_load.py); a file that needs more is refused unless `--trust-checkpoint`. The weights are consolidated
+(pipeline/training/safe_load.py); a file that needs more is refused unless `--trust-checkpoint`. The weights are
+consolidated
 (the fp32 master weights of every ZeRO partition: exact for bf16 runs too), loaded into the model that `build_model`
 makes from the run's config.json, and `model.encoder.save_pretrained` writes them as model.safetensors under the stock
 HF names (transformers 5 writes safetensors only), with a pooler (`pooler.dense`) at HF's initialisation: MEXMA trains
@@ -36,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoint import BEST, COMPLETE, LATEST, TAG_RE, CheckpointManager, NoUsableCheckpointError
-from pipeline.model import ModelConfig, build_model
-from pipeline.safe_load import TRUST_FLAG, SafeLoadError, check_deepspeed_files
+from pipeline.model.mexma import ModelConfig, build_model
+from pipeline.training.checkpoint import BEST, COMPLETE, LATEST, TAG_RE, CheckpointManager, NoUsableCheckpointError
+from pipeline.training.safe_load import TRUST_FLAG, SafeLoadError, check_deepspeed_files
 from runtime.env import apply_defaults
 from runtime.received import RemoteCodeError, load_tokenizer, tokenizer_fingerprint
 

@@ -12,10 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.metrics import METRICS, read_metrics
+from pipeline.training.metrics import METRICS, read_metrics
 
 LOSSES = (("loss", "total loss"), ("mlm_loss", "mlm loss"), ("cls_loss", "cls loss (MSE)"), ("koleo_loss", "KoLeo"))
-XSIM_KEY = "xsim_error_pct"  # pipeline/xsim_eval.py METRIC
+XSIM_KEY = "xsim_error_pct"  # eval/train_hook.py METRIC
 
 
 class PlotError(ValueError):

@@ -188,9 +188,9 @@ def export_cmd(run_dir: Path, out: Path) -> list[str]:
 def build_untrained(data: str, out: Path, recipe: dict, seed: int = 0, extra: list[str] | None = None) -> Path:
     """The tiny model exactly as training initialises it (same flags, same seed), saved as an HF directory.
 
-    Trainer seeds python/numpy/torch with --seed and then calls build_model (pipeline/engine.py); doing the same here
-    gives the same weights (tests/scripts/test_demo.py checks it against a train.py step at lr 0). `extra`: more
-    train.py flags (model shape overrides).
+    Trainer seeds python/numpy/torch with --seed and then calls build_model (pipeline/training/trainer.py); doing the
+    same here gives the same weights (tests/scripts/test_demo.py checks it against a train.py step at lr 0). `extra`:
+    more train.py flags (model shape overrides).
     """
     import random
 
@@ -199,9 +199,9 @@ def build_untrained(data: str, out: Path, recipe: dict, seed: int = 0, extra: li
     from transformers import AutoTokenizer
 
     from pipeline.config import parse_args
-    from pipeline.data import load_manifest, special_ids
+    from pipeline.data.dataset import load_manifest, special_ids
     from pipeline.export import EXPORT_ATTENTION, write_sentence_transformers
-    from pipeline.model import build_model
+    from pipeline.model.mexma import build_model
 
     cfg = parse_args(
         [

@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import AutoTokenizer  # noqa: E402
 
 from eval.xsim import xsim  # noqa: E402
-from pipeline import data as D  # noqa: E402
-from pipeline.collate import IGNORE_INDEX, MexmaCollator, pack  # noqa: E402
 from pipeline.config import OptimConfig  # noqa: E402
-from pipeline.engine import WarmupCosine  # noqa: E402
-from pipeline.model import ModelConfig, build_model  # noqa: E402
+from pipeline.data import dataset as D  # noqa: E402
+from pipeline.data.collate import IGNORE_INDEX, MexmaCollator, pack  # noqa: E402
+from pipeline.model.mexma import ModelConfig, build_model  # noqa: E402
+from pipeline.training.schedule import WarmupCosine  # noqa: E402
 from scripts.sweep import parse_value  # noqa: E402
 
 LANGS = "deu_Latn,fra_Latn,spa_Latn,rus_Cyrl,jpn_Jpan,zho_Hans,tur_Latn,ell_Grek".split(",")

@@ -1,7 +1,7 @@
 """Markdown + PNG reports of the demo and the ablation from files the stages leave behind.
 
 Inputs are only files: the prepared dataset's `manifest.json` (data_prep), a run's `metrics.jsonl`
-(pipeline/metrics.py: one record per optimizer step, and with --xsim-every one `"split": "xsim"` record per
+(pipeline/training/metrics.py: one record per optimizer step, and with --xsim-every one `"split": "xsim"` record per
 in-training evaluation) and each evaluation's `results.json` (python -m eval:
 `{"languages": {lang: {"errors", "n", "error_pct"}}, "average": {...}}`, the average pooled as
 100 x sum(errors) / sum(n)). So a report can be rebuilt after the fact: `python scripts/report.py runs/demo`.
@@ -18,10 +18,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python scripts/report.py`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.metrics import read_metrics
+from pipeline.training.metrics import read_metrics
 
 LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
-XSIM_KEY = "xsim_error_pct"  # pipeline/xsim_eval.py METRIC: pooled X -> target error % of an in-training evaluation
+XSIM_KEY = "xsim_error_pct"  # eval/train_hook.py METRIC: pooled X -> target error % of an in-training evaluation
 
 
 class ReportError(RuntimeError):
@@ -213,7 +213,7 @@ def plot_xsim(curves: dict[str, list[tuple[int, float]]], levels: dict[str, floa
 
 
 def fitted_schedule(run_dir: Path) -> dict | None:
-    """The `--fit-to-minutes` entry of a run's config.json (pipeline/schedule_fit.py), None for a fixed length."""
+    """The `--fit-to-minutes` entry of a run's config.json (pipeline/training/schedule.py), None for a fixed length."""
     config = read_json(Path(run_dir) / "config.json") if (Path(run_dir) / "config.json").is_file() else {}
     return config.get("resolved", {}).get("schedule")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.metrics import read_metrics
+from pipeline.training.metrics import read_metrics
 from scripts.common import REFERENCE, StageError, eval_cmd, export_cmd, run_stage, train_cmd
 from scripts.report import load_results, pooled, training_summary
 

@@ -27,12 +27,12 @@ def load_ds_config(path: str) -> dict:
     if "scheduler" in ds:
         raise ConfigError(
             f"--ds-config {path}: remove the 'scheduler' block; the schedule comes from --lr, "
-            "--warmup-fraction, --warmup-start-factor, --min-lr-ratio (pipeline/engine.py)"
+            "--warmup-fraction, --warmup-start-factor, --min-lr-ratio (pipeline/training/trainer.py)"
         )
     if ds.get("bf16", {}).get("enabled") and ds["bf16"].get("check_grad_overflow") is False:
         raise ConfigError(
             f"--ds-config {path}: bf16.check_grad_overflow must stay true: a non-finite loss is skipped through "
-            "ZeRO's overflow check (pipeline/engine.py), without it NaN gradients would reach the weights"
+            "ZeRO's overflow check (pipeline/training/trainer.py), without it NaN gradients would reach the weights"
         )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
@@ -60,7 +60,7 @@ def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int, previous: dic
     gradient_accumulation_steps is a default (as the flag's absence is) and is rescaled to the new world size.
     previous: the resumed checkpoint's `batch_record` ({micro, gas, world_size}). A resume keeps the global batch
     through the accumulation (gas' = W x gas / W'); on another world size DeepSpeed loads a universal checkpoint
-    (ZeRO state re-partitioned, pipeline/checkpoint.py). ConfigError when W x gas / W' is not an integer or the
+    (ZeRO state re-partitioned, pipeline/training/checkpoint.py). ConfigError when W x gas / W' is not an integer or the
     flags would change the global batch.
     """
     path = cfg.run.ds_config

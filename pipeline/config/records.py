@@ -30,9 +30,9 @@ def write_run_files(record: dict, ds_config: dict, output_dir: str | Path, token
     (resolved DeepSpeed JSON), run_info.json (git SHA, data path, manifest sha256, world size, max_steps) and
     tokenizer/ (a copy of the data's): enough to reproduce the run from its folder (STYLE.md #10).
 
-    Called by rank 0 only after the relaunch checks passed (pipeline/runrecord.py). Each file is replaced atomically
-    (tmp + os.replace); the tokenizer is copied to a temporary directory and swapped in, so a reader (export) sees the
-    old or the new one, never a mix."""
+    Called by rank 0 only after the relaunch checks passed (pipeline/training/runrecord.py). Each file is replaced
+    atomically (tmp + os.replace); the tokenizer is copied to a temporary directory and swapped in, so a reader (export)
+    sees the old or the new one, never a mix."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {

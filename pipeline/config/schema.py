@@ -1,8 +1,8 @@
 """The training config's schema: one dataclass per section, a help text per field, range checks naming the flag.
 
-`TrainConfig` = `DataConfig` + `OptimConfig` + `RunConfig` + the model's `ModelConfig` (pipeline/model.py). Each field
-is declared with `pipeline.fields.opt(default, help)`; the command line (cli.py) and the docs' flag table read that
-help. `validate` is the one place values are range-checked; every error names the flag.
+`TrainConfig` = `DataConfig` + `OptimConfig` + `RunConfig` + the model's `ModelConfig` (pipeline/model/mexma.py).
+Each field is declared with `pipeline.fields.opt(default, help)`; the command line (cli.py) and the docs' flag table
+read that help. `validate` is the one place values are range-checked; every error names the flag.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.fields import opt
-from pipeline.model import PRESETS, ModelConfig
+from pipeline.model.mexma import PRESETS, ModelConfig
 from runtime.hub import HubUnreachableError, check_hub_name
 
 

@@ -126,3 +126,26 @@ def test_hf_folder_is_read_in_row_ranges(tmp_path, monkeypatch):
     assert [(u.part, u.stop) for u in units] == [(0, 7), (7, 14), (14, 20)]
     read = [p.src for u in units for p in source.read(u, ReadOptions())]
     assert read == [s for s, _ in pairs] and Path(units[0].path).name == "d"
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+@pytest.mark.parametrize("range_bytes", [1, 37, 200, 10_000])
+def test_byte_ranges_read_every_line_once_with_its_number(tmp_path, fmt, range_bytes):
+    pairs = sentence_pairs(40)
+    if fmt == "tsv":
+        path = write_tsv(tmp_path / "a.tsv", pairs)
+        with open(path, "ab") as f:
+            f.write(
+                b"only one field\ncaf\xe9\tcoffee\tfra_Latn\teng_Latn\n" + b"x" * 300 + b"\tlong\tfra_Latn\teng_Latn"
+            )
+    else:
+        path = tmp_path / "a.jsonl"
+        lines = [json.dumps({"src": s, "trg": t}) for s, t in pairs] + ["{broken", json.dumps({"src": "y" * 300})]
+        path.write_text("\n".join(lines) + "\n")
+    source, opts = Source.parse(f"{fmt}:{path}"), ReadOptions()
+    whole = list(source.read(source.units(0, opts)[0], opts))
+    units = source.units(0, opts, range_bytes)
+    assert len(units) == (1 if range_bytes >= path.stat().st_size else -(-path.stat().st_size // range_bytes))
+    pieces = [r for u in units for r in source.read(u, opts)]
+    assert pieces == whole and len(whole) == 43 - (fmt == "jsonl")  # header: not a record
+    assert whole[-1].where == f"{path}:{len(whole) + (fmt == 'tsv')}"

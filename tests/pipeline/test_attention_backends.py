@@ -11,9 +11,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import block_diag_attention_ref
-from pipeline import attention
-from pipeline.collate import MexmaCollator
-from pipeline.model import ModelConfig, build_model
+from pipeline.data.collate import MexmaCollator
+from pipeline.model import attention
+from pipeline.model.mexma import ModelConfig, build_model
 from tests.pipeline.test_collate import make_rows
 from tests.pipeline.test_equivalence import SPECIAL, V, small_config
 
@@ -158,14 +158,14 @@ def test_select_keeps_the_kernel_only_when_right_and_not_slower(monkeypatch, cap
     name, report = _select(monkeypatch, ok, {"kernel": 1.0, "varlen": 1.2})
     assert name == "kernel" and report["backend"] == "kernel" and report["ms"]["varlen"] == 1.2
     assert report["check"] == ok and (report["heads"], report["head_dim"], report["tokens"]) == (16, 64, 4000)
-    with caplog.at_level(logging.WARNING, logger="pipeline.attention"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.model.attention"):
         name, report = _select(monkeypatch, ok, {"kernel": 1.5, "varlen": 1.2})
     assert name == "varlen" and "1.500 ms vs varlen 1.200 ms" in report["reason"]
     assert "kernel slower" in caplog.text
 
 
 def test_select_falls_back_with_the_error(monkeypatch, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.attention"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.model.attention"):
         name, report = _select(monkeypatch, {"ok": False, "error": "CompilationError: out of resources"}, {})
     assert name == "varlen" and "out of resources" in report["reason"] and "out of resources" in caplog.text
     name, report = _select(monkeypatch, {"ok": False, "max_err": 0.5, "tol": 0.01}, {})

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpoint as C
+from pipeline.training import checkpoint as C
 
 ENFORCE_FAIL = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"  # torch 2.13, full tmpfs
 usage = namedtuple("usage", "total used free")

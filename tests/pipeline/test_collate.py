@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.collate import IGNORE_INDEX, MexmaCollator
+from pipeline.data.collate import IGNORE_INDEX, MexmaCollator
 
 V = 120
 SPECIAL = {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": V - 1}

@@ -28,7 +28,7 @@ def test_docs_training_md_holds_the_generated_table():
 
 
 def test_model_config_fields_carry_their_help_in_metadata():
-    from pipeline.model import ModelConfig
+    from pipeline.model.mexma import ModelConfig
 
     assert all(f.metadata.get("help") for f in dataclasses.fields(ModelConfig))
 

@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from pipeline.console import Eta, format_duration, quiet_others, summary_lines
-from pipeline.metrics import MetricsLogger
+from pipeline.training.console import Eta, format_duration, quiet_others, summary_lines
+from pipeline.training.metrics import MetricsLogger
 from tests.pipeline.conftest import run_train, train_cmd
 
 
@@ -51,7 +51,7 @@ def test_summary_names_losses_best_xsim_checkpoint_and_export(tmp_path):
 
 def test_no_wandb_run_without_a_record(tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr("pipeline.metrics._start_wandb", lambda *a: started.append(a))
+    monkeypatch.setattr("pipeline.training.metrics._start_wandb", lambda *a: started.append(a))
     m = MetricsLogger(tmp_path, rank=0, wandb_mode="offline", log_every=1)
     m.close()
     assert started == []
@@ -84,7 +84,7 @@ def test_finished_run_relaunched_says_so_once_opens_no_wandb_and_sums_up(prepare
 
 
 def test_long_pair_lists_are_summarised():
-    from pipeline.sampler import shares_summary
+    from pipeline.data.sampler import shares_summary
 
     shares = {f"eng_Latn-x{i:03d}": (i + 1) / 12_246 for i in range(156)}  # 156 pairs, as the offline corpus
     line = shares_summary(shares)

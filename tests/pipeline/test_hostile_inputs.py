@@ -15,8 +15,8 @@ import pytest
 
 from pipeline import checkpoint as C
 from pipeline.config import ConfigError, load_ds_config, parse_args, resolve_ds_config
-from pipeline.runrecord import RelaunchError, check_relaunch, run_record
-from pipeline.sampler import pair_probabilities
+from pipeline.data.sampler import pair_probabilities
+from pipeline.training.runrecord import RelaunchError, check_relaunch, run_record
 from runtime.received import RemoteCodeError, check_dir, load_tokenizer
 from tests.pipeline.conftest import ROOT, TINY_MODEL_FLAGS, _tokenizer
 
@@ -46,8 +46,8 @@ def test_auto_map_is_refused_naming_file_and_key(evil_data):
 
 def test_every_loader_refuses_auto_map(evil_data, tmp_path):
     from eval.encode import ModelError, _load_tokenizer
+    from eval.train_hook import load_tokenizer as xsim_tokenizer
     from pipeline import export
-    from pipeline.xsim_eval import load_tokenizer as xsim_tokenizer
 
     with pytest.raises(ConfigError, match="auto_map"):
         xsim_tokenizer(evil_data)  # the dataset's tokenizer, for --xsim-every
@@ -94,7 +94,7 @@ def test_another_xsim_test_set_needs_allow_config_change(prepared, tmp_path):
 
 
 def test_best_is_compared_only_within_one_test_set(tmp_path, caplog):
-    from pipeline.xsim_eval import METRIC, XsimHook, test_set_fingerprint
+    from eval.train_hook import METRIC, XsimHook, test_set_fingerprint
 
     assert test_set_fingerprint("dev", "eng_Latn", {"a": ["x"]}, None) != test_set_fingerprint(
         "dev", "eng_Latn", {"a": ["y"]}, None

@@ -8,9 +8,9 @@ import pytest
 import torch
 import triton
 
-from pipeline.collate import MexmaCollator
-from pipeline.model import build_model
-from pipeline.reference import PaddedMexma, unpack_to_padded
+from pipeline.data.collate import MexmaCollator
+from pipeline.model.mexma import build_model
+from pipeline.model.reference import PaddedMexma, unpack_to_padded
 from tests.pipeline.test_equivalence import LOSSES, SPECIAL, V, assert_same_grads, small_config
 
 pytestmark = pytest.mark.skipif(

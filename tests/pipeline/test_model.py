@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from transformers import XLMRobertaModel
 
 from kernels import block_diag_attention_ref
-from pipeline import bench_step, losses
-from pipeline.attention import padded_sdpa
-from pipeline.collate import IGNORE_INDEX, MexmaCollator
-from pipeline.model import PRESETS, ModelConfig, build_model, encoder_config
+from pipeline import bench_step
+from pipeline.data.collate import IGNORE_INDEX, MexmaCollator
+from pipeline.model import losses
+from pipeline.model.attention import padded_sdpa
+from pipeline.model.mexma import PRESETS, ModelConfig, build_model, encoder_config
 from tests.pipeline.test_collate import make_rows
 from tests.pipeline.test_equivalence import SPECIAL, V, small_config
 

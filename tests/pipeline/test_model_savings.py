@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from pipeline import attention
-from pipeline.collate import MexmaCollator, pack
-from pipeline.model import build_model
+from pipeline.data.collate import MexmaCollator, pack
+from pipeline.model import attention
+from pipeline.model.mexma import build_model
 from tests.pipeline.test_collate import make_rows
 from tests.pipeline.test_equivalence import SPECIAL, V, small_config
 

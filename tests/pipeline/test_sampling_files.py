@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data_prep import lengths as L
-from pipeline import data as D
+from pipeline.data import dataset as D
 from tests.pipeline.test_sampler import _multi_pair_copy
 
 

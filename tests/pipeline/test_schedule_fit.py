@@ -1,4 +1,4 @@
-"""--fit-to-minutes (pipeline/schedule_fit.py): the fitted length, the held lr, the relaunch that keeps the fit.
+"""--fit-to-minutes (pipeline/training/schedule.py): the fitted length, the held lr, the relaunch that keeps the fit.
 
 Unit: `fitted_steps` is the largest length whose steps and evaluations fit (checked against brute force),
 `WarmupCosine(hold=h)` stays at the warmup's first factor for h steps and is the plain schedule shifted by h after.
@@ -13,9 +13,8 @@ import json
 
 import pytest
 
-from pipeline.engine import WarmupCosine
-from pipeline.metrics import read_metrics
-from pipeline.schedule_fit import evaluations, fitted_steps
+from pipeline.training.metrics import read_metrics
+from pipeline.training.schedule import WarmupCosine, evaluations, fitted_steps
 from tests.pipeline.conftest import run_train, train_cmd
 
 

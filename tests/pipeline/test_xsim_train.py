@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpoint as C
+from eval.train_hook import METRIC, XsimEvaluator, XsimHook, load_tokenizer
 from pipeline.config import ConfigError
-from pipeline.metrics import read_metrics
-from pipeline.xsim_eval import METRIC, XsimEvaluator, XsimHook, load_tokenizer
+from pipeline.training import checkpoint as C
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import deepspeed_launcher, run_train, train_cmd
 from tests.pipeline.test_checkpoint import _save
 
@@ -176,7 +176,7 @@ def test_train_refuses_a_bad_test_set_before_training(prepared, flores, tmp_path
 
 def tiny_model(prepared):
     from pipeline.config import parse_args
-    from pipeline.model import build_model
+    from pipeline.model.mexma import build_model
     from tests.pipeline.conftest import TINY_MODEL_FLAGS
 
     cfg = parse_args(["--data", str(prepared), "--output-dir", "unused", *TINY_MODEL_FLAGS])

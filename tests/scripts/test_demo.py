@@ -53,7 +53,7 @@ def test_recipes_parse_as_train_flags(tmp_path):
     flags = train_cmd("d", tmp_path, demo.REFERENCE_RUN, steps=1, minutes=1)
     ref = parse_args(flags[flags.index("pipeline/train.py") + 1 :])
     default = parse_args(["--data", "d", "--output-dir", str(tmp_path)])
-    assert default.model.hidden_dropout is None  # None = the preset's 0.1 (pipeline/model.py encoder_config)
+    assert default.model.hidden_dropout is None  # None = the preset's 0.1 (pipeline/model/mexma.py encoder_config)
     assert (ref.model.hidden_dropout, ref.model.head_dropout, ref.model.koleo_global) == (
         0.1,
         default.model.head_dropout,

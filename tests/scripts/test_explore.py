@@ -49,7 +49,7 @@ def test_curve_and_record(prepared, testset, tmp_path):
 
 
 def test_embeddings_do_not_depend_on_the_batch(prepared):
-    from pipeline.model import ModelConfig, build_model
+    from pipeline.model.mexma import ModelConfig, build_model
 
     over = {k: explore.parse_value(v) for k, v in (s.split("=", 1) for s in SMALL)}
     model = build_model(ModelConfig(hidden_dropout=0.0, **over), vocab_size=200)

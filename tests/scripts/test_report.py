@@ -53,7 +53,7 @@ def fake_run(root: Path, steps: int = 30, slope: float = 0.05, xsim_every: int =
                 "skipped_total": 0,
             }
             f.write(json.dumps(rec) + "\n")
-            if xsim_every and s % xsim_every == 0:  # pipeline/xsim_eval.py's record (fields the report reads)
+            if xsim_every and s % xsim_every == 0:  # eval/train_hook.py's record (fields the report reads)
                 f.write(json.dumps({"split": "xsim", "step": s, "xsim_error_pct": 100.0 - slope * 10 * s}) + "\n")
         f.write(json.dumps({"split": "valid", "step": steps, "loss": 1.0}) + "\n")  # ignored by the summary
     return root
@@ -95,7 +95,7 @@ def test_summaries_do_the_arithmetic(tmp_path):
     data = data_summary(json.loads(fake_manifest(tmp_path / "m.json").read_text()))
     assert (data["pairs_train"], data["languages"], data["language_pairs"]) == (110, 3, 2)
     assert data["tokens"] == 120 * 10 + 120 * 12.5 and data["skipped"] == 10
-    from pipeline.metrics import read_metrics
+    from pipeline.training.metrics import read_metrics
 
     s = training_summary(read_metrics(fake_run(tmp_path / "r", steps=30)))
     assert (s["steps"], s["wall_s"], s["pairs_per_step"]) == (30, 60.0, 32)

@@ -1,7 +1,7 @@
 """MEXMA model: a stock HF `XLMRobertaModel` encoder plus the cross-unmasking head, run on packed batches.
 
 Single-device code that knows nothing of DeepSpeed. The encoder and the head are unmodified HF modules whose
-attention goes through the registered "mexma_block_diag" function (pipeline/attention.py), so weights keep
+attention goes through the registered "mexma_block_diag" function (pipeline/model/attention.py), so weights keep
 HF names and export is `model.encoder.save_pretrained`.
 
 What follows the original (facebookresearch/mexma `model.py`, run with `--number_of_linear_layers 0
@@ -25,8 +25,9 @@ from transformers import XLMRobertaConfig, XLMRobertaModel
 from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEncoder
 
 from kernels import kernels_forced_ref
-from pipeline import losses
-from pipeline.attention import (
+from pipeline.fields import opt
+from pipeline.model import losses
+from pipeline.model.attention import (
     ATTN_IMPLEMENTATION,
     BACKENDS,
     packed_attention,
@@ -35,7 +36,6 @@ from pipeline.attention import (
     select_koleo,
     varlen_layout,
 )
-from pipeline.fields import opt
 from runtime.received import check_dir
 
 # Encoder shapes: layers, hidden, heads, FFN. large = xlm-roberta-large, base = xlm-roberta-base.
@@ -75,7 +75,9 @@ class ModelConfig:
     koleo_weight: float = opt(0.01, "w_koleo")
     koleo_eps: float = opt(1e-8, "KoLeo's eps inside the log")
     koleo_global: bool = opt(False, "KoLeo over the all-gathered global batch instead of each rank's batch")
-    attention: str = opt("auto", "auto, kernel, varlen, sdpa, ref (pipeline/attention.py); MEXMA_KERNELS=ref: ref")
+    attention: str = opt(
+        "auto", "auto, kernel, varlen, sdpa, ref (pipeline/model/attention.py); MEXMA_KERNELS=ref: ref"
+    )
     kernels: bool = opt(True, "False: KoLeo through its PyTorch reference too (as MEXMA_KERNELS=ref)")
     gradient_checkpointing: bool = opt(False, "recompute encoder and head layers in backward")
     ce_chunk_bytes: int = opt(losses.DEFAULT_CHUNK_BYTES, "byte budget of one fp32 (rows, V) logits block")
@@ -235,7 +237,7 @@ class MexmaModel(nn.Module):
     def select_backends(self, device, dtype, lengths, **injected) -> dict:
         """Resolve attention="auto" (and the KoLeo kernel) for this run on CUDA; call once at start-up.
 
-        Runs `pipeline.attention.select_backend` for the encoder's and the head's (heads, head_dim) on a
+        Runs `pipeline.model.attention.select_backend` for the encoder's and the head's (heads, head_dim) on a
         packed batch of `lengths` (token counts of one step's sequences) in `dtype`, and `select_koleo` for
         (B = len(lengths) // 4 rows, hidden). Keeps the choices for every later forward and returns
         {"encoder": report, "head": report, "koleo": report} for the log and the run's config.json.
@@ -324,7 +326,7 @@ class MexmaModel(nn.Module):
         return _layer_at_rows(last, x, rows, attend)
 
     def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, labels, n_pairs, **batch) -> dict:
-        """Packed batch (pipeline.collate.pack) -> {loss, mlm_loss, cls_loss, koleo_loss, n_masked, src_cls, ...}.
+        """Packed batch (pipeline.data.collate.pack) -> {loss, mlm_loss, cls_loss, koleo_loss, n_masked, src_cls, ...}.
 
         No host synchronisation and no data-dependent shape: every size comes from the collator as a python
         int (n_pairs, max_seqlen, head_tokens, n_masked_src/trg) and every index as a tensor (mlm_positions).
@@ -333,7 +335,7 @@ class MexmaModel(nn.Module):
         """
         missing = [k for k in _MLM_KEYS if k not in batch]
         if missing:
-            raise ValueError(f"batch lacks {missing}: build it with pipeline.collate.pack / MexmaCollator")
+            raise ValueError(f"batch lacks {missing}: build it with pipeline.data.collate.pack / MexmaCollator")
         b, max_seqlen = int(n_pairs), int(max_seqlen)
         if cu_seqlens.numel() != 4 * b + 1:
             raise ValueError(f"cu_seqlens has {cu_seqlens.numel()} entries, expected 4 * n_pairs + 1 = {4 * b + 1}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOSSES = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
-XSIM_KEY = "xsim_error_pct"  # the in-training evaluation's pooled error (pipeline/xsim_eval.py METRIC)
+XSIM_KEY = "xsim_error_pct"  # the in-training evaluation's pooled error (eval/train_hook.py METRIC)
 
 
 def env_rank() -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.console import Eta
+from pipeline.training.console import Eta
 
 log = logging.getLogger("pipeline.train")
 METRICS = "metrics.jsonl"

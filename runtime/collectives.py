@@ -1,17 +1,18 @@
-"""Processes, devices and every collective of training, validation, checkpointing and evaluation, in one place.
+"""The process group and every collective of training, validation, checkpointing and evaluation, in one place.
 
-Process group: one process per accelerator. The accelerator is selected (`set_device(LOCAL_RANK)`) *before* the
-group exists, and the group has two backends, `cpu:gloo,cuda:nccl` (the accelerator's own backend for its tensors):
+Process group: one process per accelerator. The accelerator is selected (`set_device(LOCAL_RANK)`, runtime/devices.py)
+*before* the group exists, and the group has two backends, `cpu:gloo,cuda:nccl` (the accelerator's own backend for its
+tensors):
 - control-plane collectives (stop flags, checkpoint verdicts, object broadcasts, file-hash gathers) run on host
   tensors over gloo, so they never touch the device: no stream synchronisation, no staging copy, no dependence on the
   current device for pickled objects;
 - data-plane collectives (the step's metric sums, validation sums; DeepSpeed's own gradient reduction) run on device
   tensors over NCCL, queued on the stream like any kernel: nothing waits until the values are read.
 A device-only group would force every host flag through an H2D copy, NCCL and a D2H read: one sync per step for
-`_should_stop` alone. On a CPU-only machine the group is plain gloo, so the CPU tests run the same code paths.
+the trainer's stop check alone. On a CPU-only machine the group is plain gloo, so the CPU tests run the same code paths.
 
 Multi-node "once" jobs: work on node-local state runs on each node's local rank 0 (`on_each_node`); what global rank
-0 writes lives on the shared file system, and `check_shared_dir` proves at start-up that every node sees it.
+0 writes lives on the shared file system (runtime/shared_dir.py proves at start-up that every node sees it).
 
 tests/pipeline/test_distributed.py fails when any other module calls a torch.distributed collective directly.
 """
@@ -20,25 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import socket
-import time
-import uuid
-import warnings
 from datetime import timedelta
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.devices import backend_for, default_device_type, local_rank, select_device
 from runtime.ds_ops import cpu_op_build, use_all_gather_single
-
-ACCELERATOR_BACKENDS = {"cuda": "nccl", "xpu": "xccl", "hpu": "hccl", "npu": "hccl"}
-
-
-class SharedDirError(RuntimeError):
-    """A node does not see the file global rank 0 wrote to the (supposedly shared) output directory."""
+from runtime.jit_lock import clear_stale_jit_lock
 
 
 # -- process group ------------------------------------------------------------------------------------------------
@@ -53,36 +44,9 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", 0))
-
-
 def local_world_size() -> int:
     """Processes on this node (torchrun: LOCAL_WORLD_SIZE, deepspeed: LOCAL_SIZE); the world size otherwise."""
     return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or world()[1])
-
-
-def backend_for(device_type: str, accelerator_backend: str | None = None) -> str:
-    """`gloo` on CPU; `cpu:gloo,<device>:<backend>` on an accelerator, so host and device tensors both reduce."""
-    if device_type == "cpu":
-        return "gloo"
-    backend = accelerator_backend or ACCELERATOR_BACKENDS.get(device_type)
-    if backend is None or backend == "gloo":
-        return "gloo"
-    return f"cpu:gloo,{device_type}:{backend}"
-
-
-def default_device_type() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def select_device(device_type: str) -> torch.device:
-    """This process's device: `<type>:LOCAL_RANK`, made current (must precede the process group and any collective)."""
-    if device_type == "cpu":
-        return torch.device("cpu")
-    device = torch.device(device_type, local_rank())
-    torch.get_device_module(device_type).set_device(device)
-    return device
 
 
 def _single_process_env() -> None:
@@ -217,117 +181,3 @@ def on_each_node(job, error_types: tuple[type[BaseException], ...]):
     if failures:
         kind, message = failures[0]
         raise kind(message)
-
-
-def check_shared_dir(path: str | Path, wait_s: float = 10.0, error: type[Exception] = SharedDirError) -> None:
-    """Global rank 0 writes a probe file in `path`; every rank must read it back (checkpoints, `latest`, the run
-    records live there and are written by rank 0 only). Raises `error` naming the path and the blind ranks."""
-    rank, size = world()
-    if size == 1:
-        return
-    token = broadcast_object(uuid.uuid4().hex if rank == 0 else None)
-    probe = Path(path) / f".shared_fs_probe.{token}"
-    if rank == 0:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_text(token)
-    barrier()
-    sees = _reads_back(probe, token, wait_s)
-    blind = [(r, host) for r, (ok, host) in enumerate(all_gather_object((sees, socket.gethostname()))) if not ok]
-    barrier()
-    if rank == 0:
-        probe.unlink(missing_ok=True)
-    if blind:
-        raise error(
-            f"{probe.parent} is not shared by every node: rank 0 wrote {probe.name} there but rank(s) "
-            f"{', '.join(f'{r} ({host})' for r, host in blind)} cannot read it. --output-dir must be on a file "
-            "system all nodes mount (checkpoints and `latest` are written by rank 0 and read by every rank)"
-        )
-
-
-def _reads_back(probe: Path, token: str, wait_s: float) -> bool:
-    """NFS attribute caches can lag a few seconds: poll before declaring the file invisible."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            if probe.read_text() == token:
-                return True
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-
-
-def clear_stale_jit_lock(op_name: str, max_age_s: float = 300.0) -> bool:
-    """Remove a torch JIT-extension build lock left by a killed process; returns True when one was removed.
-
-    torch.utils.cpp_extension holds `<build dir>/lock` while it (re)builds or merely loads an op (well under a
-    second when up to date, ~30 s for a real build); a process SIGKILLed inside that window leaves the file behind
-    and every later launch then polls for it forever. A lock older than max_age_s has no live owner."""
-    import logging
-
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        lock = Path(_get_build_directory(op_name, verbose=False)) / "lock"
-        age = time.time() - lock.stat().st_mtime
-    except (ImportError, OSError, RuntimeError):
-        return False
-    if age < max_age_s:
-        return False
-    lock.unlink(missing_ok=True)
-    logging.getLogger("pipeline.train").warning(
-        "removed a stale JIT build lock %s (%.0f s old, left by a killed process)", lock, age
-    )
-    return True
-
-
-# -- RNG state ----------------------------------------------------------------------------------------------------
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# -- host <-> device ----------------------------------------------------------------------------------------------
-def pin(batch: dict) -> dict:
-    """Page-locked copies of a batch's tensors (so the H2D copy can be asynchronous); other values unchanged."""
-    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors to `device` without blocking the host (asynchronous from pinned memory on CUDA; no-op on CPU)."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-SYNC_WARNING = "called a synchronizing CUDA operation"  # torch.cuda.set_sync_debug_mode("warn")'s message
-
-
-@contextlib.contextmanager
-def count_syncs(enabled: bool):
-    """Count host-device synchronisations inside the block (CUDA sync debug mode "warn"); yields a one-item list
-    holding the count when the block ends (None when disabled or not on CUDA)."""
-    box = [None]
-    if not (enabled and torch.cuda.is_available()):
-        yield box
-        return
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            yield box
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    box[0] = sum(SYNC_WARNING in str(w.message) for w in caught)
-    for w in caught:  # the others were only caught along: pass them on
-        if SYNC_WARNING not in str(w.message):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

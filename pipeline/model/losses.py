@@ -107,9 +107,9 @@ def gather_for_koleo(x: torch.Tensor, global_batch: bool) -> torch.Tensor:
     Every rank then computes the same global KoLeo; all_gather's backward sums each rank's gradient into the
     local rows (world x the gradient of the shared loss), which the data-parallel mean over ranks divides back.
     """
-    from pipeline import distributed  # every collective goes through pipeline/distributed.py
+    from runtime import collectives
 
-    return distributed.all_gather_autograd(x) if global_batch else x
+    return collectives.all_gather_autograd(x) if global_batch else x
 
 
 def koleo(x: torch.Tensor, eps: float = 1e-8, use_kernel: bool = True) -> torch.Tensor:

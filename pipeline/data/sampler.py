@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.data.dataset import DataError, sampling_tables
+
 ROUNDS = 6
 _C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finaliser constants
 FIXED_BLOCK = 64  # fixed-pair micro batches computed together: amortises numpy's per-call cost (~1 ms -> ~50 us)
@@ -309,8 +311,6 @@ class DistributedBatchSampler:
             self._before = self._stream.state()
             step = self._take(self._stream)
         if step is None:
-            from pipeline.data import DataError  # data.py re-exports this module: import at call time
-
             raise DataError(
                 f"an epoch yields no batch for a whole optimizer step: {self.global_micro} micro batches needed "
                 f"(world size "
@@ -481,10 +481,8 @@ def make_train_sampler(cfg, manifest: dict, micro: int, grad_accum: int, rank: i
     """The training sampler of a TrainConfig over the split's shared sampling files; rank 0 logs the pair shares."""
     import logging
 
-    from pipeline import data as D
-
     c = cfg.data
-    tables = D.sampling_tables(c.path, "train", manifest, c.verify, rank)
+    tables = sampling_tables(c.path, "train", manifest, c.verify, rank)
     pairs = PairTable(tables["pairs"], tables["counts"], tables["pair_index"], tables["pair_ids"])
     probs = sampling_probabilities(c.lang_alpha, c.lang_weights, pairs)
     sampler = DistributedBatchSampler(

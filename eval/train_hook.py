@@ -7,7 +7,7 @@ The code of `python -m eval`, with the live weights instead of an export:
 - encoding: `eval.encode.encode_ids` (length-sorted batches, input order restored) over the model's own packed
   encoder call (`MexmaModel.encode_packed`, the training forward's first half; the CLS state is the embedding), in
   eval mode under `torch.no_grad()`, in the weights' dtype (bf16 for a bf16 ZeRO run, fp32 on the CPU). Every rank
-  encodes its share of the sentence sets (`eval.dist.plan`), rank 0 gathers and scores (`eval.score.score_sets`:
+  encodes its share of the sentence sets (`eval.shares.plan`), rank 0 gathers and scores (`eval.score.score_sets`:
   ratio margin, k = 4, text comparison, as `python -m eval`'s defaults) and broadcasts the record, so every rank
   takes the same decisions;
 - the python / numpy / torch / CUDA RNG states are saved before and restored after, and the model's train/eval mode
@@ -37,14 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval import dist as edist
+from eval import shares
 from eval.data import DataError, load_flores
 from eval.encode import encode_ids, tokenize
 from eval.score import Scorer, score_sets
-from pipeline import distributed
-from pipeline.collate import IGNORE_INDEX, pack
 from pipeline.config import ConfigError
-from pipeline.metrics import log
+from pipeline.data.collate import IGNORE_INDEX, pack
+from pipeline.training.metrics import log
+from runtime import collectives, rng
 
 METRIC = "xsim_error_pct"  # pooled X -> target xsim error %, the `best` criterion
 BATCH_TOKENS = 8192  # padded tokens per encoder batch (python -m eval's --batch-tokens default)
@@ -66,11 +66,11 @@ def _training_flags(message: str) -> str:
 @contextmanager
 def preserved_rng():
     """Restore the python, numpy, torch and CUDA RNG states on exit (evaluation draws nothing, but must not)."""
-    state = distributed.rng_state()
+    state = rng.rng_state()
     try:
         yield
     finally:
-        distributed.set_rng_state(state)
+        rng.set_rng_state(state)
 
 
 def load_tokenizer(data_dir: str | Path):
@@ -113,7 +113,7 @@ class XsimEvaluator:
         self.texts = texts
         self.fingerprint = test_set_fingerprint(run_cfg.xsim_split, self.target, texts, self.aug)
         sizes = {name: sum(map(len, lines)) for name, lines in texts.items()}
-        self.share = edist.plan(sizes, world)[rank]  # this rank's sentence sets, the same plan on every rank
+        self.share = shares.plan(sizes, world)[rank]  # this rank's sentence sets, the same plan on every rank
         self.ids = {name: tokenize(tokenizer, texts[name], max_length) for name in self.share}
         self.tokens = sum(len(row) for rows in self.ids.values() for row in rows)  # encoded per evaluation
         self.rank = rank
@@ -153,13 +153,13 @@ class XsimEvaluator:
         start = time.perf_counter()
         model = getattr(engine, "module", engine)
         device = getattr(engine, "device", None) or next(model.parameters()).device
-        emb = edist.gather(self.encode_share(model, device))
+        emb = shares.gather(self.encode_share(model, device))
         record = None
         if self.rank == 0:
             scorer = Scorer(device=torch.device(device))  # rank 0's device; numpy's sgemm on the CPU (faiss's bits)
             record = self._record(score_sets(scorer, emb, self.texts, self.langs, self.target, self.aug))
             record["xsim_s"] = round(time.perf_counter() - start, 3)
-        return edist.broadcast(record)
+        return collectives.broadcast_object(record)
 
     def _record(self, results: dict) -> dict:
         """Flat numbers for metrics.jsonl and wandb: pooled and per-language error %, xsim++ when present."""
@@ -202,7 +202,7 @@ class XsimHook:
             record["is_best"] = improved
             record["best_" + METRIC] = record[METRIC] if improved else best["score"]
             record["best_step"] = trainer.step if improved else best["step"]
-        record = edist.broadcast(record)
+        record = collectives.broadcast_object(record)
         if record["is_best"]:  # every rank: the save is collective
             tag = trainer.ckpt.save(trainer.engine, trainer.step, trainer.client_state())
             trainer.ckpt.mark_best(tag, trainer.step, record[METRIC], METRIC, fingerprint=self.evaluator.fingerprint)

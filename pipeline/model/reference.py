@@ -22,7 +22,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from kernels import koleo_loss_ref
-from pipeline.collate import IGNORE_INDEX
+from pipeline.data.collate import IGNORE_INDEX
 
 
 def _pad_views(batch: dict, first: int, count: int, pad_value: int, key: str) -> torch.Tensor:

@@ -12,14 +12,13 @@ ranks) skips the whole optimizer step and clears the gradients; the lr schedule 
 --max-bad-steps skipped steps in a row the run stops.
 
 No host synchronisation inside a step (docs/training.md, "The GPU path"): the next micro batch is read, masked and
-packed in a background thread (pipeline/prefetch.py), the step's metrics stay on the device and metrics.jsonl gets
-them once per --log-every steps; processes, devices and collectives live in pipeline/distributed.py.
+packed in a background thread (pipeline/data/prefetch.py), the step's metrics stay on the device and metrics.jsonl gets
+them once per --log-every steps; processes, devices and collectives live in runtime/collectives.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 import signal
@@ -31,29 +30,22 @@ import numpy as np
 import torch
 from deepspeed.accelerator import get_accelerator
 
-from pipeline import data as D
-from pipeline import distributed
-from pipeline.checkpoint import CheckpointManager, latest_batch_record
-from pipeline.collate import MexmaCollator
 from pipeline.config import ConfigError, TrainConfig, resolve_ds_config, write_run_files
 from pipeline.config.ds_json import batch_record
 from pipeline.config.schema import fit_refusal
-from pipeline.distributed import clear_stale_jit_lock, rng_state, set_rng_state  # noqa: F401 (moved; re-exported)
-from pipeline.metrics import MetricsLogger, log
-from pipeline.model import build_model
-from pipeline.prefetch import BatchStream, MicroBatch
-from pipeline.runrecord import (
-    RUN_FILES,
-    check_relaunch_on_rank0,
-    manifest_sha256,
-    read_record,
-    run_record,
-    take_output_lock,
-)
-from pipeline.sampler import make_train_sampler
-from pipeline.schedule_fit import ScheduleFit
-from pipeline.validate import Validator
-from pipeline.xsim_eval import XsimHook
+from pipeline.data import dataset as D
+from pipeline.data.collate import MexmaCollator
+from pipeline.data.prefetch import BatchStream, MicroBatch
+from pipeline.data.sampler import make_train_sampler
+from pipeline.model.mexma import build_model
+from pipeline.training.checkpoint import CheckpointManager, latest_batch_record
+from pipeline.training.lock import take_output_lock
+from pipeline.training.metrics import MetricsLogger, log
+from pipeline.training.runrecord import RUN_FILES, check_relaunch_on_rank0, manifest_sha256, read_record, run_record
+from pipeline.training.schedule import ScheduleFit, WarmupCosine, apply_optim_config, param_groups
+from pipeline.training.validate import Validator
+from runtime import collectives, devices, shared_dir, sync_debug
+from runtime.rng import rng_state, set_rng_state
 
 LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
 SYNC_DEBUG_AFTER = 3  # MEXMA_SYNC_DEBUG counts from this step on (the first steps allocate, compile, warm up)
@@ -61,28 +53,6 @@ SYNC_DEBUG_AFTER = 3  # MEXMA_SYNC_DEBUG counts from this step on (the first ste
 
 class TrainingStoppedError(RuntimeError):
     """The run cannot go on (too many non-finite steps); the message says why."""
-
-
-class WarmupCosine:
-    """LR factor at scheduler step s: linear f0 -> 1 over W steps, then cosine 1 -> min over T - W steps.
-
-    hold > 0 (--fit-to-minutes): the first `hold` steps stay at f0 while the speed is measured, then the same
-    warmup + cosine runs over the remaining T - hold steps (W = round(fraction x (T - hold))), so the lr is
-    continuous at the fit whatever length it chose."""
-
-    def __init__(self, total_steps: int, warmup_fraction: float, start_factor: float, min_ratio: float, hold: int = 0):
-        self.hold = hold
-        self.total, self.warmup = total_steps - hold, round(warmup_fraction * (total_steps - hold))
-        self.start, self.min = start_factor, min_ratio
-
-    def __call__(self, s: int) -> float:
-        s -= self.hold
-        if s < 0:
-            return self.start
-        if s < self.warmup:
-            return self.start + (1.0 - self.start) * s / self.warmup
-        progress = min(1.0, (s - self.warmup) / max(1, self.total - self.warmup))
-        return self.min + (1.0 - self.min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict, max_steps: int, hold: int = 0):
@@ -100,51 +70,24 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, ds_config: dict, max_
     return engine
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups as the original's configure_optimizers: decay only parameters of >= 2 dimensions (matrices,
-    embeddings), never biases or LayerNorm weights; the empty group is left out. Order: decayed, then not."""
-    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) parameters appear once
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def apply_optim_config(engine, cfg: TrainConfig, max_steps: int, applied_steps: int, hold: int = 0) -> None:
-    """After a checkpoint load, make the optimizer and the LR schedule this config's: DeepSpeed restores the saved
-    param groups (lr, betas, eps, weight decay) and LambdaLR.load_state_dict the old WarmupCosine's length and base
-    lr. The lr is a pure function of the config and the applied (not skipped) steps: WarmupCosine(max_steps,
-    hold)(applied) x --lr, whatever scheduler state the checkpoint held (hold: the run record's fitted schedule)."""
-    o, sched = cfg.optim, engine.lr_scheduler
-    sched.last_epoch = applied_steps  # LambdaLR's position = optimizer steps taken (skipped ones do not advance it)
-    groups = sched.optimizer.param_groups
-    decays = [g["weight_decay"] for g in param_groups(engine.module, o.weight_decay)]
-    schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio, hold)
-    sched.lr_lambdas, sched.base_lrs = [schedule] * len(groups), [o.lr] * len(groups)
-    for group, decay in zip(groups, decays, strict=True):
-        lr = o.lr * schedule(sched.last_epoch)
-        group.update(lr=lr, initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=decay)
-    sched._last_lr = [g["lr"] for g in groups]
-
-
 class Trainer:
     """Data + engine + checkpoints + logging for one run (see the module docstring)."""
 
-    def __init__(self, cfg: TrainConfig, ds_config: dict):
+    def __init__(self, cfg: TrainConfig, ds_config: dict, make_xsim_hook=None):
         self.cfg = cfg
-        self.rank, self.world = distributed.init_training(cfg.run.dist_timeout, cfg.run.verbose)
+        self.rank, self.world = collectives.init_training(cfg.run.dist_timeout, cfg.run.verbose)
         self.out = Path(cfg.run.output_dir)
-        distributed.check_shared_dir(self.out, error=ConfigError)  # rank 0 writes checkpoints, every node reads
+        shared_dir.check_shared_dir(self.out, error=ConfigError)  # rank 0 writes checkpoints, every node reads
         self.lock = take_output_lock(self.out, self.rank)  # before anything is written to --output-dir
         self._seed(cfg.run.seed)
         previous = latest_batch_record(self.out) if cfg.run.resume else None  # another world size: keep the batch
         self.ds_config = resolve_ds_config(cfg, ds_config, self.world, previous)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self._load_data()
-        self.xsim = XsimHook.for_run(cfg, self.specials, self.rank, self.world)  # checks --xsim-data now
+        # in-training evaluation (eval/train_hook.py, wired in by pipeline/train.py): checks --xsim-data now
+        self.xsim = make_xsim_hook(cfg, self.specials, self.rank, self.world) if make_xsim_hook else None
         self.max_steps = cfg.run.max_steps or max(1, int(cfg.run.epochs * len(self.sampler) / self.gas))
-        # --fit-to-minutes: the lr holds at the warmup's start until the fit (pipeline/schedule_fit.py)
+        # --fit-to-minutes: the lr holds at the warmup's start until the fit (pipeline/training/schedule.py)
         self.fit = ScheduleFit(cfg.run.fit_after, 0) if cfg.run.fit_to_minutes else None
         self.hold = cfg.run.fit_after if self.fit else 0
         if self.fit and self.max_steps <= cfg.run.fit_after:  # --epochs resolved to too few steps to fit
@@ -179,8 +122,8 @@ class Trainer:
 
     def _select_backends(self, model) -> dict:
         """attention="auto" and the fused KoLeo, checked and timed on this device, dtype and a micro batch of this run's
-        rows (pipeline/attention.py `select_backend`); the report goes to the log and config.json's "resolved"."""
-        device = distributed.select_device(get_accelerator().device_name())  # this rank's, as init_training chose
+        rows (pipeline/model/attention.py `select_backend`); the report goes to the log and config.json's "resolved"."""
+        device = devices.select_device(get_accelerator().device_name())  # this rank's, as init_training chose
         dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else torch.float32
         dtype = torch.float16 if self.ds_config.get("fp16", {}).get("enabled") else dtype
         micro = self.ds_config["train_micro_batch_size_per_gpu"]
@@ -202,7 +145,7 @@ class Trainer:
         """Local rank 0 of every node checks the shards that node reads (--data may be a node-local copy); every
         rank raises the first failure, none waits forever."""
         c = self.cfg.data
-        distributed.on_each_node(lambda: D.verify_shards(c.path, self.manifest, c.verify), (D.DataError,))
+        collectives.on_each_node(lambda: D.verify_shards(c.path, self.manifest, c.verify), (D.DataError,))
 
     def _load_data(self) -> None:
         c = self.cfg.data
@@ -269,8 +212,9 @@ class Trainer:
         }
 
     def resume(self) -> None:
-        """Relaunch rules (pipeline/runrecord.py): every refusal comes before anything on disk changes; then the
-        checkpoint is loaded, the optimizer and schedule set from this config, and rank 0 writes the run records."""
+        """Relaunch rules (pipeline/training/runrecord.py): every refusal comes before anything on disk changes;
+        then the checkpoint is loaded, the optimizer and schedule set from this config, and rank 0 writes the run
+        records."""
         if not self.cfg.run.resume:
             self.ckpt.set_aside(also=RUN_FILES)
         tag = self.ckpt.find_resume() if self.cfg.run.resume else None
@@ -334,7 +278,7 @@ class Trainer:
                 xsim_every=self.cfg.run.xsim_every,
                 xsim_tokens=self.xsim.evaluator.tokens if self.xsim is not None else 0,
             )
-        schedule = distributed.broadcast_object(schedule)
+        schedule = collectives.broadcast_object(schedule)
         self._use_schedule(schedule)
         apply_optim_config(self.engine, self.cfg, self.max_steps, self.step - self.skipped_total, self.hold)
         self.metrics.write({"split": "schedule", "step": self.step, "time": time.time(), **schedule})
@@ -416,7 +360,7 @@ class Trainer:
         One MAX all-reduce of host integers per step (gloo: no device sync), so every rank leaves the loop at the
         same step and checkpoints it."""
         over = self.rank == 0 and budget_s > 0 and time.time() - self.t_start > budget_s
-        over, signum = distributed.max_flags([int(over), self.stop_signal or 0])
+        over, signum = collectives.max_flags([int(over), self.stop_signal or 0])
         if over and self.rank == 0:
             log.info("wall-clock budget --max-minutes %s spent at step %d", self.cfg.run.max_minutes, self.step)
         if signum and self.rank == 0:
@@ -441,7 +385,7 @@ class Trainer:
         MetricsLogger reads once per --log-every steps. MEXMA_SYNC_DEBUG=1 (CUDA) adds syncs_per_step after
         SYNC_DEBUG_AFTER steps."""
         debug = os.environ.get("MEXMA_SYNC_DEBUG") == "1" and self.step >= SYNC_DEBUG_AFTER
-        with distributed.count_syncs(debug) as syncs:
+        with sync_debug.count_syncs(debug) as syncs:
             record = self._optimizer_step()
         if syncs[0] is not None:
             record["syncs_per_step"] = syncs[0]
@@ -454,7 +398,7 @@ class Trainer:
         sums = 0
         for _ in range(self.gas):
             sums = sums + self._micro_step(self._next_batch())  # (7,) float64 on the device
-        distributed.all_reduce(sums)
+        collectives.all_reduce(sums)
         self.step += 1
         skipped = self.engine.skipped_steps > skipped_before
         self.skipped_total += int(skipped)
@@ -502,7 +446,7 @@ class Trainer:
         """Forward, backward, DeepSpeed step -> (7,) float64 on the device: loss, mlm, cls, koleo, tokens, pairs,
         n_masked. No .item() / int() / bool() of a tensor (tests/pipeline/test_prefetch.py counts them)."""
         device = self.engine.device
-        out = self.engine(**distributed.to_device(mb.batch, device))
+        out = self.engine(**devices.to_device(mb.batch, device))
         self.engine.backward(self._finite_or_poison(out["loss"]))
         self.engine.step()
         losses = torch.stack([out[k].detach().reshape(()).double() for k in LOSS_KEYS])  # (4,)

@@ -3,7 +3,7 @@
 A prepared dataset directory (contract 1): `train/`, `valid/` (`datasets.save_to_disk` output, memory-mapped by
 `load_from_disk`), `tokenizer/`, `manifest.json` listing every Arrow shard with its rows and sha256.
 
-Batching: pipeline/sampler.py (a lazily evaluated global plan of micro batches from (seed, epoch), the same rows per
+Batching: pipeline/data/sampler.py (a lazily evaluated global plan of micro batches from (seed, epoch), the same rows per
 optimizer step whatever the number of ranks; language-pair sampling with --lang-alpha); `sampling_tables` opens the
 split's shared memory-mapped lengths and pair files (data_prep/lengths.py), building them on first use.
 """
@@ -186,10 +186,6 @@ def _truncate(ids: list[int], max_length: int) -> list[int]:
 
 
 # -- batching ----------------------------------------------------------------------------------------------------
-# The sampler lives in pipeline/sampler.py (lazy global plan, language-pair sampling); re-exported for importers.
-from pipeline.sampler import DistributedBatchSampler, SamplerState  # noqa: E402,F401
-
-
 def sampling_tables(data_dir: str | Path, split: str, manifest: dict, verify: str = "size", rank: int = 0) -> dict:
     """The split's shared, memory-mapped sampling files (data_prep/lengths.py): lengths (N, 2) uint16, pair_ids,
     pair_index, pairs, counts. Derived files are checked against the manifest's shards before they are trusted: local
@@ -198,7 +194,7 @@ def sampling_tables(data_dir: str | Path, split: str, manifest: dict, verify: st
     --data may be a node-local copy); the other ranks wait for every node's verdict. The largest token id must lie
     below the manifest's vocab_size. `rank` is unused (kept for callers)."""
     from data_prep import lengths as L
-    from pipeline import distributed
+    from runtime import collectives
 
     shards = [s for s in manifest["shards"] if s["split"] == split]
     rows = sum(s["rows"] for s in shards)
@@ -218,7 +214,7 @@ def sampling_tables(data_dir: str | Path, split: str, manifest: dict, verify: st
                     f"{again}; the files were rebuilt from {Path(data_dir) / split} and still differ: re-run data_prep"
                 ) from again
 
-    distributed.on_each_node(ensure, (DataError,))
+    collectives.on_each_node(ensure, (DataError,))
     try:
         tables = L.open_sampling_files(data_dir, split, rows, verify, shards)
     except (L.LengthsError, OSError, ValueError) as e:

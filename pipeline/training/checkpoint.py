@@ -28,16 +28,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline import distributed
-from pipeline.data import sha256_file
-from pipeline.safe_load import SafeLoadError, check_deepspeed_files, load_trusted, pack
+from pipeline.data.dataset import sha256_file
+from pipeline.training.safe_load import SafeLoadError, check_deepspeed_files, load_trusted, pack
+from runtime import collectives
 
 log = logging.getLogger(__name__)
 TAG_RE = re.compile(r"^step_(\d{8})$")
 COMPLETE = "COMPLETE.json"
 LATEST = "latest"
 UNIVERSAL_DONE = "UNIVERSAL.json"  # written last into OUTPUT/universal/<tag> (world-size change)
-RUN_RECORD = "run_record.json"  # pipeline/runrecord.py: the config and data this checkpoint was trained with
+RUN_RECORD = "run_record.json"  # pipeline/training/runrecord.py: the config and data this checkpoint was trained with
 BEST, BEST_JSON = "best", "best.json"  # tag of the best-scoring checkpoint (text, as `latest`) + {tag, step, score}
 
 
@@ -63,14 +63,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-# Collectives: pipeline/distributed.py (host objects and flags over gloo; no-ops without a process group).
-_dist = distributed.is_dist
-_all_ok = distributed.all_ok  # True when every rank reports ok (MIN); one collective, so no rank hangs on a failed peer
-_barrier = distributed.barrier
+# Collectives: runtime/collectives.py (host objects and flags over gloo; no-ops without a process group).
+_dist = collectives.is_dist
+_all_ok = collectives.all_ok  # True when every rank reports ok (MIN); one collective, so no rank hangs on a failed peer
+_barrier = collectives.barrier
 
 
 def _broadcast(obj):
-    return distributed.broadcast_object(obj, src=0)
+    return collectives.broadcast_object(obj, src=0)
 
 
 class CheckpointManager:
@@ -184,7 +184,7 @@ class CheckpointManager:
             for p in sorted(ckpt.iterdir())
             if p.is_file() and p.name != COMPLETE and _writer_rank(p.name) == self.rank
         }
-        parts = distributed.all_gather_object(own)
+        parts = collectives.all_gather_object(own)
         self._hashes = {name: meta for part in parts for name, meta in part.items()}
 
     def _write(self, engine, tag: str, client_state: dict) -> BaseException | None:
@@ -292,7 +292,7 @@ class CheckpointManager:
     def mark_best(self, tag: str, step: int, score: float, metric: str, fingerprint: str = "") -> None:
         """Rank 0: record the complete checkpoint `tag` as `best` (best.json first, then the `best` marker, both
         atomic); pruning then keeps it until a better one replaces it. `fingerprint`: the test set's content, which
-        a later score must share to be compared (pipeline/xsim_eval.py). No-op on other ranks."""
+        a later score must share to be compared (eval/train_hook.py). No-op on other ranks."""
         if self.rank != 0:
             return
         if not (self.root / tag / COMPLETE).is_file():
@@ -307,7 +307,7 @@ class CheckpointManager:
     def load(self, engine, tag: str, trust: bool = False) -> dict:
         """Restore engine (module, optimizer, scheduler) and return this rank's client state.
 
-        Every file is checked with the weights-only unpickler first (pipeline/safe_load.py): DeepSpeed and its
+        Every file is checked with the weights-only unpickler first (pipeline/training/safe_load.py): DeepSpeed and its
         universal converter unpickle with weights_only=False, so a received checkpoint could otherwise run code.
         A file that needs more is refused (NoUsableCheckpointError, exit 2) unless `trust` (--trust-checkpoint)."""
         try:
@@ -440,7 +440,7 @@ def resume_candidate(output_dir: str | Path) -> str | None:
 def _fresh_rng(state: dict, rank: int) -> dict:
     """RNG states for a resume on another world size: a rank's old stream may not exist (more ranks) or would be
     shared (rank mod W), so python / numpy / torch restart from (seed, step, rank). Masking does not depend on them
-    (keyed by the global micro batch, pipeline/sampler.py); dropout does."""
+    (keyed by the global micro batch, pipeline/data/sampler.py); dropout does."""
     import random
 
     import numpy as np

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.distributed import pin as pin_batch
+from runtime.devices import pin as pin_batch
 
 
 @dataclass
 class MicroBatch:
-    batch: dict  # pipeline.collate.pack's packed batch (host tensors, pinned with pin=True)
+    batch: dict  # pipeline.data.collate.pack's packed batch (host tensors, pinned with pin=True)
     counts: torch.Tensor  # (2,) float64 on the host: tokens in the packed stream, pairs
     sampler_state: dict  # sampler.state_dict() right after this batch
     collator_state: dict  # collator.state_dict() right after this batch (masking generator)

@@ -3,7 +3,7 @@
 Mining: within each validation batch of B pairs, source i is counted correct when the target with the highest
 cosine similarity to its clean CLS embedding is target i (src->trg), and the same from the targets (trg->src); the
 chance level is 1/B. Masking uses its own fixed-seed collator, so every evaluation of a run sees the same masks.
-Sums stay on the device and are all-reduced (pipeline/distributed.py), so the numbers cover every rank's share of the
+Sums stay on the device and are all-reduced (runtime/collectives.py), so the numbers cover every rank's share of the
 split; they are read once, at the end.
 """
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline import distributed
-from pipeline.collate import MexmaCollator
-from pipeline.data import DistributedBatchSampler, fetch_rows
-from pipeline.metrics import log
+from pipeline.data.collate import MexmaCollator
+from pipeline.data.dataset import fetch_rows
+from pipeline.data.sampler import DistributedBatchSampler
+from pipeline.training.metrics import log
+from runtime import collectives, devices
 
 VALID_SEED_OFFSET = 1_000_003  # masking seed of validation = run seed + this (distinct from training's stream)
 LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
@@ -87,12 +88,12 @@ class Validator:
         sums = torch.zeros(len(LOSS_KEYS) + 4, dtype=torch.float64, device=dev)  # losses, n_batches, s2t, t2s, pairs
         for idx in self.batches:
             batch = collator(fetch_rows(self.ds, idx, self.max_length))
-            out = engine(**distributed.to_device(batch, dev))
+            out = engine(**devices.to_device(batch, dev))
             losses = torch.stack([out[k].detach().reshape(()).double() for k in LOSS_KEYS])
             ok = mining_counts(out["src_cls"], out["trg_cls"]).double()
             sums += torch.cat([losses, torch.ones(1, dtype=torch.float64, device=dev), ok, ok.new_full((1,), len(idx))])
         engine.train()
-        values = distributed.all_reduce(sums).tolist()  # the one read of the validation
+        values = collectives.all_reduce(sums).tolist()  # the one read of the validation
         n, pairs = values[len(LOSS_KEYS)], values[-1]
         result = {k: values[i] / n for i, k in enumerate(LOSS_KEYS)}
         result.update(acc_src2trg=values[-3] / pairs, acc_trg2src=values[-2] / pairs, pairs=int(pairs))

@@ -1,4 +1,10 @@
-"""`--fit-to-minutes`: size the lr schedule to the wall-clock budget from the speed this machine shows.
+"""The lr schedule: warmup + cosine, the AdamW parameter groups, the applied-steps rule, and its fit to a budget.
+
+`WarmupCosine` is the lr factor at an applied (not skipped) optimizer step; `apply_optim_config` makes a loaded
+optimizer and scheduler this config's, so the lr is a pure function of the config, the run record and the applied
+steps.
+
+`--fit-to-minutes`: size the lr schedule to the wall-clock budget from the speed this machine shows.
 
 A step cap with a wall-clock cap makes the result depend on the machine: a slow machine stops mid-cosine, at a high
 lr. With --fit-to-minutes the first --fit-after steps run at the warmup's first lr (WarmupCosine's `hold`) while
@@ -16,12 +22,68 @@ last percent of a cosine runs at lr near its minimum.
 
 The fit (length, hold, measured seconds per step, estimates) is the run record's "schedule" entry: config.json
 shows it, a relaunch with --fit-to-minutes continues the fitted length instead of fitting again, and the lr stays
-a pure function of the record and the applied steps (`pipeline.engine.apply_optim_config`).
+a pure function of the record and the applied steps (`apply_optim_config`).
 """
 
 from __future__ import annotations
 
+import math
 import time
+
+import torch
+
+from pipeline.config import TrainConfig
+
+
+class WarmupCosine:
+    """LR factor at scheduler step s: linear f0 -> 1 over W steps, then cosine 1 -> min over T - W steps.
+
+    hold > 0 (--fit-to-minutes): the first `hold` steps stay at f0 while the speed is measured, then the same
+    warmup + cosine runs over the remaining T - hold steps (W = round(fraction x (T - hold))), so the lr is
+    continuous at the fit whatever length it chose."""
+
+    def __init__(self, total_steps: int, warmup_fraction: float, start_factor: float, min_ratio: float, hold: int = 0):
+        self.hold = hold
+        self.total, self.warmup = total_steps - hold, round(warmup_fraction * (total_steps - hold))
+        self.start, self.min = start_factor, min_ratio
+
+    def __call__(self, s: int) -> float:
+        s -= self.hold
+        if s < 0:
+            return self.start
+        if s < self.warmup:
+            return self.start + (1.0 - self.start) * s / self.warmup
+        progress = min(1.0, (s - self.warmup) / max(1, self.total - self.warmup))
+        return self.min + (1.0 - self.min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as the original's configure_optimizers: decay only parameters of >= 2 dimensions (matrices,
+    embeddings), never biases or LayerNorm weights; the empty group is left out. Order: decayed, then not."""
+    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) parameters appear once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def apply_optim_config(engine, cfg: TrainConfig, max_steps: int, applied_steps: int, hold: int = 0) -> None:
+    """After a checkpoint load, make the optimizer and the LR schedule this config's: DeepSpeed restores the saved
+    param groups (lr, betas, eps, weight decay) and LambdaLR.load_state_dict the old WarmupCosine's length and base
+    lr. The lr is a pure function of the config and the applied (not skipped) steps: WarmupCosine(max_steps,
+    hold)(applied) x --lr, whatever scheduler state the checkpoint held (hold: the run record's fitted schedule)."""
+    o, sched = cfg.optim, engine.lr_scheduler
+    sched.last_epoch = applied_steps  # LambdaLR's position = optimizer steps taken (skipped ones do not advance it)
+    groups = sched.optimizer.param_groups
+    decays = [g["weight_decay"] for g in param_groups(engine.module, o.weight_decay)]
+    schedule = WarmupCosine(max_steps, o.warmup_fraction, o.warmup_start_factor, o.min_lr_ratio, hold)
+    sched.lr_lambdas, sched.base_lrs = [schedule] * len(groups), [o.lr] * len(groups)
+    for group, decay in zip(groups, decays, strict=True):
+        lr = o.lr * schedule(sched.last_epoch)
+        group.update(lr=lr, initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=decay)
+    sched._last_lr = [g["lr"] for g in groups]
+
 
 UNTIMED = 3  # steps of this launch not timed (start-up effects)
 # Seconds of an evaluation per (token encoded x seconds per trained token). Measured 0.08 on the demo (2-layer tiny
