@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.training import checkpoint as C
 from pipeline.config import ConfigError, load_ds_config, parse_args, resolve_ds_config
 from pipeline.data.sampler import pair_probabilities
+from pipeline.training import checkpoint as C
 from pipeline.training.runrecord import RelaunchError, check_relaunch, run_record
 from runtime.received import RemoteCodeError, check_dir, load_tokenizer
 from tests.pipeline.conftest import ROOT, TINY_MODEL_FLAGS, _tokenizer
