@@ -167,9 +167,6 @@ def write_output(args, src, trg, x, y, nb) -> dict:
         sents_s, sents_t = [src.sents[i] for i in pairs.src], [trg.sents[j] for j in pairs.trg]
         return {"pairs": write_pairs(args.output, pairs.scores, sents_s, sents_t, as_float64)}
     if args.mode == "score":
-        if src.lines != trg.lines:
-            raise MineError(f"--mode score pairs line i of both files: {src.path} has {src.lines} lines, "
-                            f"{trg.path} {trg.lines}")  # fmt: skip
         scores = score_aligned(row_cosines(x, y, src.inds, trg.inds), src.inds, trg.inds, nb, args.margin)
         sents_s, sents_t = [src.sents[i] for i in src.inds], [trg.sents[j] for j in trg.inds]
         return {"pairs": write_pairs(args.output, scores, sents_s, sents_t, as_float32)}
@@ -190,6 +187,9 @@ def run(args) -> int:
     src, trg = read_side(args.src, args.unify), read_side(args.trg, args.unify)
     for side in (src, trg):
         log(args, f"{side.path}: {side.lines} lines, {len(side.sents)} rows")
+    if args.mode == "score" and src.lines != trg.lines:  # every rank checks, before any embedding or search
+        raise MineError(f"--mode score pairs line i of both files: {src.path} has {src.lines} lines, "
+                        f"{trg.path} {trg.lines}")  # fmt: skip
     timings["load_s"], t0 = time.perf_counter() - t0, time.perf_counter()
     x, y, keys = embeddings(args, src, trg, rank, size)
     timings["embed_s"], t0 = time.perf_counter() - t0, time.perf_counter()
