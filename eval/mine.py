@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bench", action="store_true", help="print search (and --model embedding) sentences/s")
     p.add_argument("--bench-sizes", default="1e5,1e6", help="sentences per side for --bench (default 1e5,1e6)")
     p.add_argument("--bench-queries", type=int, default=8192, help="--bench: queries timed per size (8192)")
+    p.add_argument("--bench-parts", default="exact,approximate,recall", help="--bench: which measurements")
     p.add_argument("--bench-embed-sentences", type=int, default=2048, help="--bench --model: sentences to embed")
     args = p.parse_args(argv)
     if not args.bench:
