@@ -1,11 +1,12 @@
 """Embeddings of large text sides, computed in shards over ranks into memory-mapped files and reused on a rerun.
 
 Layout (``--cache-dir``, default ``OUTPUT.cache``; on the file system every node sees):
-``NAME/emb.f16`` (or ``emb.f32``): raw rows, LASER's file format; ``NAME/meta.json``: rows, dim, dtype and a
-fingerprint of the model, the encoder settings and the sentences; ``NAME/done/CHUNK``: one marker per finished
-chunk of ``--chunk`` sentences. Chunk c belongs to rank c mod world size; each rank writes its rows in place.
-A rerun with the same fingerprint embeds only the chunks without a marker (none after a finished run), so a killed
-run resumes and a second mining run on the same texts costs no encoding. A different fingerprint starts afresh.
+``NAME/emb.f16`` (or ``emb.f32``): raw rows, LASER's file format; ``NAME/meta.json``: rows, dim, dtype, the chunk
+size and a fingerprint of the model (its files' sizes and times), the encoder settings and the sentences;
+``NAME/done/CHUNK``: one marker per finished chunk of ``--chunk`` sentences. Chunk c belongs to rank c mod world
+size; each rank writes its rows in place (at the default 65536 rows a chunk starts on a page boundary).
+A rerun with the same meta embeds only the chunks without a marker (none after a finished run), so a killed
+run resumes and a second mining run on the same texts costs no encoding. A different meta starts afresh.
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ import numpy as np
 from runtime import collectives, devices
 
 
+def stamp(name: str | None) -> list:
+    """A model or tokenizer by name and, for a local path, every file's relative path, size and modification time
+    (a retrained or re-exported model in the same directory gets new embeddings)."""
+    path = Path(name) if name else None
+    if path is None or not path.exists():
+        return [name]
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [name, *[[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]]
+
+
 def fingerprint(args, sentences: list[str]) -> str:
     h = hashlib.sha256()
-    settings = [args.model, args.tokenizer, args.pooling, args.max_length, args.dtype, args.fp16]
+    settings = [stamp(args.model), stamp(args.tokenizer), args.pooling, args.max_length, args.dtype, args.fp16]
     h.update(json.dumps(settings, default=str).encode())
     for s in sentences:
         h.update(s.encode("utf-8", "surrogateescape") + b"\n")
@@ -68,8 +79,9 @@ def embed_sides(args, sets: dict[str, list[str]], rank: int, size: int) -> list[
     """Memory-mapped (rows, dim) embeddings of every named sentence list, in the order of ``sets``."""
     cache = Path(args.cache_dir or f"{args.output}.cache")
     dtype = np.dtype(np.float16 if args.fp16 else np.float32)
+    file = f"emb.f{dtype.itemsize * 8}"
     metas = {
-        name: {"rows": len(s), "dtype": dtype.name, "file": f"emb.f{dtype.itemsize * 8}", "sha": fingerprint(args, s)}
+        name: {"rows": len(s), "dtype": dtype.name, "file": file, "chunk": args.chunk, "sha": fingerprint(args, s)}
         for name, s in sets.items()
     }
     missing = collectives.broadcast_object({name: _missing(cache / name, metas[name], args.chunk) for name in sets})

@@ -85,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bench", action="store_true", help="print search (and --model embedding) sentences/s")
     p.add_argument("--bench-sizes", default="1e5,1e6", help="sentences per side for --bench (default 1e5,1e6)")
     p.add_argument("--bench-queries", type=int, default=8192, help="--bench: queries timed per size (8192)")
+    p.add_argument("--bench-parts", default="exact,approximate,recall", help="--bench: which measurements")
     p.add_argument("--bench-embed-sentences", type=int, default=2048, help="--bench --model: sentences to embed")
     args = p.parse_args(argv)
     if not args.bench:
@@ -168,9 +169,6 @@ def write_output(args, src, trg, x, y, nb) -> dict:
         sents_s, sents_t = [src.sents[i] for i in pairs.src], [trg.sents[j] for j in pairs.trg]
         return {"pairs": write_pairs(args.output, pairs.scores, sents_s, sents_t, as_float64)}
     if args.mode == "score":
-        if src.lines != trg.lines:
-            raise MineError(f"--mode score pairs line i of both files: {src.path} has {src.lines} lines, "
-                            f"{trg.path} {trg.lines}")  # fmt: skip
         scores = score_aligned(row_cosines(x, y, src.inds, trg.inds), src.inds, trg.inds, nb, args.margin)
         sents_s, sents_t = [src.sents[i] for i in src.inds], [trg.sents[j] for j in trg.inds]
         return {"pairs": write_pairs(args.output, scores, sents_s, sents_t, as_float32)}
@@ -191,6 +189,9 @@ def run(args) -> int:
     src, trg = read_side(args.src, args.unify), read_side(args.trg, args.unify)
     for side in (src, trg):
         log(args, f"{side.path}: {side.lines} lines, {len(side.sents)} rows")
+    if args.mode == "score" and src.lines != trg.lines:  # every rank checks, before any embedding or search
+        raise MineError(f"--mode score pairs line i of both files: {src.path} has {src.lines} lines, "
+                        f"{trg.path} {trg.lines}")  # fmt: skip
     timings["load_s"], t0 = time.perf_counter() - t0, time.perf_counter()
     x, y, keys = embeddings(args, src, trg, rank, size)
     timings["embed_s"], t0 = time.perf_counter() - t0, time.perf_counter()

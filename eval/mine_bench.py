@@ -135,21 +135,24 @@ def _emit(rows: list, row: dict, env: dict) -> None:
 
 
 def run_size(n: int, args, env: dict, tmp: Path, rows: list) -> None:
+    parts = {p.strip() for p in args.bench_parts.split(",")}
     x, y = unit_rows(tmp / "x.f16", n, 1), unit_rows(tmp / "y.f16", n, 2)
     queries = min(n, args.bench_queries)
-    _emit(rows, {"bench": "exact", "n": n, **bench_exact(x, y, queries, args)}, env)
+    if "exact" in parts:
+        _emit(rows, {"bench": "exact", "n": n, **bench_exact(x, y, queries, args)}, env)
     if faiss_or_none() is None:
         _emit(rows, {"bench": "approximate", "n": n, "skipped": "faiss is not installed"}, env)
         return
     factory, sample = default_factory(n)
     factory, sample = args.index or factory, args.index_sample or sample
-    row, _ = bench_approximate(x, y, queries, factory, sample, args)
-    _emit(rows, {"bench": "approximate", "n": n, **row}, env)
-    planted_n = min(n, args.bench_queries)
-    x = unit_rows(tmp / "px.f16", n, 3)
-    y = unit_rows(tmp / "py.f16", n, 4, planted=np.asarray(x[:planted_n], np.float32), noise=0.8)
-    index = build_index(y, factory, sample=sample, nprobe=args.nprobe, block=args.block)
-    _emit(rows, {"bench": "recall", "n": n, "factory": factory, **recall(x, y, index, planted_n, args)}, env)
+    if "approximate" in parts:
+        row, _ = bench_approximate(x, y, queries, factory, sample, args)
+        _emit(rows, {"bench": "approximate", "n": n, **row}, env)
+    if "recall" in parts:
+        x = unit_rows(tmp / "px.f16", n, 3)
+        y = unit_rows(tmp / "py.f16", n, 4, planted=np.asarray(x[:queries], np.float32), noise=0.8)
+        index = build_index(y, factory, sample=sample, nprobe=args.nprobe, block=args.block)
+        _emit(rows, {"bench": "recall", "n": n, "factory": factory, **recall(x, y, index, queries, args)}, env)
 
 
 def table(rows: list) -> str:

@@ -209,4 +209,11 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert "embeddings but" in capsys.readouterr().err
     assert main([*argv, "--src-embeddings", src_emb, "--trg-embeddings", src_emb, "--dim", "15"]) == 2
     assert "--dim" in capsys.readouterr().err
+    score = [a if a != "mine" else "score" for a in argv]
+    assert main([*score, "--src-embeddings", src_emb, "--trg-embeddings", src_emb, "--dim", "16"]) == 2
+    assert "--mode score pairs line i of both files" in capsys.readouterr().err
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\n")
+    bad = [str(tmp_path / "bad.txt"), *argv[1:]]
+    assert main([*bad, "--src-embeddings", src_emb, "--trg-embeddings", src_emb, "--dim", "16"]) == 2
+    assert "bad.txt:2: not valid UTF-8" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -45,3 +45,5 @@ def test_two_ranks_equal_one_and_rerun_reuses_cache(tiny_model, tmp_path):
     assert main([*common, "--output", str(one), "--model", "no/such/model"]) != 0  # a new fingerprint: re-embeds
     assert main([*common, "--output", str(one)]) == 0
     assert emb.stat().st_mtime_ns == stamp and one.read_text() == two.read_text()
+    assert main([*common, "--output", str(one), "--chunk", "11"]) == 0  # other chunks: embedded again, same pairs
+    assert emb.stat().st_mtime_ns != stamp and len(list((emb.parent / "done").iterdir())) == 3
