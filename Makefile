@@ -18,7 +18,12 @@ TESTSET ?= $(DATA)/testset
 RUN ?= runs/train
 MODEL ?= runs/demo/train
 
-.PHONY: setup test test-slow test-faults lint demo prep train eval bench bench-prep bench-train bench-kernels bench-eval ablation gpu-check clean
+# Offline GPU nodes (docs/training.md): the wheels such a node lacks, for CPython $(WHEELHOUSE_PY) on manylinux x86-64.
+WHEELHOUSE ?= wheelhouse
+WHEELHOUSE_PY ?= 3.12
+
+.PHONY: setup test test-slow test-faults lint demo prep train eval bench bench-prep bench-train \
+	bench-kernels bench-eval ablation gpu-check wheelhouse clean
 
 setup: $(VENV_STAMP)
 
@@ -79,6 +84,11 @@ bench-eval: setup
 # (scripts/gpu_check.py; its --dry-run runs in `make test` through tests/scripts/test_gpu_check.py).
 gpu-check: setup
 	$(PY) scripts/gpu_check.py
+
+wheelhouse: $(WHEELHOUSE)/WHEELHOUSE.json
+
+$(WHEELHOUSE)/WHEELHOUSE.json: requirements.txt scripts/wheelhouse.py
+	python3 scripts/wheelhouse.py --out $(WHEELHOUSE) --python-version $(WHEELHOUSE_PY)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
