@@ -80,10 +80,11 @@ bench-kernels: setup
 bench-eval: setup
 	$(PY) -m eval.bench
 
-# One GPU, minutes: kernel tests in fp16/bf16, kernel and step benchmarks, a ZeRO-2 bf16 run, export and eval
-# (scripts/gpu_check.py; its --dry-run runs in `make test` through tests/scripts/test_gpu_check.py).
-gpu-check: setup
-	$(PY) scripts/gpu_check.py
+# One GPU, minutes: a ZeRO-2 bf16 run with export and eval, step and kernel benchmarks, kernel tests in fp16/bf16
+# (scripts/gpu_check.py; its --dry-run runs in `make test` through tests/scripts/test_gpu_check.py). No `setup`:
+# with a venv it runs there; without one (a node with its own torch) the node's python3 runs it on the wheelhouse.
+gpu-check:
+	$(if $(wildcard $(VENV_STAMP)),$(PY) scripts/gpu_check.py,python3 scripts/gpu_check.py --wheelhouse $(WHEELHOUSE))
 
 wheelhouse: $(WHEELHOUSE)/WHEELHOUSE.json
 
