@@ -21,8 +21,11 @@ MODEL ?= runs/demo/train
 # Offline GPU nodes (docs/training.md): the wheels such a node lacks, for CPython $(WHEELHOUSE_PY) on manylinux x86-64.
 WHEELHOUSE ?= wheelhouse
 WHEELHOUSE_PY ?= 3.12
+# The node's own stack in a separate venv (`make test-compat`); an interpreter of the node's Python version.
+COMPAT_PYTHON ?= python$(WHEELHOUSE_PY)
+COMPAT := .venv-compat
 
-.PHONY: setup test test-slow test-faults lint demo prep train eval bench bench-prep bench-train \
+.PHONY: setup test test-slow test-faults test-compat lint demo prep train eval bench bench-prep bench-train \
 	bench-kernels bench-eval ablation gpu-check wheelhouse clean
 
 setup: $(VENV_STAMP)
@@ -90,6 +93,23 @@ wheelhouse: $(WHEELHOUSE)/WHEELHOUSE.json
 
 $(WHEELHOUSE)/WHEELHOUSE.json: requirements.txt scripts/wheelhouse.py
 	python3 scripts/wheelhouse.py --out $(WHEELHOUSE) --python-version $(WHEELHOUSE_PY)
+
+# The offline node's versions on this machine's CPU: the node's stack from PyPI (torch 2.11.0 there is the CUDA 13
+# build, about 4 GB with its nvidia-* wheels, downloaded once), the wheelhouse on top as the node installs it, then
+# gpu_check --dry-run and the kernel, model and attention tests.
+COMPAT_TESTS = tests/kernels tests/pipeline/test_model.py tests/pipeline/test_attention_backends.py \
+	tests/pipeline/test_kernels_on_off.py tests/pipeline/test_model_savings.py
+$(COMPAT)/.installed: scripts/wheelhouse.py
+	test -x $(COMPAT)/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q $$(python3 scripts/wheelhouse.py --print-node-stack)
+	touch $@
+
+test-compat: $(COMPAT)/.installed $(WHEELHOUSE)/WHEELHOUSE.json
+	rm -rf $(COMPAT)/wheels
+	$(COMPAT)/bin/pip install -q --no-index --no-deps --target $(COMPAT)/wheels $(WHEELHOUSE)/*.whl
+	$(COMPAT)/bin/python scripts/gpu_check.py --dry-run --wheelhouse $(WHEELHOUSE) --out runs/gpu-check-compat
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(COMPAT)/wheels TRITON_INTERPRET=1 DS_ACCELERATOR=cpu \
+		$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not faults" $(COMPAT_TESTS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
