@@ -90,7 +90,9 @@ def test_limits_flag_and_budget(tmp_path, monkeypatch, capsys):
     limits = []
     monkeypatch.setattr(gpu_check, "STAGES", {"train": lambda a, o, c, r: limits.append(c.left())})
     gpu_check.main(["--dry-run", "--out", str(tmp_path), "--stages", "train", "--limits", "train=5000"])
-    assert 400 < limits[0] <= 470  # the stage limit, capped by what is left of --budget
+    assert 4 * 400 < limits[0] <= 4 * 470  # the stage limit, capped by what is left of the budget (x4 on --dry-run)
+    gpu_check.main(["--dry-run", "--out", str(tmp_path), "--stages", "train", "--budget", "100"])
+    assert 90 < limits[1] <= 100
     assert sum(gpu_check.LIMITS.values()) <= 480 - 10  # the default set fits 8 minutes with pre-flight
 
 
