@@ -104,9 +104,12 @@ $(COMPAT)/.installed: scripts/wheelhouse.py
 	$(COMPAT)/bin/pip install -q $$(python3 scripts/wheelhouse.py --print-node-stack)
 	touch $@
 
+test-compat: export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(COMPAT)/torch_extensions
 test-compat: $(COMPAT)/.installed $(WHEELHOUSE)/WHEELHOUSE.json
 	rm -rf $(COMPAT)/wheels
 	$(COMPAT)/bin/pip install -q --no-index --no-deps --target $(COMPAT)/wheels $(WHEELHOUSE)/*.whl
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(COMPAT)/wheels DS_ACCELERATOR=cpu $(COMPAT)/bin/python -c "from deepspeed.accelerator \
+		import get_accelerator as a; a().create_op_builder('ShareMemCommBuilder').load()"
 	$(COMPAT)/bin/python scripts/gpu_check.py --dry-run --wheelhouse $(WHEELHOUSE) --out runs/gpu-check-compat
 	PYTHONPATH=$(CURDIR):$(CURDIR)/$(COMPAT)/wheels TRITON_INTERPRET=1 DS_ACCELERATOR=cpu \
 		$(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not faults" $(COMPAT_TESTS)
