@@ -1,8 +1,8 @@
 # Every target that runs code depends on .venv, so `make test` / `make demo` work from a fresh clone.
 SHELL := /bin/bash
 PY := .venv/bin/python
+DEEPSPEED := .venv/bin/deepspeed
 VENV_STAMP := .venv/.installed
-export DS_ACCELERATOR ?= cpu
 export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
@@ -55,9 +55,18 @@ test-faults: setup
 prep: setup
 	$(PY) -m data_prep.offline --out $(DATA)
 
+# The accelerator is picked from what is present: DS_ACCELERATOR when set, else cuda when torch sees a GPU (every
+# visible GPU trains, ZeRO-2 bf16), else DeepSpeed's CPU accelerator (2 processes, fp32). The first line says which.
+TRAIN_FLAGS = pipeline/train.py --data $(PREPARED) --output-dir $(RUN) --model tiny --max-steps 200 --save-every 50
+DETECT_ACCEL = $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
+
 train: setup
-	.venv/bin/deepspeed --num_gpus 2 pipeline/train.py --data $(PREPARED) --output-dir $(RUN) \
-		--model tiny --ds-config ds_configs/zero2_cpu_fp32.json --max-steps 200 --save-every 50
+	@accel=$${DS_ACCELERATOR:-$$($(DETECT_ACCEL))}; src=$${DS_ACCELERATOR:+from DS_ACCELERATOR}; \
+	echo "make train: accelerator $$accel ($${src:-detected: torch.cuda.is_available()}; DS_ACCELERATOR=cpu|cuda overrides)"; \
+	if [ "$$accel" = cpu ]; then set -x; DS_ACCELERATOR=cpu $(DEEPSPEED) --num_gpus 2 $(TRAIN_FLAGS) \
+		--ds-config ds_configs/zero2_cpu_fp32.json; \
+	else set -x; DS_ACCELERATOR=$$accel $(DEEPSPEED) $(TRAIN_FLAGS) --ds-config ds_configs/zero2_bf16.json \
+		--batch-pairs 32 --grad-accum 1; fi
 
 eval: setup
 	$(PY) -m eval --model $(MODEL) --flores $(TESTSET) --split devtest --langs all --out runs/eval
