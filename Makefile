@@ -47,9 +47,10 @@ test-faults: setup
 prep: setup
 	$(PY) -m data_prep.offline --out $(DATA)
 
+# recipes/tiny-cpu.json: the recipe that learns on a CPU from random init (recipes/paper.json is the paper's, for GPUs)
 train: setup
-	.venv/bin/deepspeed --num_gpus 2 pipeline/train.py --data $(PREPARED) --output-dir $(RUN) \
-		--model tiny --ds-config ds_configs/zero2_cpu_fp32.json --max-steps 200 --save-every 50
+	.venv/bin/deepspeed --num_gpus 2 pipeline/train.py --recipe tiny-cpu --data $(PREPARED) --output-dir $(RUN) \
+		--max-steps 200 --save-every 50
 
 eval: setup
 	$(PY) -m eval --model $(MODEL) --flores $(TESTSET) --split devtest --langs all --out runs/eval
