@@ -57,7 +57,8 @@ prep: setup
 
 # The accelerator is picked from what is present: DS_ACCELERATOR when set, else cuda when torch sees a GPU (every
 # visible GPU trains, ZeRO-2 bf16), else DeepSpeed's CPU accelerator (2 processes, fp32). The first line says which.
-TRAIN_FLAGS = pipeline/train.py --data $(PREPARED) --output-dir $(RUN) --model tiny --max-steps 200 --save-every 50
+# recipes/tiny-cpu.json: the recipe that learns at this scale from random init (recipes/paper.json is the paper's).
+TRAIN_FLAGS = pipeline/train.py --recipe tiny-cpu --data $(PREPARED) --output-dir $(RUN) --max-steps 200 --save-every 50
 DETECT_ACCEL = $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
 
 train: setup

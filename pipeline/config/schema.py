@@ -85,6 +85,11 @@ class RunConfig:
     """The run: length, checkpoints, evaluation, logging, launcher-independent settings."""
 
     output_dir: str = opt("", "output directory: checkpoints, metrics.jsonl, resolved config")
+    recipe: str = opt(
+        "",
+        "training recipe: a name in recipes/ (e.g. tiny-cpu, paper) or a JSON file of flags; --config and the flags "
+        "given override its values (pipeline/config/recipes.py)",
+    )
     ds_config: str = opt("ds_configs/zero2_cpu_fp32.json", "DeepSpeed JSON (ds_configs/*.json)")
     max_steps: int = opt(0, "optimizer steps; 0 = --epochs over the train split")
     epochs: float = opt(3.0, "epochs when --max-steps is 0 (the reference: 3)")

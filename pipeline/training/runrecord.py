@@ -64,6 +64,7 @@ FREE = {
     *(f"run.{n}" for n in ("allow_config_change", "trust_checkpoint", "log_every", "valid_every", "max_bad_steps")),
     *(f"run.{n}" for n in ("xsim_every", "xsim_data", "xsim_split", "xsim_langs", "xsim_target", "dist_timeout")),
     *(f"run.{n}" for n in ("wandb", "wandb_project", "run_name", "verbose")),
+    "run.recipe",  # where the values came from: the values themselves are compared
 }
 
 

@@ -254,12 +254,12 @@ class Trainer:
 
     def _use_schedule(self, schedule: dict, length: bool = True) -> None:
         """Adopt a fitted schedule entry: its hold, its length (unless length=False), and the records that state it.
-        No second fit after that."""
+        No further fit after that, but the one refit of a fit made in this launch (pipeline/schedule_fit.py)."""
         self.hold = schedule["hold"]
         if length:
             self.max_steps = self.record["max_steps"] = schedule["max_steps"]
             self.record["config"]["run"]["max_steps"] = self.max_steps
-            self.fit = None
+            self.fit = self.fit if self.fit is not None and self.fit.refit_pending else None
         self.record["schedule"] = self.record["resolved"]["schedule"] = schedule
 
     def _fit_schedule(self, record: dict) -> None:
