@@ -24,18 +24,10 @@ from torch import nn
 from transformers import XLMRobertaConfig, XLMRobertaModel
 from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEncoder
 
-from kernels import kernels_forced_ref
 from pipeline.fields import opt
 from pipeline.model import losses
-from pipeline.model.attention import (
-    ATTN_IMPLEMENTATION,
-    BACKENDS,
-    packed_attention,
-    resolve_backend,
-    select_backend,
-    select_koleo,
-    varlen_layout,
-)
+from pipeline.model.attention import ATTN_IMPLEMENTATION, packed_attention, varlen_layout
+from pipeline.model.backends import BACKENDS, Backends, select_backends
 from runtime.received import check_dir
 
 # Encoder shapes: layers, hidden, heads, FFN. large = xlm-roberta-large, base = xlm-roberta-base.
@@ -217,7 +209,7 @@ class MexmaModel(nn.Module):
         # Own bias of the tied projection, nn.Linear(H, V)'s default init as in the original: U(-1/sqrt(H), +).
         bound = 1.0 / math.sqrt(hidden)
         self.vocab_bias = nn.Parameter(torch.empty(vocab_size).uniform_(-bound, bound))
-        self._selected: dict = {}  # select_backends' choices: encoder / head backend names, koleo_kernel
+        self.backends = Backends.from_config(cfg)  # resolved once at start-up by select_backends
         # Exact savings (docs/model.md "Last layers at the rows that are read"): the encoder's last layer runs the
         # clean views at their CLS row only, the head's last layer at the masked positions only. False runs
         # every layer over every row as before (the tests' and benchmarks' reference); results agree to rounding.
@@ -235,24 +227,18 @@ class MexmaModel(nn.Module):
             layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, ckpt
 
     def select_backends(self, device, dtype, lengths, **injected) -> dict:
-        """Resolve attention="auto" (and the KoLeo kernel) for this run on CUDA; call once at start-up.
+        """Resolve attention="auto" (and guard the KoLeo kernel) for this run; call once at start-up.
 
-        Runs `pipeline.model.attention.select_backend` for the encoder's and the head's (heads, head_dim) on a
-        packed batch of `lengths` (token counts of one step's sequences) in `dtype`, and `select_koleo` for
-        (B = len(lengths) // 4 rows, hidden). Keeps the choices for every later forward and returns
-        {"encoder": report, "head": report, "koleo": report} for the log and the run's config.json.
-        `injected` (check=..., timer=..., koleo_check=..., koleo_timer=...) replaces the measurements in tests.
+        pipeline/model/backends.py `select_backends` for the encoder's and the head's heads on a packed batch of
+        `lengths` (token counts of one step's sequences) in `dtype`; the model keeps the resolved `Backends` for
+        every later forward. Returns {"encoder": report, "head": report, "koleo": report} for the log and the run's
+        config.json. `injected` (check=..., timer=..., koleo_check=..., koleo_timer=...) replaces the measurements.
         """
-        device, hidden = torch.device(device), self.vocab_weight.shape[1]
-        enc_heads, head_heads = self.encoder.config.num_attention_heads, self.head.config.num_attention_heads
-        report, koleo_kw = {}, {k.removeprefix("koleo_"): v for k, v in injected.items() if k.startswith("koleo_")}
-        attn_kw = {k: v for k, v in injected.items() if not k.startswith("koleo_")}
-        for stack, heads in (("encoder", enc_heads), ("head", head_heads)):
-            if self.cfg.attention == "auto":
-                name, report[stack] = select_backend(device, dtype, heads, hidden // heads, lengths, **attn_kw)
-                self._selected[stack] = name
-        use_kernel, report["koleo"] = select_koleo(device, dtype, max(2, len(lengths) // 4), hidden, **koleo_kw)
-        self._selected["koleo_kernel"] = use_kernel
+        heads = {"encoder": self.encoder.config.num_attention_heads, "head": self.head.config.num_attention_heads}
+        hidden = self.vocab_weight.shape[1]
+        self.backends, report = select_backends(
+            self.backends, self.cfg, device, dtype, lengths, heads, hidden, **injected
+        )
         return report
 
     def _compute_dtype(self) -> torch.dtype:
@@ -261,14 +247,17 @@ class MexmaModel(nn.Module):
         return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.vocab_weight.dtype
 
     def _attn_kwargs(self, cu_seqlens: torch.Tensor, max_seqlen: int, n_tokens: int, stack: str) -> dict:
-        requested = self._selected.get(stack, self.cfg.attention)
-        backend = resolve_backend(requested, cu_seqlens.device, self._compute_dtype())
-        if backend != "sdpa" and self.cfg.attention == "auto" and self.cfg.attention_dropout > 0 and self.training:
-            backend = "sdpa"  # kernel / varlen have no attention dropout; auto falls back rather than failing
+        backend = self.backends.attention(stack, cu_seqlens.device, self._compute_dtype(), self.training)
         kwargs = {"cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen, "attention_backend": backend}
         if backend == "sdpa":  # token -> padded-grid map, built once per call instead of once per layer
             kwargs["varlen_layout"] = varlen_layout(cu_seqlens, max_seqlen, n_tokens)
         return kwargs
+
+    def _subset_backend(self, backend: str, stack: str) -> str:
+        """The backend of `stack`'s last layer, a query-subset call (`Backends.subset`)."""
+        module = self.encoder if stack == "encoder" else self.head
+        head_dim = module.config.hidden_size // module.config.num_attention_heads
+        return Backends.subset(backend, self.vocab_weight.device, self._compute_dtype(), head_dim)
 
     def encode_packed(self, input_ids, position_ids, cu_seqlens, max_seqlen, cls_only: bool = False) -> torch.Tensor:
         """(T,) packed ids -> (T, H) last hidden states, one encoder call with block-diagonal attention.
@@ -304,6 +293,7 @@ class MexmaModel(nn.Module):
             x = layer(x, None, None, **attn)
         x = x[0]  # (T, H)
         backend, n_cls = attn["attention_backend"], n_seq - n_full
+        subset = self._subset_backend(backend, "encoder")
         cu_q = torch.arange(n_cls + 1, dtype=cu_seqlens.dtype, device=cu_seqlens.device)  # one query per sequence
         cu_k = cu_seqlens[n_full:] - cu_seqlens[n_full]  # (n_cls + 1,) their tokens, from full_tokens on
         cls_layouts, full_layout = {}, None
@@ -314,7 +304,7 @@ class MexmaModel(nn.Module):
             cls_layouts["kv_layout"] = (flat[full_tokens:] - n_full * length, valid[n_full:], length)
 
         def attend(q, k, v, scale, dropout):  # q: (full_tokens + n_cls, h, d), k / v: (T, h, d)
-            cls = packed_attention(q[full_tokens:], k[full_tokens:], v[full_tokens:], cu_q, 1, scale, backend,
+            cls = packed_attention(q[full_tokens:], k[full_tokens:], v[full_tokens:], cu_q, 1, scale, subset,
                                    dropout, cu_seqlens_k=cu_k, max_seqlen_k=max_seqlen, **cls_layouts)  # fmt: skip
             if not n_full:
                 return cls
@@ -344,8 +334,7 @@ class MexmaModel(nn.Module):
         src_cls, trg_cls = hidden[batch["head_tokens"] :].split(b)  # clean src CLS, clean trg CLS: (B, H) each
         mlm, parts = self._unmasking_loss(hidden, cu_seqlens[: 2 * b + 1], src_cls, trg_cls, max_seqlen, batch)
         cls_loss = losses.cls_alignment_loss(src_cls, trg_cls)
-        use_kernel = self._selected.get("koleo_kernel", True)
-        use_kernel = use_kernel and self.cfg.kernels and not kernels_forced_ref() and self.cfg.attention != "ref"
+        use_kernel = self.backends.koleo()
         koleo = 0.5 * sum(
             losses.koleo(losses.gather_for_koleo(x, self.cfg.koleo_global), self.cfg.koleo_eps, use_kernel)
             for x in (src_cls, trg_cls)
@@ -401,12 +390,12 @@ class MexmaModel(nn.Module):
         for layer in layers:
             x = layer(x, None, None, **attn)
         x = x[0]  # (T_m, H)
-        backend = attn["attention_backend"]
+        backend = self._subset_backend(attn["attention_backend"], "head")
         cu_q = torch.searchsorted(pos, head_cu.long(), out_int32=True)  # (2B + 1,): masked positions before each
         max_q = max(1, min(int(batch.get("max_masked", max_seqlen)), max_seqlen))
         layouts = {}
         if backend == "sdpa":
-            layouts = {"layout": varlen_layout(cu_q, max_q, n_pos), "kv_layout": attn["varlen_layout"]}
+            layouts = {"layout": varlen_layout(cu_q, max_q, n_pos), "kv_layout": attn.get("varlen_layout")}
 
         def attend(q, k, v, scale, dropout):
             return packed_attention(q, k, v, cu_q, max_q, scale, backend, dropout, cu_seqlens_k=head_cu,

@@ -122,7 +122,7 @@ class Trainer:
 
     def _select_backends(self, model) -> dict:
         """attention="auto" and the fused KoLeo, checked and timed on this device, dtype and a micro batch of this run's
-        rows (pipeline/model/attention.py `select_backend`); the report goes to the log and config.json's "resolved"."""
+        rows (pipeline/model/backends.py); the report goes to the log and config.json's "resolved"."""
         device = devices.select_device(get_accelerator().device_name())  # this rank's, as init_training chose
         dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else torch.float32
         dtype = torch.float16 if self.ds_config.get("fp16", {}).get("enabled") else dtype
