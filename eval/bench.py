@@ -32,7 +32,7 @@ from eval.xsim import DEFAULT_BLOCK_BYTES, MAX_BLOCK_ROWS, count_errors, nearest
 
 
 def environment() -> dict:
-    """Device, versions and git SHA printed on every row (STYLE.md #5)."""
+    """Device, versions and git SHA printed on every row."""
     import faiss
 
     try:

@@ -18,7 +18,7 @@ measure that survives a shared, loaded CPU. Peak memory: CUDA max_memory_allocat
 CPU peak RSS minus the RSS before the model was built (weights + AdamW state + activations).
 
 Shapes (`--shapes`): "default" is this project's model (6-layer 8-head head, `--vocab`); "original" the shapes
-the original MEXMA runs were compared at in issue #12 (vocabulary 8000, 2-layer 4-head head with FFN 3072);
+the original MEXMA runs were compared at (vocabulary 8000, 2-layer 4-head head with FFN 3072);
 "both" runs and reports the two. On CUDA, MFU = useful TFLOP/s / the device's dense bf16 peak (`--peak-tflops`,
 default from the device name: H100/H200 989), and attention="auto" is resolved by `MexmaModel.select_backends`
 (kernel checked and timed against varlen_attn) before the packed variant runs; the report is in the JSON.

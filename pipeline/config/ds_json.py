@@ -1,6 +1,6 @@
 """The DeepSpeed JSON: load and check a `ds_configs/*.json`, fill its "auto" values from the typed config, and the
 batch arithmetic (micro batch x gradient accumulation x world size = `train_batch_size`), checked in one place with a
-message that spells it out (STYLE.md #6)."""
+message that spells it out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad inputs and interrupted builds (issue #13, items 13-18): every line accounted for, clear refusals, the old
+"""Bad inputs and interrupted builds: every line accounted for, clear refusals, the old
 output kept until a new one is complete, the tokenizer's contents in the fingerprint, skipped.jsonl."""
 
 from __future__ import annotations

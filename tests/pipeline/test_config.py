@@ -1,5 +1,5 @@
 """Typed config: flags, config files, errors naming the flag, batch arithmetic, every shipped ds_configs/*.json and
-every model preset (STYLE.md #6, #7)."""
+every model preset."""
 
 from __future__ import annotations
 

@@ -242,7 +242,7 @@ def test_koleo_global_batch_over_two_ranks(tmp_path):
 
 
 def test_bench_step_original_shapes():
-    """--shapes original: vocabulary 8000 and a 2-layer 4-head head with FFN 3072 (issue #12); both report."""
+    """--shapes original: vocabulary 8000 and a 2-layer 4-head head with FFN 3072; both report."""
     args = bench_step.parse_args(
         ["--pairs", "2", "--warmup", "0", "--steps", "1", "--batches", "1", "--threads", "1", "--shapes", "both"]
     )
