@@ -57,15 +57,16 @@ prep: setup
 
 # The accelerator is picked from what is present: DS_ACCELERATOR when set, else cuda when torch sees a GPU (every
 # visible GPU trains, ZeRO-2 bf16), else DeepSpeed's CPU accelerator (2 processes, fp32). The first line says which.
-TRAIN_FLAGS = pipeline/train.py --data $(PREPARED) --output-dir $(RUN) --model tiny --max-steps 200 --save-every 50
+# recipes/tiny-cpu.json: the recipe that learns at this scale from random init (recipes/paper.json is the paper's).
+TRAIN_FLAGS = pipeline/train.py --recipe tiny-cpu --data $(PREPARED) --output-dir $(RUN) --max-steps 200 --save-every 50
 DETECT_ACCEL = $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
 
 train: setup
 	@accel=$${DS_ACCELERATOR:-$$($(DETECT_ACCEL))}; src=$${DS_ACCELERATOR:+from DS_ACCELERATOR}; \
 	echo "make train: accelerator $$accel ($${src:-detected: torch.cuda.is_available()}; DS_ACCELERATOR=cpu|cuda overrides)"; \
-	if [ "$$accel" = cpu ]; then set -x; DS_ACCELERATOR=cpu $(DEEPSPEED) --num_gpus 2 $(TRAIN_FLAGS) \
+	if [ "$$accel" = cpu ]; then set -x; DS_ACCELERATOR=cpu $(DEEPSPEED) --quiet --num_gpus 2 $(TRAIN_FLAGS) \
 		--ds-config ds_configs/zero2_cpu_fp32.json; \
-	else set -x; DS_ACCELERATOR=$$accel $(DEEPSPEED) $(TRAIN_FLAGS) --ds-config ds_configs/zero2_bf16.json \
+	else set -x; DS_ACCELERATOR=$$accel $(DEEPSPEED) --quiet $(TRAIN_FLAGS) --ds-config ds_configs/zero2_bf16.json \
 		--batch-pairs 32 --grad-accum 1; fi
 
 eval: setup
@@ -80,7 +81,7 @@ ablation: setup
 bench: bench-prep bench-train bench-kernels bench-eval
 
 bench-prep: setup
-	$(PY) -m data_prep.bench
+	$(PY) -m data_prep.bench --pairs 1e6 --workers 1 2
 
 bench-train: setup
 	$(PY) -m pipeline.bench_step --shapes both

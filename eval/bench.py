@@ -10,7 +10,7 @@ Peak memory: a fresh process, resident-set growth during ``nearest`` over what t
 2 n d x 4 B (normalised copies) + one similarity block (``block_bytes``, default 256 MiB) + top-k buffers of
 O(n k) + the running column top-k (k n x 4 B, twice while merging).
 
-Encoding: sentences/s of a random-weight XLM-R of a ``pipeline.model`` preset shape (``tiny`` on the CPU in fp32;
+Encoding: sentences/s of a random-weight XLM-R of a ``pipeline.model.mexma`` preset shape (``tiny`` on the CPU in fp32;
 ``large`` in bf16 when a GPU is there), on synthetic 20-30 word sentences, CLS pooling, length-sorted batches.
 """
 
@@ -32,7 +32,7 @@ from eval.xsim import DEFAULT_BLOCK_BYTES, MAX_BLOCK_ROWS, count_errors, nearest
 
 
 def environment() -> dict:
-    """Device, versions and git SHA printed on every row (STYLE.md #5)."""
+    """Device, versions and git SHA printed on every row."""
     import faiss
 
     try:
@@ -136,7 +136,7 @@ def bench_encoding(preset: str, n: int, device: str, dtype: str, env: dict) -> d
     from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
 
     from eval.encode import HFEncoder
-    from pipeline.model import PRESETS
+    from pipeline.model.mexma import PRESETS
 
     vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(5000)])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -159,7 +159,9 @@ def bench_encoding(preset: str, n: int, device: str, dtype: str, env: dict) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m eval.bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("--n", type=int, default=10_000, help="scoring rows (default 10000)")
     p.add_argument("--d", type=int, default=1024, help="embedding dimension (default 1024)")
     p.add_argument("--margins", default="ratio", help="comma list of margins to time (default ratio)")

@@ -75,7 +75,7 @@ def score_nway(scorer: Scorer, emb: dict, texts: dict, langs: list[str]) -> dict
 
 def score_sets(scorer: Scorer, emb: dict, texts: dict, langs: list[str], target: str, aug: Augmented | None) -> dict:
     """X -> target xsim (``languages``, ``average``) and, when ``aug`` is given, ``xsimpp``: what ``python -m eval``
-    reports without ``--nway``, and what the evaluation inside training (pipeline/xsim_eval.py) records."""
+    reports without ``--nway``, and what the evaluation inside training (eval/train_hook.py) records."""
     results = score_to_target(scorer, emb, texts, langs, target)
     if aug is not None:
         results["xsimpp"] = score_xsimpp(scorer, emb, texts, langs, target, aug)

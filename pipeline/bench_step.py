@@ -4,7 +4,7 @@ A step is what training does per micro batch without DeepSpeed: zero_grad, forwa
 1.2 and AdamW. Variants:
 - packed: `MexmaModel` (one encoder call over the packed 4B views, block-diagonal attention, head in one call,
   chunked tied cross-entropy at masked positions only);
-- padded: `pipeline.reference.PaddedMexma` (four padded encoder calls, two padded head calls, full-vocabulary
+- padded: `pipeline.model.reference.PaddedMexma` (four padded encoder calls, two padded head calls, full-vocabulary
   logits), i.e. the original's computation with stock SDPA attention;
 - packed-ref: the packed model with attention through the per-sequence PyTorch reference (diagnostic).
 Each variant runs in its own process (spawned, same seeds, same batches) so peak memory is its own; rounds
@@ -18,7 +18,7 @@ measure that survives a shared, loaded CPU. Peak memory: CUDA max_memory_allocat
 CPU peak RSS minus the RSS before the model was built (weights + AdamW state + activations).
 
 Shapes (`--shapes`): "default" is this project's model (6-layer 8-head head, `--vocab`); "original" the shapes
-the original MEXMA runs were compared at in issue #12 (vocabulary 8000, 2-layer 4-head head with FFN 3072);
+the original MEXMA runs were compared at (vocabulary 8000, 2-layer 4-head head with FFN 3072);
 "both" runs and reports the two. On CUDA, MFU = useful TFLOP/s / the device's dense bf16 peak (`--peak-tflops`,
 default from the device name: H100/H200 989), and attention="auto" is resolved by `MexmaModel.select_backends`
 (kernel checked and timed against varlen_attn) before the packed variant runs; the report is in the JSON.
@@ -44,9 +44,9 @@ import time
 
 import torch
 
-from pipeline.collate import MexmaCollator
-from pipeline.model import ModelConfig, build_model, encoder_config
-from pipeline.reference import PaddedMexma, unpack_to_padded
+from pipeline.data.collate import MexmaCollator
+from pipeline.model.mexma import ModelConfig, build_model, encoder_config
+from pipeline.model.reference import PaddedMexma, unpack_to_padded
 
 VARIANTS = ("packed", "padded", "packed-ref")
 SHAPES = {  # name -> (vocabulary or None for --vocab, head overrides of ModelConfig)
@@ -58,7 +58,9 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 t
 
 def parse_args(argv=None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.bench_step", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="large" if cuda else "tiny", help="model preset (tiny, base, large)")
     p.add_argument("--pairs", type=int, default=150 if cuda else 32, help="translation pairs per batch")
     p.add_argument("--min-len", type=int, default=8, help="shortest sentence in tokens, with <s> and </s>")

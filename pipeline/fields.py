@@ -3,7 +3,7 @@
 `opt(default, help, **meta)` puts the help (and optional `flag`, `choices`, `nargs`, `elem`) into the field's
 metadata. `--help` (pipeline/config/cli.py) and the flag table in docs/training.md
 (`python -m pipeline.config --markdown`) both read it from there, so the two cannot drift apart.
-Kept outside the `pipeline.config` package so `pipeline.model` can use it without an import cycle.
+Kept outside the `pipeline.config` package so `pipeline.model.mexma` can use it without an import cycle.
 """
 
 from __future__ import annotations

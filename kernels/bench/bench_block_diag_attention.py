@@ -246,7 +246,11 @@ def bench_config(dist, lens, n_heads, head_dim, dtype, device, opts, on_row=lamb
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python kernels/bench/bench_block_diag_attention.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default="data/prepared", help="prepared dataset dir for the real length mix (if present)")
     p.add_argument("--tokens", type=int, nargs="+", default=[8192, 16384, 32768, 65536], help="tokens per batch")
     p.add_argument("--heads", nargs="+", type=_heads, default=[(16, 64), (8, 128)], help="N_HEADSxHEAD_DIM")

@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: environment stamp, timing, peak memory, tables (STYLE.md #5).
+"""Shared benchmark plumbing: environment stamp, timing, peak memory, tables.
 
 Every row carries the device, versions and git SHA so a pasted table stays attributable.
 """

@@ -1,4 +1,4 @@
-"""Run records: what is written beside the checkpoints so a run is reproducible from its folder (STYLE.md #10)."""
+"""Run records: what is written beside the checkpoints so a run is reproducible from its folder."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ def git_sha(repo: str | Path = ".") -> str:
 def write_run_files(record: dict, ds_config: dict, output_dir: str | Path, tokenizer: str | Path | None = None) -> None:
     """OUTPUT/config.json (the resolved config of `record`, with the schedule's real --max-steps), ds_config.json
     (resolved DeepSpeed JSON), run_info.json (git SHA, data path, manifest sha256, world size, max_steps) and
-    tokenizer/ (a copy of the data's): enough to reproduce the run from its folder (STYLE.md #10).
+    tokenizer/ (a copy of the data's): enough to reproduce the run from its folder.
 
-    Called by rank 0 only after the relaunch checks passed (pipeline/runrecord.py). Each file is replaced atomically
-    (tmp + os.replace); the tokenizer is copied to a temporary directory and swapped in, so a reader (export) sees the
-    old or the new one, never a mix."""
+    Called by rank 0 only after the relaunch checks passed (pipeline/training/runrecord.py). Each file is replaced
+    atomically (tmp + os.replace); the tokenizer is copied to a temporary directory and swapped in, so a reader (export)
+    sees the old or the new one, never a mix."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {

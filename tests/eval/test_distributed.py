@@ -7,7 +7,7 @@ import socket
 import torch.multiprocessing as mp
 
 from eval.cli import main
-from eval.dist import plan
+from eval.shares import plan
 from tests.eval.conftest import write_augmented
 
 

@@ -11,9 +11,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import block_diag_attention_ref
-from pipeline import attention
-from pipeline.collate import MexmaCollator
-from pipeline.model import ModelConfig, build_model
+from pipeline.data.collate import MexmaCollator
+from pipeline.model import attention, backends, kernel_checks
+from pipeline.model.mexma import ModelConfig, build_model
 from tests.pipeline.test_collate import make_rows
 from tests.pipeline.test_equivalence import SPECIAL, V, small_config
 
@@ -50,7 +50,7 @@ def _forbid_python_syncs(monkeypatch):
 
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
 def test_forward_and_backward_make_no_host_sync(monkeypatch, gradient_checkpointing):
-    """Issue #10 part 2: no .item() / int / bool / nonzero / boolean indexing in the model's forward + backward."""
+    """no .item() / int / bool / nonzero / boolean indexing in the model's forward + backward."""
     cfg = small_config(attention="sdpa", kernels=False, gradient_checkpointing=gradient_checkpointing)
     model = build_model(cfg, V)
     batch = MexmaCollator(SPECIAL, V)(make_rows(6, vocab=V))
@@ -138,11 +138,11 @@ def test_resolve_auto_never_picks_the_unchecked_kernel(monkeypatch):
     monkeypatch.delenv("MEXMA_KERNELS", raising=False)
     monkeypatch.setattr(attention, "_varlen_attn", object())
     cuda = torch.device("cuda")
-    assert attention.resolve_backend("auto", cuda, torch.bfloat16) == "varlen"
-    assert attention.resolve_backend("auto", cuda, torch.float32) == "sdpa"  # FlashAttention has no fp32
-    assert attention.resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "sdpa"
+    assert backends.resolve_backend("auto", cuda, torch.bfloat16) == "varlen"
+    assert backends.resolve_backend("auto", cuda, torch.float32) == "sdpa"  # FlashAttention has no fp32
+    assert backends.resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "sdpa"
     monkeypatch.setenv("MEXMA_KERNELS", "ref")
-    assert attention.resolve_backend("kernel", cuda, torch.bfloat16) == "ref"
+    assert backends.resolve_backend("kernel", cuda, torch.bfloat16) == "ref"
     assert ModelConfig(attention="varlen").validate().attention == "varlen"
 
 
@@ -150,7 +150,7 @@ def _select(monkeypatch, check, ms, dtype=torch.bfloat16, head_dim=64):
     monkeypatch.delenv("MEXMA_KERNELS", raising=False)
     monkeypatch.setattr(attention, "_varlen_attn", object())
     timer = lambda *a: ms if not isinstance(ms, Exception) else (_ for _ in ()).throw(ms)  # noqa: E731
-    return attention.select_backend("cuda", dtype, 16, head_dim, [40] * 100, check=lambda *a: check, timer=timer)
+    return backends.select_backend("cuda", dtype, 16, head_dim, [40] * 100, check=lambda *a: check, timer=timer)
 
 
 def test_select_keeps_the_kernel_only_when_right_and_not_slower(monkeypatch, caplog):
@@ -158,14 +158,14 @@ def test_select_keeps_the_kernel_only_when_right_and_not_slower(monkeypatch, cap
     name, report = _select(monkeypatch, ok, {"kernel": 1.0, "varlen": 1.2})
     assert name == "kernel" and report["backend"] == "kernel" and report["ms"]["varlen"] == 1.2
     assert report["check"] == ok and (report["heads"], report["head_dim"], report["tokens"]) == (16, 64, 4000)
-    with caplog.at_level(logging.WARNING, logger="pipeline.attention"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.model.backends"):
         name, report = _select(monkeypatch, ok, {"kernel": 1.5, "varlen": 1.2})
     assert name == "varlen" and "1.500 ms vs varlen 1.200 ms" in report["reason"]
     assert "kernel slower" in caplog.text
 
 
 def test_select_falls_back_with_the_error(monkeypatch, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.attention"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.model.backends"):
         name, report = _select(monkeypatch, {"ok": False, "error": "CompilationError: out of resources"}, {})
     assert name == "varlen" and "out of resources" in report["reason"] and "out of resources" in caplog.text
     name, report = _select(monkeypatch, {"ok": False, "max_err": 0.5, "tol": 0.01}, {})
@@ -182,30 +182,28 @@ def test_select_a_raising_check_is_a_failed_check(monkeypatch):
     def broken(*a):
         raise RuntimeError("triton: no kernel image")
 
-    name, report = attention.select_backend("cuda", torch.bfloat16, 8, 128, [30], check=broken)
+    name, report = backends.select_backend("cuda", torch.bfloat16, 8, 128, [30], check=broken)
     assert name in ("varlen", "sdpa") and "no kernel image" in report["check"]["error"]
 
 
 def test_select_off_cuda_and_forced_ref(monkeypatch):
     monkeypatch.delenv("MEXMA_KERNELS", raising=False)
     never = lambda *a: pytest.fail("no measurement off CUDA")  # noqa: E731
-    assert attention.select_backend("cpu", torch.float32, 4, 16, [5], check=never, timer=never)[0] == "sdpa"
-    assert attention.select_koleo("cpu", torch.float32, 8, 16, check=never, timer=never)[0] is True
+    assert backends.select_backend("cpu", torch.float32, 4, 16, [5], check=never, timer=never)[0] == "sdpa"
+    assert backends.select_koleo("cpu", torch.float32, 8, 16, check=never, timer=never)[0] is True
     monkeypatch.setenv("MEXMA_KERNELS", "ref")
-    assert attention.select_backend("cuda", torch.bfloat16, 4, 16, [5], check=never)[0] == "ref"
-    assert attention.select_koleo("cuda", torch.bfloat16, 8, 16, check=never)[0] is False
+    assert backends.select_backend("cuda", torch.bfloat16, 4, 16, [5], check=never)[0] == "ref"
+    assert backends.select_koleo("cuda", torch.bfloat16, 8, 16, check=never)[0] is False
 
 
 def test_koleo_guard(monkeypatch):
     monkeypatch.delenv("MEXMA_KERNELS", raising=False)
     ok = lambda *a: {"ok": True}  # noqa: E731
-    use, report = attention.select_koleo(
+    use, report = backends.select_koleo(
         "cuda", torch.bfloat16, 150, 1024, check=ok, timer=lambda *a: {"fused": 1, "ref": 3}
     )
     assert use is True and report["backend"] == "fused"
-    use, report = attention.select_koleo(
-        "cuda", torch.bfloat16, 150, 1024, check=lambda *a: {"ok": False, "error": "x"}
-    )
+    use, report = backends.select_koleo("cuda", torch.bfloat16, 150, 1024, check=lambda *a: {"ok": False, "error": "x"})
     assert use is False and report["backend"] == "ref"
 
 
@@ -229,8 +227,8 @@ def test_model_select_backends_applies_and_reports(monkeypatch):
     )
     assert seen == [(4, 16), (2, 32)]
     assert report["encoder"]["backend"] == "kernel" and report["head"]["backend"] in ("varlen", "sdpa")
-    assert report["koleo"]["backend"] == "ref" and model._selected["koleo_kernel"] is False
-    assert model._selected["encoder"] == "kernel"
+    assert report["koleo"]["backend"] == "ref" and model.backends.koleo_kernel is False
+    assert (model.backends.encoder, model.backends.head) == ("kernel", report["head"]["backend"])
 
 
 def test_the_real_checks_run_and_catch_a_wrong_kernel(monkeypatch):
@@ -238,9 +236,30 @@ def test_the_real_checks_run_and_catch_a_wrong_kernel(monkeypatch):
     import kernels
 
     monkeypatch.delenv("MEXMA_KERNELS", raising=False)
-    assert attention.check_attention_kernel("cpu", torch.float32, 2, 16, [5, 9, 1, 30])["ok"]
-    assert attention.check_koleo_kernel("cpu", torch.float32, 9, 16)["ok"]
+    assert kernel_checks.check_attention_kernel("cpu", torch.float32, 2, 16, [5, 9, 1, 30])["ok"]
+    assert kernel_checks.check_koleo_kernel("cpu", torch.float32, 9, 16)["ok"]
     right = kernels.block_diag_attention
     monkeypatch.setattr(kernels, "block_diag_attention", lambda *a, **k: 1.01 * right(*a, **k))
-    bad = attention.check_attention_kernel("cpu", torch.float32, 2, 16, [5, 9])
+    bad = kernel_checks.check_attention_kernel("cpu", torch.float32, 2, 16, [5, 9])
     assert not bad["ok"] and bad["max_err"] > bad["tol"]
+
+
+def test_resolved_backends_state_every_rule_in_one_object(monkeypatch):
+    """Backends: the config's names before selection, the query-subset rule, the dropout fallback, KoLeo's switch."""
+    monkeypatch.delenv("MEXMA_KERNELS", raising=False)
+    monkeypatch.setattr(attention, "_varlen_attn", object())
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    chosen = backends.Backends.from_config(ModelConfig(attention="kernel"))
+    assert (chosen.encoder, chosen.head, chosen.koleo_kernel) == ("kernel", "kernel", True)
+    assert chosen.attention("encoder", cuda, torch.bfloat16, training=True) == "kernel"
+    assert backends.Backends.subset("kernel", cuda, torch.bfloat16, 64) == "varlen"  # self-attention-only kernel
+    assert backends.Backends.subset("kernel", cuda, torch.bfloat16, 12) == "sdpa"  # head_dim not a multiple of 8
+    assert backends.Backends.subset("kernel", cpu, torch.float32, 64) == "sdpa"
+    assert backends.Backends.subset("ref", cuda, torch.bfloat16, 64) == "ref"
+    dropout = backends.Backends.from_config(ModelConfig(attention="auto", attention_dropout=0.1))
+    assert dropout.attention("head", cuda, torch.bfloat16, training=True) == "sdpa"
+    assert dropout.attention("head", cuda, torch.bfloat16, training=False) == "varlen"
+    assert not backends.Backends.from_config(ModelConfig(kernels=False)).koleo()
+    assert not backends.Backends.from_config(ModelConfig(attention="ref")).koleo()
+    monkeypatch.setenv("MEXMA_KERNELS", "ref")
+    assert not chosen.koleo() and chosen.attention("encoder", cuda, torch.bfloat16, training=True) == "ref"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import checkpoint as C
+from pipeline.training import checkpoint as C
 
 
 class FakeEngine:

@@ -1,9 +1,9 @@
-"""MexmaCollator: packed layout, masking rules (DESIGN.md step 1), determinism and resume of the generator."""
+"""MexmaCollator: packed layout, masking rules, determinism and resume of the generator."""
 
 import pytest
 import torch
 
-from pipeline.collate import IGNORE_INDEX, MexmaCollator
+from pipeline.data.collate import IGNORE_INDEX, MexmaCollator
 
 V = 120
 SPECIAL = {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": V - 1}

@@ -1,5 +1,5 @@
 """Typed config: flags, config files, errors naming the flag, batch arithmetic, every shipped ds_configs/*.json and
-every model preset (STYLE.md #6, #7)."""
+every model preset."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pipeline.config import (
     resolve_ds_config,
     to_dict,
 )
-from pipeline.engine import WarmupCosine
+from pipeline.training.schedule import WarmupCosine
 from tests.pipeline.conftest import ROOT
 
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
@@ -196,7 +196,7 @@ def test_ds_json_may_not_contradict_the_typed_config(tmp_path):
 
 @pytest.mark.parametrize("preset", ["tiny", "base", "large"])
 def test_every_preset_validates(preset):
-    from pipeline.model import encoder_config
+    from pipeline.model.mexma import encoder_config
 
     cfg = parse_args(BASE + ["--model", preset])
     enc = encoder_config(cfg.model, vocab_size=250002)

@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import data as D
+from pipeline.data import dataset as D
+from pipeline.data.sampler import DistributedBatchSampler
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def _lengths(n=203, seed=0):
 def test_fixed_pairs_partition_across_ranks(world):
     lengths = _lengths()
     samplers = [
-        D.DistributedBatchSampler(lengths, batch_pairs=10, seed=3, rank=r, world_size=world) for r in range(world)
+        DistributedBatchSampler(lengths, batch_pairs=10, seed=3, rank=r, world_size=world) for r in range(world)
     ]
     plans = [s.epoch_batches(0) for s in samplers]
     assert len({len(p) for p in plans}) == 1 and len(plans[0]) == (203 // 10) // world  # lockstep
@@ -115,15 +116,15 @@ def test_fixed_pairs_partition_across_ranks(world):
 
 
 def test_plan_is_deterministic_and_changes_per_epoch():
-    a = D.DistributedBatchSampler(_lengths(), batch_pairs=8, seed=1)
-    b = D.DistributedBatchSampler(_lengths(), batch_pairs=8, seed=1)
+    a = DistributedBatchSampler(_lengths(), batch_pairs=8, seed=1)
+    b = DistributedBatchSampler(_lengths(), batch_pairs=8, seed=1)
     assert all((x == y).all() for x, y in zip(a.epoch_batches(0), b.epoch_batches(0)))
     assert not all((x == y).all() for x, y in zip(a.epoch_batches(0), a.epoch_batches(1)))
 
 
 def test_token_budget_batches_fit_and_are_bucketed():
     lengths = _lengths(500)
-    sampler = D.DistributedBatchSampler(lengths, batch_tokens=1200, bucket_batches=20, seed=0)
+    sampler = DistributedBatchSampler(lengths, batch_tokens=1200, bucket_batches=20, seed=0)
     batches = sampler.epoch_batches(0)
     cost = 2 * lengths.sum(axis=1)  # four views
     assert all(cost[b].sum() <= 1200 for b in batches)
@@ -134,26 +135,26 @@ def test_token_budget_batches_fit_and_are_bucketed():
 
 
 def test_position_resumes_exactly_and_rolls_over_epochs():
-    full = D.DistributedBatchSampler(_lengths(), batch_pairs=50, seed=5)
+    full = DistributedBatchSampler(_lengths(), batch_pairs=50, seed=5)
     stream = [full.next_batch() for _ in range(11)]  # 4 batches per epoch: crosses two epoch boundaries
     assert full.state.epoch == 2
-    half = D.DistributedBatchSampler(_lengths(), batch_pairs=50, seed=5)
+    half = DistributedBatchSampler(_lengths(), batch_pairs=50, seed=5)
     for _ in range(6):
         half.next_batch()
-    resumed = D.DistributedBatchSampler(_lengths(), batch_pairs=50, seed=5)
+    resumed = DistributedBatchSampler(_lengths(), batch_pairs=50, seed=5)
     resumed.load_state_dict(json.loads(json.dumps(half.state_dict())))  # survives a JSON/pickle round trip
     assert all((x == y).all() for x, y in zip(stream[6:], [resumed.next_batch() for _ in range(5)]))
 
 
 def test_sampler_refuses_a_different_seed_or_world():
-    state = D.DistributedBatchSampler(_lengths(), batch_pairs=8, seed=5).state_dict()
+    state = DistributedBatchSampler(_lengths(), batch_pairs=8, seed=5).state_dict()
     with pytest.raises(ValueError, match="seed"):
-        D.DistributedBatchSampler(_lengths(), batch_pairs=8, seed=6).load_state_dict(state)
+        DistributedBatchSampler(_lengths(), batch_pairs=8, seed=6).load_state_dict(state)
     with pytest.raises(ValueError, match="world size"):
-        D.DistributedBatchSampler(_lengths(), batch_pairs=8, seed=5, rank=0, world_size=2).load_state_dict(state)
+        DistributedBatchSampler(_lengths(), batch_pairs=8, seed=5, rank=0, world_size=2).load_state_dict(state)
 
 
 def test_too_little_data_is_a_clear_error():
-    sampler = D.DistributedBatchSampler(_lengths(5), batch_pairs=8)
+    sampler = DistributedBatchSampler(_lengths(5), batch_pairs=8)
     with pytest.raises(D.DataError, match="no batch"):
         sampler.next_batch()

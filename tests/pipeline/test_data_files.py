@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pipeline import data as D
+from pipeline.data import dataset as D
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""pipeline/distributed.py: the only module calling collectives, device selection before the process group, the
+"""runtime/collectives.py: the only module calling collectives; device selection before the process group, the
 mixed gloo/nccl backend, the timeout flag, once-jobs per node and the shared output-directory check.
 
 No GPU here: torch.cuda and DeepSpeed's accelerator are monkeypatched where the CUDA branch is checked; the
@@ -19,11 +19,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pipeline import distributed
+from runtime import collectives, devices, shared_dir, sync_debug
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ("pipeline", "eval", "scripts", "data_prep", "kernels")
-ALLOWED = {"pipeline/distributed.py"}
+SOURCE_DIRS = ("pipeline", "eval", "scripts", "data_prep", "kernels", "runtime")
+ALLOWED = {"runtime/collectives.py"}
 COLLECTIVES = {
     "all_reduce",
     "all_gather",
@@ -102,28 +102,28 @@ def test_detector_finds_every_spelling_of_a_collective():
         "from torch.distributed.nn.functional import all_gather": 1,
         "from deepspeed import comm as dist\ndist.all_reduce(t)": 1,
         "import torch.distributed as dist\nr = dist.get_rank(); ok = dist.is_initialized()": 0,
-        "from pipeline import distributed\ndistributed.all_reduce(t)": 0,
+        "from runtime import collectives\ncollectives.all_reduce(t)": 0,
     }
     for source, n in snippets.items():
         assert len(direct_collectives(source)) == n, source
 
 
 def test_no_module_calls_a_collective_directly():
-    """Every collective of training, validation, checkpointing and eval goes through pipeline/distributed.py."""
+    """Every collective of training, validation, checkpointing and eval goes through runtime/collectives.py."""
     offenders = []
     for folder in SOURCE_DIRS:
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
             if rel not in ALLOWED:
                 offenders += [f"{rel}:{hit}" for hit in direct_collectives(path.read_text())]
-    assert not offenders, "call pipeline.distributed instead of torch.distributed:\n" + "\n".join(offenders)
+    assert not offenders, "call runtime.collectives instead of torch.distributed:\n" + "\n".join(offenders)
 
 
 def test_backend_reduces_host_and_device_tensors():
-    assert distributed.backend_for("cpu") == "gloo"
-    assert distributed.backend_for("cuda") == "cpu:gloo,cuda:nccl"
-    assert distributed.backend_for("cuda", "nccl") == "cpu:gloo,cuda:nccl"
-    assert distributed.backend_for("xpu", "xccl") == "cpu:gloo,xpu:xccl"
+    assert devices.backend_for("cpu") == "gloo"
+    assert devices.backend_for("cuda") == "cpu:gloo,cuda:nccl"
+    assert devices.backend_for("cuda", "nccl") == "cpu:gloo,cuda:nccl"
+    assert devices.backend_for("xpu", "xccl") == "cpu:gloo,xpu:xccl"
 
 
 class _FakeAccelerator:
@@ -155,7 +155,7 @@ def test_training_selects_local_rank_gpu_before_the_group(monkeypatch):
     monkeypatch.setattr(
         deepspeed, "init_distributed", lambda dist_backend, timeout: calls.append(("init", dist_backend, timeout))
     )
-    assert distributed.init_training(timeout_minutes=7.5) == (3, 4)
+    assert collectives.init_training(timeout_minutes=7.5) == (3, 4)
     assert calls == [
         ("set_device", torch.device("cuda", 1)),
         ("init", "cpu:gloo,cuda:nccl", timedelta(minutes=7.5)),
@@ -170,7 +170,7 @@ def test_eval_selects_local_rank_gpu_before_the_group(monkeypatch):
     monkeypatch.setattr(
         torch.distributed, "init_process_group", lambda backend, timeout: calls.append(("init", backend, timeout))
     )
-    distributed.init_eval(timeout_minutes=5)
+    collectives.init_eval(timeout_minutes=5)
     assert calls == [("set_device", torch.device("cuda", 1)), ("init", "cpu:gloo,cuda:nccl", timedelta(minutes=5))]
 
 
@@ -189,12 +189,12 @@ def test_sync_counter_counts_cuda_sync_warnings(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
     with pytest.warns(UserWarning, match="something else"):  # other warnings are passed on
-        with distributed.count_syncs(True) as syncs:
+        with sync_debug.count_syncs(True) as syncs:
             for _ in range(2):  # the same line twice: counted twice, not deduplicated
-                warnings.warn(f"{distributed.SYNC_WARNING} (item)", UserWarning, stacklevel=1)
+                warnings.warn(f"{sync_debug.SYNC_WARNING} (item)", UserWarning, stacklevel=1)
             warnings.warn("something else", UserWarning, stacklevel=1)
     assert syncs[0] == 2 and modes == ["warn", "default"]
-    with distributed.count_syncs(False) as off:
+    with sync_debug.count_syncs(False) as off:
         pass
     assert off[0] is None
 
@@ -221,18 +221,18 @@ def _two_nodes_main(rank: int, port: int, root: str) -> None:
     for name in ("shards", "shared"):
         try:
             if name == "shards":
-                distributed.on_each_node(check_shards, (FileNotFoundError,))
+                collectives.on_each_node(check_shards, (FileNotFoundError,))
             else:  # each "node" mounts its own directory at the same place: rank 0's probe is invisible to rank 1
-                distributed.check_shared_dir(node_dir, wait_s=0.5)
+                shared_dir.check_shared_dir(node_dir, wait_s=0.5)
             out[name] = "ok"
-        except (FileNotFoundError, distributed.SharedDirError) as e:
+        except (FileNotFoundError, shared_dir.SharedDirError) as e:
             out[name] = f"{type(e).__name__}: {e}"
     out["probe_left"] = sorted(p.name for p in node_dir.iterdir() if p.name.startswith(".shared"))
-    out["sums"] = distributed.all_reduce(torch.tensor([rank + 1.0]), "sum").tolist()
-    out["flags"] = distributed.max_flags([rank, 1 - rank])
-    out["ok"] = distributed.all_ok(rank == 0)
+    out["sums"] = collectives.all_reduce(torch.tensor([rank + 1.0]), "sum").tolist()
+    out["flags"] = collectives.max_flags([rank, 1 - rank])
+    out["ok"] = collectives.all_ok(rank == 0)
     (Path(root) / f"result{rank}.json").write_text(json.dumps(out))
-    distributed.finish()
+    collectives.finish()
 
 
 def test_once_jobs_per_node_and_shared_dir_check(tmp_path):

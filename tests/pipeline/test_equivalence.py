@@ -8,9 +8,9 @@ match four padded encoder calls, two padded head calls and full-vocabulary logit
 import pytest
 import torch
 
-from pipeline.collate import MexmaCollator
-from pipeline.model import ModelConfig, build_model
-from pipeline.reference import PaddedMexma, unpack_to_padded
+from pipeline.data.collate import MexmaCollator
+from pipeline.model.mexma import ModelConfig, build_model
+from pipeline.model.reference import PaddedMexma, unpack_to_padded
 from tests.pipeline.test_collate import make_rows
 
 V = 97

@@ -1,4 +1,4 @@
-"""Kernels on vs off (STYLE.md #9): attention through the Triton block-diagonal kernel and KoLeo through the fused
+"""Kernels on vs off: attention through the Triton block-diagonal kernel and KoLeo through the fused
 kernel give the losses and gradients of the padded reference. On CPU this needs TRITON_INTERPRET=1 (set by
 `make test`) before `kernels` is imported; the interpreter is slow, so the model is very small: hidden 32, 2 heads
 (head_dim 16), about 40 tokens.
@@ -8,9 +8,9 @@ import pytest
 import torch
 import triton
 
-from pipeline.collate import MexmaCollator
-from pipeline.model import build_model
-from pipeline.reference import PaddedMexma, unpack_to_padded
+from pipeline.data.collate import MexmaCollator
+from pipeline.model.mexma import build_model
+from pipeline.model.reference import PaddedMexma, unpack_to_padded
 from tests.pipeline.test_equivalence import LOSSES, SPECIAL, V, assert_same_grads, small_config
 
 pytestmark = pytest.mark.skipif(

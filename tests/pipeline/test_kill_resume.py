@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.metrics import read_metrics
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import ROOT, run_env, run_train, train_cmd
 
 TINY_RUN_FLAGS = ("--max-steps", "8", "--save-every", "2", "--valid-every", "4")  # the tiny_run fixture's flags
@@ -181,7 +181,7 @@ def test_one_rank_killed_stops_the_job_and_resumes_identically(prepared, ds_refe
 
 KILL_INSIDE_SAVE = textwrap.dedent("""
     import os, signal, sys
-    from pipeline import checkpoint
+    from pipeline.training import checkpoint
     commit, target = checkpoint.CheckpointManager._commit, os.environ["KILL_AT_TAG"]
     def dying_commit(self, tag, step):
         if tag == target:  # the DeepSpeed and client files are written, COMPLETE.json and `latest` are not

@@ -1,4 +1,5 @@
-"""The output-directory lock (pipeline/runrecord.py `OutputLock`, issue #13 item 5): one training per --output-dir.
+"""The output-directory lock (pipeline/training/lock.py `OutputLock`): one training per
+--output-dir.
 
 Unit cases on the lock file (live holder, dead / zombie / reused pid, another host, release), then two real
 launches into one directory: the second is refused (exit 2) naming the holder, the first ends with one record per step.
@@ -16,8 +17,8 @@ import time
 
 import pytest
 
-from pipeline.metrics import read_metrics
-from pipeline.runrecord import LOCK, OutputLock, RelaunchError, _alive, _proc_start
+from pipeline.training.lock import LOCK, OutputLock, OutputLockedError, _alive, _proc_start
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import ROOT, run_env, run_train, train_cmd
 
 
@@ -37,7 +38,7 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path):
     first.acquire()
     held = json.loads((tmp_path / "run" / LOCK).read_text())
     assert (held["host"], held["pid"]) == (socket.gethostname(), os.getpid())
-    with pytest.raises(RelaunchError, match=rf"another training is running.*pid {os.getpid()} on host"):
+    with pytest.raises(OutputLockedError, match=rf"another training is running.*pid {os.getpid()} on host"):
         OutputLock(tmp_path / "run").acquire()
     first.release()
     assert not (tmp_path / "run" / LOCK).exists()
@@ -68,7 +69,7 @@ def test_zombie_and_reused_pids_are_not_alive():
 def test_lock_of_another_host_is_never_guessed_stale(tmp_path):
     out = tmp_path / "run"
     _write_lock(out, "node-17", _dead_pid())
-    with pytest.raises(RelaunchError, match=r"locked by pid \d+ on host node-17.*remove .*\.lock and relaunch"):
+    with pytest.raises(OutputLockedError, match=r"locked by pid \d+ on host node-17.*remove .*\.lock and relaunch"):
         OutputLock(out).acquire()
     assert json.loads((out / LOCK).read_text())["host"] == "node-17"
 

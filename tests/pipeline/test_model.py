@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from transformers import XLMRobertaModel
 
 from kernels import block_diag_attention_ref
-from pipeline import bench_step, losses
-from pipeline.attention import padded_sdpa
-from pipeline.collate import IGNORE_INDEX, MexmaCollator
-from pipeline.model import PRESETS, ModelConfig, build_model, encoder_config
+from pipeline import bench_step
+from pipeline.data.collate import IGNORE_INDEX, MexmaCollator
+from pipeline.model import losses
+from pipeline.model.attention import padded_sdpa
+from pipeline.model.mexma import PRESETS, ModelConfig, build_model, encoder_config
 from tests.pipeline.test_collate import make_rows
 from tests.pipeline.test_equivalence import SPECIAL, V, small_config
 
@@ -241,7 +242,7 @@ def test_koleo_global_batch_over_two_ranks(tmp_path):
 
 
 def test_bench_step_original_shapes():
-    """--shapes original: vocabulary 8000 and a 2-layer 4-head head with FFN 3072 (issue #12); both report."""
+    """--shapes original: vocabulary 8000 and a 2-layer 4-head head with FFN 3072; both report."""
     args = bench_step.parse_args(
         ["--pairs", "2", "--warmup", "0", "--steps", "1", "--batches", "1", "--threads", "1", "--shapes", "both"]
     )

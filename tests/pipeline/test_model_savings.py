@@ -1,4 +1,4 @@
-"""Issue #12 part 3: the encoder's last layer at the masked views' rows + the clean views' CLS rows only, the head's
+"""the encoder's last layer at the masked views' rows + the clean views' CLS rows only, the head's
 last layer at the masked positions only. Same losses, metrics and gradients as every layer over every row
 (`MexmaModel.skip_unread_rows = False`, the computation before): to 1e-9 in float64, to rounding in float32."""
 
@@ -9,9 +9,10 @@ import os
 import pytest
 import torch
 
-from pipeline import attention
-from pipeline.collate import MexmaCollator, pack
-from pipeline.model import build_model
+from pipeline.data.collate import MexmaCollator, pack
+from pipeline.model import attention
+from pipeline.model.backends import Backends
+from pipeline.model.mexma import build_model
 from tests.pipeline.test_collate import make_rows
 from tests.pipeline.test_equivalence import SPECIAL, V, small_config
 
@@ -32,6 +33,7 @@ def _double(model, batch, backend=None):
     model = copy.deepcopy(model).double()
     if backend:
         model.cfg = dataclasses.replace(model.cfg, attention=backend)
+        model.backends = Backends.from_config(model.cfg)
     batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
     return model, batch
 
@@ -203,8 +205,8 @@ def test_eval_mode_with_dropout_configured_is_exact_and_train_mode_honours_atten
 
 
 def test_subset_attention_backends_agree():
-    """packed_attention with a query subset: sdpa and ref (and kernel, routed to sdpa off CUDA) against a
-    dense per-sequence softmax, values and gradients (float64)."""
+    """packed_attention with a query subset: sdpa and ref (and kernel, which Backends.subset routes to sdpa off CUDA)
+    against a dense per-sequence softmax, values and gradients (float64)."""
     lens_k, lens_q = [2, 9, 30, 1, 5], [1, 0, 7, 1, 5]
     cu_k = torch.tensor([0, *torch.tensor(lens_k).cumsum(0).tolist()], dtype=torch.int32)
     cu_q = torch.tensor([0, *torch.tensor(lens_q).cumsum(0).tolist()], dtype=torch.int32)
@@ -218,7 +220,8 @@ def test_subset_attention_backends_agree():
         expected.append((torch.softmax(qs @ ks.transpose(-1, -2) * 0.3, -1) @ vs).transpose(0, 1))
     expected = torch.cat(expected)
     want = torch.autograd.grad(expected, (q, k, v), g)
-    for backend in ("sdpa", "ref", "kernel"):
+    for requested in ("sdpa", "ref", "kernel"):
+        backend = Backends.subset(requested, q.device, q.dtype, q.shape[-1])
         out = attention.packed_attention(q, k, v, cu_q, max(lens_q), 0.3, backend, cu_seqlens_k=cu_k,
                                          max_seqlen_k=max(lens_k))  # fmt: skip
         torch.testing.assert_close(out, expected)

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from data_prep.lengths import write_sampling_files
-from pipeline.metrics import read_metrics
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import ROOT, free_port, run_env, train_cmd
 from tests.pipeline.test_kill_resume import COMPARED, marked, wait_for_step
 

@@ -1,4 +1,4 @@
-"""pipeline/prefetch.py and the sync-free micro step: batches made ahead in a thread equal batches made in line;
+"""pipeline/data/prefetch.py and the sync-free micro step: batches made ahead in a thread equal batches made in line;
 closing rewinds sampler and masking generator to the batches consumed; a run with --prefetch 0 equals the default
 run step for step; `Trainer._micro_step` makes no .item() / bool() / int() / float() / tolist() call."""
 
@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.collate import MexmaCollator
-from pipeline.data import DataError, DistributedBatchSampler
-from pipeline.metrics import read_metrics
-from pipeline.prefetch import BatchStream
+from pipeline.data.collate import MexmaCollator
+from pipeline.data.dataset import DataError
+from pipeline.data.prefetch import BatchStream
+from pipeline.data.sampler import DistributedBatchSampler
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import ROOT, run_train, train_cmd
 
 TINY_RUN_FLAGS = ("--max-steps", "8", "--save-every", "2", "--valid-every", "4")  # the tiny_run fixture's flags
@@ -102,7 +103,7 @@ def test_prefetch_on_and_off_give_identical_losses(prepared, tiny_run, tmp_path)
 COUNT_SYNCS = textwrap.dedent("""
     import json, sys, threading, torch
     from pathlib import Path
-    from pipeline import engine
+    from pipeline.training import trainer as engine
     from pipeline.train import setup
 
     ROOT = Path(sys.argv[1]).resolve()
@@ -148,7 +149,7 @@ def test_micro_step_makes_no_host_sync(prepared, tmp_path):
 def test_metrics_read_device_values_once_per_log_interval(tmp_path, monkeypatch):
     """Train records holding tensors are written every --log-every steps (one tolist per flush), at a skipped step,
     before another split's record and on flush(); the file reads as if written step by step."""
-    from pipeline.metrics import MetricsLogger
+    from pipeline.training.metrics import MetricsLogger
 
     reads = []
     tolist = torch.Tensor.tolist

@@ -1,4 +1,4 @@
-"""Relaunch semantics and run records (issue #13 items 1-4, 6, 7; the lock of item 5 is in test_lock.py).
+"""Relaunch semantics and run records.
 
 Unit cases: the classification of config differences, AdamW's two parameter groups, refusals when no checkpoint
 verifies, --no-resume moving the old run aside, flag checks through `pipeline.train.main`. End-to-end (1-process CPU
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import checkpoint as C
-from pipeline.engine import WarmupCosine, param_groups
-from pipeline.metrics import read_metrics
-from pipeline.runrecord import RUN_FILES, RelaunchError, check_relaunch, compare
+from pipeline.training import checkpoint as C
+from pipeline.training.metrics import read_metrics
+from pipeline.training.runrecord import RUN_FILES, RelaunchError, check_relaunch, compare
+from pipeline.training.schedule import WarmupCosine, param_groups
 from tests.pipeline.conftest import make_prepared, run_train, train_cmd
 from tests.pipeline.test_checkpoint import _save
 
@@ -78,7 +78,7 @@ def test_differences_are_classified():
 
 
 def test_a_replaced_tokenizer_is_seen_beside_an_unchanged_manifest(tmp_path):
-    from pipeline.runrecord import tokenizer_sha256
+    from pipeline.training.runrecord import tokenizer_sha256
 
     (tmp_path / "tokenizer").mkdir()
     (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
@@ -103,7 +103,7 @@ def test_check_relaunch_refuses_never_always_and_change_without_the_flag(tmp_pat
 
 def test_weight_decay_only_on_matrices():
     """The original's grouping: >= 2-dim parameters decayed, biases and LayerNorm weights not (item 7)."""
-    from pipeline.model import ModelConfig, build_model
+    from pipeline.model.mexma import ModelConfig, build_model
 
     cfg = ModelConfig(
         model="tiny", num_layers=1, hidden_size=32, num_heads=2, ffn_size=64, head_layers=1, head_heads=2, head_ffn=64
@@ -124,7 +124,7 @@ def test_after_a_load_the_lr_and_optimizer_settings_are_the_configs():
     from types import SimpleNamespace
 
     from pipeline.config import config_from_dict
-    from pipeline.engine import apply_optim_config
+    from pipeline.training.schedule import apply_optim_config
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     old = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4)
@@ -167,7 +167,7 @@ def test_a_first_save_killed_before_its_commit_is_a_fresh_start(tmp_path):
 
 def test_no_resume_moves_the_old_run_aside_whole(tmp_path):
     """Item 4: checkpoints, metrics, wandb id and records go into one OUTPUT/replaced-<time>/ folder."""
-    from pipeline.metrics import _run_id
+    from pipeline.training.metrics import _run_id
 
     mgr = C.CheckpointManager(tmp_path, keep=3)
     _save(mgr, 1)

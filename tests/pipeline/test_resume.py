@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from pipeline.metrics import read_metrics
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import ROOT, run_env, run_train, train_cmd
 
 SAME_ARGS = ("--max-steps", "8", "--save-every", "2", "--valid-every", "4")
@@ -70,7 +70,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_cleanly(prepared, tiny_r
 
 KILL_DURING_COMMIT = textwrap.dedent("""
     import sys, time
-    from pipeline import checkpoint
+    from pipeline.training import checkpoint
     commit = checkpoint.CheckpointManager._commit
     def slow_commit(self, tag, step):
         if step == 6:  # DeepSpeed's files and the client states are written; COMPLETE.json and `latest` are not

@@ -1,5 +1,5 @@
-"""pipeline/safe_load.py: the allow-list fits real DeepSpeed ZeRO-2 files (fp32 from a training run, bf16 from a
-one-step engine), anything else is refused by name, and numpy values round-trip exactly through `pack`."""
+"""pipeline/training/safe_load.py: the allow-list fits real DeepSpeed ZeRO-2 files (fp32 from a training run, bf16
+from a one-step engine), anything else is refused by name, and numpy values round-trip exactly through `pack`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import safe_load as S
+from pipeline.training import safe_load as S
 from tests.pipeline.conftest import ROOT, free_port, run_env
 
 BF16_ENGINE = """

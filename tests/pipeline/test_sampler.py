@@ -1,4 +1,4 @@
-"""pipeline/sampler.py: the lazy global plan (Feistel order, token-budget blocks), language-pair sampling with a
+"""pipeline/data/sampler.py: the lazy global plan (Feistel order, token-budget blocks), language-pair sampling with a
 temperature, exact resume, the same rows per optimizer step whatever the world size, and memory that does not grow
 with the corpus. The shared sampling files (data_prep/lengths.py) and the flags' errors are tested here as well."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from data_prep import lengths as L
-from pipeline import data as D
 from pipeline.config.schema import ConfigError
-from pipeline.sampler import (
+from pipeline.data import dataset as D
+from pipeline.data.sampler import (
     DistributedBatchSampler,
     FeistelPermutation,
     PairTable,
@@ -299,7 +299,7 @@ def _multi_pair_copy(prepared, root):
 
 
 def test_training_with_lang_alpha_logs_the_shares_and_counts(prepared, tmp_path):
-    from pipeline.metrics import read_metrics
+    from pipeline.training.metrics import read_metrics
     from tests.pipeline.conftest import run_train, train_cmd
 
     data = _multi_pair_copy(prepared, tmp_path)

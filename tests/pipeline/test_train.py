@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from pipeline.metrics import read_metrics
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import ROOT, deepspeed_launcher, run_train, train_cmd
 
 TRAIN_KEYS = {
@@ -77,7 +77,7 @@ def test_overfit_loss_falls(prepared, tmp_path):
 
 
 def test_reference_path_gives_the_same_losses(prepared, tiny_run, tmp_path):
-    """System-level opt-out check (STYLE.md #4, #9): MEXMA_KERNELS=ref (reference attention and KoLeo everywhere)
+    """System-level opt-out check: MEXMA_KERNELS=ref (reference attention and KoLeo everywhere)
     reproduces the default CPU path's 8-step run (same flags as the tiny_run fixture) to fp32 tolerance."""
     out = tmp_path / "ref"
     run_train(train_cmd(prepared, out, *"--max-steps 8 --save-every 0 --valid-every 4".split()), MEXMA_KERNELS="ref")
@@ -90,7 +90,7 @@ def test_reference_path_gives_the_same_losses(prepared, tiny_run, tmp_path):
 
 NAN_AT_MICRO_STEP_3 = textwrap.dedent("""
     import sys, torch
-    from pipeline import model
+    from pipeline.model import mexma as model
     forward, calls = model.MexmaModel.forward, [0]
     def poisoned(self, **batch):
         out = forward(self, **batch)
@@ -126,7 +126,7 @@ def test_diverging_run_stops_with_a_clear_message(prepared, tmp_path):
 
 def test_wall_clock_budget_and_token_batches(prepared, tmp_path):
     """--max-minutes stops early and still checkpoints; --batch-tokens packs under the budget; activation
-    checkpointing (applied in pipeline/engine.py) trains."""
+    checkpointing (applied in pipeline/training/trainer.py) trains."""
     out = tmp_path / "budget"
     flags = "--max-steps 1000 --max-minutes 0.0001 --batch-tokens 400 --max-length 40 --valid-every -1"
     run_train(train_cmd(prepared, out, *flags.split(), "--gradient-checkpointing"))
@@ -178,7 +178,7 @@ def test_stale_jit_build_lock_is_cleared(tmp_path, monkeypatch):
     import os
     import time
 
-    from pipeline.engine import clear_stale_jit_lock
+    from runtime.jit_lock import clear_stale_jit_lock
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     lock = tmp_path / "some_op" / "lock"

@@ -1,4 +1,4 @@
-"""Resuming on another number of ranks (issue #11 part 3): 2 ranks for 10 steps, 1 rank with --grad-accum 2 for 10,
+"""Resuming on another number of ranks: 2 ranks for 10 steps, 1 rank with --grad-accum 2 for 10,
 2 ranks again for 10, against an uninterrupted 2-rank run of 30 steps (16 steps per epoch: crosses an epoch).
 
 Same rows per step by construction (the sampler's global plan, tested exactly in test_sampler.py) and the same
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, parse_args, resolve_ds_config
-from pipeline.metrics import read_metrics
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import deepspeed_launcher, run_train, train_cmd
 
 CONSTANT_LR = ("--warmup-fraction", "0", "--min-lr-ratio", "1", "--valid-every", "-1", "--save-every", "5")
@@ -105,7 +105,7 @@ def test_a_global_batch_that_cannot_be_kept_names_the_arithmetic_and_the_flags()
 def test_a_conversion_of_a_same_named_checkpoint_of_another_run_is_not_reused(tmp_path):
     """--no-resume sets the old checkpoints aside but a later run reaches the same step_N names: the universal copy
     records the sha256 of its source's COMPLETE.json and is redone when that differs."""
-    from pipeline.checkpoint import UNIVERSAL_DONE, CheckpointManager
+    from pipeline.training.checkpoint import UNIVERSAL_DONE, CheckpointManager
 
     manager = CheckpointManager(tmp_path)
     (manager.root / "step_00000010").mkdir()

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpoint as C
+from eval.train_hook import METRIC, XsimEvaluator, XsimHook, load_tokenizer
 from pipeline.config import ConfigError
-from pipeline.metrics import read_metrics
-from pipeline.xsim_eval import METRIC, XsimEvaluator, XsimHook, load_tokenizer
+from pipeline.training import checkpoint as C
+from pipeline.training.metrics import read_metrics
 from tests.pipeline.conftest import deepspeed_launcher, run_train, train_cmd
 from tests.pipeline.test_checkpoint import _save
 
@@ -176,7 +176,7 @@ def test_train_refuses_a_bad_test_set_before_training(prepared, flores, tmp_path
 
 def tiny_model(prepared):
     from pipeline.config import parse_args
-    from pipeline.model import build_model
+    from pipeline.model.mexma import build_model
     from tests.pipeline.conftest import TINY_MODEL_FLAGS
 
     cfg = parse_args(["--data", str(prepared), "--output-dir", "unused", *TINY_MODEL_FLAGS])
@@ -223,12 +223,13 @@ def test_xsimpp_is_recorded_when_the_augmented_files_exist(prepared, tmp_path):
 def test_resumed_best_so_far_is_kept(prepared, flores, tmp_path):
     """The hook ranks against checkpoints/best.json, so a relaunch (or any later evaluation) keeps a better best."""
     mgr = C.CheckpointManager(tmp_path, keep=1)
-    mgr.mark_best(_save(mgr, 2), 2, -1.0, METRIC)  # a best no model can beat: -1% error
+    ev = evaluator(prepared, flores)
+    mgr.mark_best(_save(mgr, 2), 2, -1.0, METRIC, fingerprint=ev.fingerprint)  # a best no model can beat: -1% error
     trainer = SimpleNamespace(
         engine=tiny_model(prepared), ckpt=mgr, rank=0, step=4, elapsed_before=0.0, t_start=0.0,
         metrics=SimpleNamespace(write=lambda r: None), client_state=lambda: {"step": 4},
     )  # fmt: skip
-    record = XsimHook(evaluator(prepared, flores), every=2).evaluate(trainer)
+    record = XsimHook(ev, every=2).evaluate(trainer)
     assert not record["is_best"] and (record["best_step"], record[f"best_{METRIC}"]) == (2, -1.0)
     assert mgr.best()["step"] == 2 and mgr.tags() == ["step_00000002"]  # no forced save
 

@@ -1,0 +1,248 @@
+"""xsim / xsim++ inside the run (`--xsim-every N --xsim-data DIR`) and the `best` checkpoint it keeps.
+
+The code of `python -m eval`, with the live weights instead of an export:
+- inputs: `eval.data.load_flores` (every check of `python -m eval`, at start-up, before any training step), the
+  sentences tokenised once with the run's tokenizer (`DATA/tokenizer`, the one train.py copies to OUTPUT) at the
+  run's --max-length (`eval.encode.tokenize`);
+- encoding: `eval.encode.encode_ids` (length-sorted batches, input order restored) over the model's own packed
+  encoder call (`MexmaModel.encode_packed`, the training forward's first half; the CLS state is the embedding), in
+  eval mode under `torch.no_grad()`, in the weights' dtype (bf16 for a bf16 ZeRO run, fp32 on the CPU). Every rank
+  encodes its share of the sentence sets (`eval.shares.plan`), rank 0 gathers and scores (`eval.score.score_sets`:
+  ratio margin, k = 4, text comparison, as `python -m eval`'s defaults) and broadcasts the record, so every rank
+  takes the same decisions;
+- the python / numpy / torch / CUDA RNG states are saved before and restored after, and the model's train/eval mode
+  is restored: a run with --xsim-every has the same losses as one without (tests/pipeline/test_xsim_train.py).
+
+Best checkpoint: when the pooled xsim error (the split's X -> target average; xsim++ is recorded, not ranked) is
+strictly below the best so far, the step's checkpoint is saved right away (no-op when --save-every saved it
+already) and marked `best` (checkpoints/best + best.json, `CheckpointManager.mark_best`); pruning never removes it.
+The best-so-far comes from best.json, so a resumed run keeps it and --no-resume (which sets checkpoints/ aside)
+starts a new one. Scores are compared only within one test set: best.json holds the test set's content fingerprint
+(`XsimEvaluator.fingerprint`: sha256 of the split, target, set names and every line), and an evaluation on another
+test set (another --xsim-data, or the same path with edited files) starts a new `best` lineage, said at WARNING.
+The fingerprint is also in the run record, so such a relaunch needs --allow-config-change.
+`python -m pipeline.export RUN OUT --tag best` exports it.
+
+The module reads the live model from `engine.module`: ZeRO stages 0-2 keep every parameter whole on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval import shares
+from eval.data import DataError, load_flores
+from eval.encode import encode_ids, tokenize
+from eval.score import Scorer, score_sets
+from pipeline.config import ConfigError
+from pipeline.data.collate import IGNORE_INDEX, pack
+from pipeline.training.metrics import log
+from runtime import collectives, rng
+
+METRIC = "xsim_error_pct"  # pooled X -> target xsim error %, the `best` criterion
+BATCH_TOKENS = 8192  # padded tokens per encoder batch (python -m eval's --batch-tokens default)
+# python -m eval's messages name its own flags; in training the same checks answer to these.
+_FLAGS = {
+    "--flores ": "--xsim-data ",
+    "--split ": "--xsim-split ",
+    "--langs": "--xsim-langs",
+    "--target ": "--xsim-target ",
+}
+
+
+def _training_flags(message: str) -> str:
+    for eval_flag, train_flag in _FLAGS.items():
+        message = message.replace(eval_flag, train_flag)
+    return message
+
+
+@contextmanager
+def preserved_rng():
+    """Restore the python, numpy, torch and CUDA RNG states on exit (evaluation draws nothing, but must not)."""
+    state = rng.rng_state()
+    try:
+        yield
+    finally:
+        rng.set_rng_state(state)
+
+
+def load_tokenizer(data_dir: str | Path):
+    path = Path(data_dir) / "tokenizer"
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise ConfigError(f"--xsim-every: no tokenizer in {path} (data_prep writes it there)")
+    from runtime.received import RemoteCodeError
+    from runtime.received import load_tokenizer as load_received
+
+    try:
+        return load_received(path, "--data")
+    except RemoteCodeError as e:
+        raise ConfigError(str(e)) from e
+
+
+def test_set_fingerprint(split: str, target: str, texts: dict[str, list[str]], aug) -> str:
+    """sha256 of what an evaluation scores: split, target, each set's name and lines, the xsim++ error types."""
+    h = hashlib.sha256(json.dumps([split, target, sorted(texts)]).encode())
+    for name in sorted(texts):
+        h.update(json.dumps([name, texts[name]], ensure_ascii=False).encode())
+    if aug is not None:
+        h.update(json.dumps(aug.errtypes, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+class XsimEvaluator:
+    """The test set of one run, checked and tokenised at start-up; `run(engine)` scores the live model."""
+
+    def __init__(self, run_cfg, tokenizer, max_length: int, pad_id: int, rank: int = 0, world: int = 1):
+        self.split, self.target, self.pad_id = run_cfg.xsim_split, run_cfg.xsim_target, pad_id
+        try:
+            self.langs, texts, self.aug = load_flores(
+                run_cfg.xsim_data, run_cfg.xsim_split, run_cfg.xsim_langs, run_cfg.xsim_target
+            )
+        except DataError as e:
+            raise ConfigError(_training_flags(str(e))) from e
+        n = len(texts[self.target])
+        if n < Scorer().k:
+            raise ConfigError(f"--xsim-data {run_cfg.xsim_data}: {n} sentences per language, the margin needs >= 4")
+        self.texts = texts
+        self.fingerprint = test_set_fingerprint(run_cfg.xsim_split, self.target, texts, self.aug)
+        sizes = {name: sum(map(len, lines)) for name, lines in texts.items()}
+        self.share = shares.plan(sizes, world)[rank]  # this rank's sentence sets, the same plan on every rank
+        self.ids = {name: tokenize(tokenizer, texts[name], max_length) for name in self.share}
+        self.tokens = sum(len(row) for rows in self.ids.values() for row in rows)  # encoded per evaluation
+        self.rank = rank
+
+    @classmethod
+    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimEvaluator | None:
+        """None without --xsim-every; else the evaluator, or ConfigError naming the flag / file at fault."""
+        if cfg.run.xsim_every <= 0:
+            return None
+        tokenizer = load_tokenizer(cfg.data.path)
+        return cls(cfg.run, tokenizer, cfg.data.max_length, specials["pad"], rank, world)
+
+    def _embed_fn(self, model, device):
+        def embed(rows: list[list[int]]) -> torch.Tensor:
+            seqs = [torch.tensor(r, dtype=torch.long) for r in rows]
+            b = pack(seqs, [torch.full_like(s, IGNORE_INDEX) for s in seqs], n_pairs=0, pad_id=self.pad_id)
+            cu = b["cu_seqlens"].to(device)
+            ids, pos = b["input_ids"].to(device), b["position_ids"].to(device)
+            return model.encode_packed(ids, pos, cu, b["max_seqlen"], cls_only=True)  # (B, H): each <s> state
+
+        return embed
+
+    def encode_share(self, model, device) -> dict[str, np.ndarray]:
+        """This rank's sentence sets -> {name: (n, H) float32}, eval mode, no grad, RNG and mode restored."""
+        was_training = model.training
+        dim = model.encoder.config.hidden_size
+        embed = self._embed_fn(model, device)
+        with preserved_rng(), torch.no_grad():
+            model.eval()
+            try:
+                return {name: encode_ids(self.ids[name], embed, dim, BATCH_TOKENS) for name in self.share}
+            finally:
+                model.train(was_training)
+
+    def run(self, engine) -> dict:
+        """Encode (every rank its share), score on rank 0 -> the same record on every rank (collective)."""
+        start = time.perf_counter()
+        model = getattr(engine, "module", engine)
+        device = getattr(engine, "device", None) or next(model.parameters()).device
+        emb = shares.gather(self.encode_share(model, device))
+        record = None
+        if self.rank == 0:
+            scorer = Scorer(device=torch.device(device))  # rank 0's device; numpy's sgemm on the CPU (faiss's bits)
+            record = self._record(score_sets(scorer, emb, self.texts, self.langs, self.target, self.aug))
+            record["xsim_s"] = round(time.perf_counter() - start, 3)
+        return collectives.broadcast_object(record)
+
+    def _record(self, results: dict) -> dict:
+        """Flat numbers for metrics.jsonl and wandb: pooled and per-language error %, xsim++ when present."""
+        record = {"split": "xsim", "xsim_split": self.split, "target": self.target, "languages": len(self.langs)}
+        record.update({METRIC: results["average"]["error_pct"], "errors": results["average"]["errors"]})
+        record["n"] = results["average"]["n"]
+        record.update({f"{METRIC}/{lang}": e["error_pct"] for lang, e in results["languages"].items()})
+        if "xsimpp" in results:
+            pp = results["xsimpp"]
+            record["xsimpp_error_pct"] = pp["average"]["error_pct"]
+            record.update({f"xsimpp_error_pct/{lang}": e["error_pct"] for lang, e in pp["languages"].items()})
+        return record
+
+
+class XsimHook:
+    """The trainer's side: evaluate on the cadence, log, and keep the `best` checkpoint (module docstring)."""
+
+    def __init__(self, evaluator: XsimEvaluator, every: int):
+        self.evaluator, self.every = evaluator, every
+
+    @classmethod
+    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimHook | None:
+        evaluator = XsimEvaluator.for_run(cfg, specials, rank, world)
+        return None if evaluator is None else cls(evaluator, cfg.run.xsim_every)
+
+    def after_step(self, trainer) -> None:
+        if trainer.step % self.every == 0:
+            self.evaluate(trainer)
+
+    def at_end(self, trainer) -> None:
+        """The last step, when the cadence did not just score it."""
+        if trainer.step % self.every:
+            self.evaluate(trainer)
+
+    def evaluate(self, trainer) -> dict:
+        record = self.evaluator.run(trainer.engine)
+        best = self._best_so_far(trainer.ckpt) if trainer.rank == 0 else None
+        if trainer.rank == 0:
+            improved = best is None or record[METRIC] < best["score"]
+            record["is_best"] = improved
+            record["best_" + METRIC] = record[METRIC] if improved else best["score"]
+            record["best_step"] = trainer.step if improved else best["step"]
+        record = collectives.broadcast_object(record)
+        if record["is_best"]:  # every rank: the save is collective
+            tag = trainer.ckpt.save(trainer.engine, trainer.step, trainer.client_state())
+            trainer.ckpt.mark_best(tag, trainer.step, record[METRIC], METRIC, fingerprint=self.evaluator.fingerprint)
+        record.update(
+            step=trainer.step, time=time.time(), elapsed_s=trainer.elapsed_before + time.time() - trainer.t_start
+        )
+        trainer.metrics.write(record)
+        if trainer.rank == 0:
+            self._log(record)
+        return record
+
+    def _best_so_far(self, ckpt) -> dict | None:
+        """best.json when it was scored on this test set; else None (a new lineage), said at WARNING."""
+        best = ckpt.best()
+        if best is None or best.get("fingerprint") == self.evaluator.fingerprint:
+            return best
+        log.warning(
+            "xsim: the test set differs from the one `best` (%s, %.2f%% at step %s) was scored on (fingerprint %s, "
+            "now %s): its score is not comparable; a new `best` lineage starts with this evaluation",
+            best.get("tag"),
+            best.get("score", float("nan")),
+            best.get("step"),
+            str(best.get("fingerprint"))[:12],
+            self.evaluator.fingerprint[:12],
+        )
+        return None
+
+    def _log(self, r: dict) -> None:
+        pp = f" | xsim++ {r['xsimpp_error_pct']:.2f}%" if "xsimpp_error_pct" in r else ""
+        best = (
+            "new best, saved as `best`" if r["is_best"] else f"best {r['best_' + METRIC]:.2f}% at step {r['best_step']}"
+        )
+        log.info(
+            "xsim step %d (%s, %d languages -> %s): pooled error %.2f%%%s | %s | %.1f s",
+            r["step"],
+            r["xsim_split"],
+            r["languages"],
+            r["target"],
+            r[METRIC],
+            pp,
+            best,
+            r["xsim_s"],
+        )

@@ -1,0 +1,1 @@
+"""Prepared dataset -> packed micro batches: shard checks, the distributed sampler, masking and packing, prefetch."""
