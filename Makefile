@@ -106,12 +106,13 @@ $(WHEELHOUSE)/WHEELHOUSE.json: requirements.txt scripts/wheelhouse.py
 
 # The offline node's versions on this machine's CPU: the node's stack from PyPI (torch 2.11.0 there is the CUDA 13
 # build, about 4 GB with its nvidia-* wheels, downloaded once), the wheelhouse on top as the node installs it, then
-# gpu_check --dry-run and the kernel, model and attention tests.
+# gpu_check --dry-run and the kernel, model and attention tests. numpy < 2.4: Triton 3.6's interpreter (the CPU
+# tests' only use of it) calls int() on 1-element arrays, an error since numpy 2.4; compiled kernels never do.
 COMPAT_TESTS = tests/kernels tests/pipeline/test_model.py tests/pipeline/test_attention_backends.py \
 	tests/pipeline/test_kernels_on_off.py tests/pipeline/test_model_savings.py
 $(COMPAT)/.installed: scripts/wheelhouse.py
 	test -x $(COMPAT)/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT)
-	$(COMPAT)/bin/pip install -q $$(python3 scripts/wheelhouse.py --print-node-stack)
+	$(COMPAT)/bin/pip install -q $$(python3 scripts/wheelhouse.py --print-node-stack) "numpy<2.4"
 	touch $@
 
 test-compat: export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(COMPAT)/torch_extensions

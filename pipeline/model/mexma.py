@@ -220,8 +220,13 @@ class MexmaModel(nn.Module):
         return self.encoder.get_input_embeddings().weight  # (V, H), tied
 
     def enable_gradient_checkpointing(self) -> None:
-        """Non-reentrant activation checkpointing of every encoder and head layer."""
-        self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        """Non-reentrant activation checkpointing of every encoder and head layer. transformers 5.23 names it
+        `activation_checkpointing_enable` (the old name warns, deprecated); 5.17 has only `gradient_...`."""
+        enable = getattr(self.encoder, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         ckpt = lambda fn, *args, **kwargs: torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
         for layer in self.head.layer:
             layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, ckpt

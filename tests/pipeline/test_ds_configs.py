@@ -32,12 +32,12 @@ def test_bf16_config_uses_torch_fused_adamw():
 # One rank, gloo, DeepSpeed's CPU accelerator (bf16 works there): build the engine from the shipped JSON through
 # the project's own resolution, run one optimizer step of two micro batches, report what DeepSpeed chose.
 PROBE = r"""
-import json, os, sys, torch, deepspeed
+import json, os, sys, torch
 from pipeline.config import load_ds_config, parse_args, resolve_ds_config
-from pipeline.engine import build_engine
+from pipeline.training.trainer import build_engine
+from runtime.collectives import init_training
 path = sys.argv[1]
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-deepspeed.init_distributed(dist_backend="gloo")
+init_training(timeout_minutes=5)  # a 1-rank gloo group, as `python pipeline/train.py` forms it
 cfg = parse_args(["--data", "d", "--output-dir", "o", "--ds-config", path, "--batch-pairs", "4", "--max-steps", "2"])
 ds = resolve_ds_config(cfg, load_ds_config(path), world_size=1)
 torch.manual_seed(0)
@@ -60,9 +60,7 @@ print(json.dumps({"optimizer": type(opt).__module__ + "." + type(opt).__name__,
 
 
 def test_bf16_config_builds_a_torch_fused_fp32_reducing_engine():
-    from tests.pipeline.conftest import free_port
-
-    cmd = [sys.executable, "-c", PROBE, str(ROOT / "ds_configs" / "zero2_bf16.json"), str(free_port())]
+    cmd = [sys.executable, "-c", PROBE, str(ROOT / "ds_configs" / "zero2_bf16.json")]
     proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -6,7 +6,7 @@ import sys
 
 
 def test_without_wandb_metrics_go_to_the_jsonl_only(tmp_path, monkeypatch, caplog):
-    from pipeline.metrics import MetricsLogger
+    from pipeline.training.metrics import MetricsLogger
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
     with caplog.at_level(logging.WARNING):
