@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .plan import TASK_BYTES_MAX
+
 PARALLEL = ("read", "dedup", "encode")  # stages with one task per input group / key partition
 SERIAL = ("count", "vocab", "merge")  # one task each
 
@@ -126,20 +128,28 @@ def report(results: dict, sizes: list[int], workers: list[int]) -> None:
               f"{m['partitions']} |")  # fmt: skip
 
 
-def project(results: dict, n: int, w: int, target: float, cores: int) -> None:
-    """Time at `target` pairs on `cores` workers from the per-worker rates measured at (n, w)."""
-    sec = results[(n, w)]["manifest"]["seconds"]
+def project(results: dict, n: int, workers: list[int], target: float, cores: int) -> None:
+    """Time at `target` pairs on `cores` workers. Parallel stages: each stage's best measured per-worker rate at
+    n pairs (on a shared machine the run whose workers got the most CPU). One-task stages: `count` reads one stats
+    file per read task (scaled by their number), `vocab` is the tokenizer (copied: fixed), `merge` is scaled
+    linearly in pairs (an upper bound: at 1e6 pairs its time is mostly fixed costs)."""
+    runs = [results[(n, w)] for w in workers]
     total = 0.0
-    print(f"\nprojection: {target:.0e} pairs on {cores} cores, from the rates at {n:,} pairs x {w} workers")
+    print(f"\nprojection: {target:.0e} pairs on {cores} cores, from the rates at {n:,} pairs")
     print("| stage | per-worker rate (pairs/s) | projected seconds |")
     print("| --- | ---: | ---: |")
     for stage in ("read", "count", "dedup", "vocab", "encode", "merge"):
         if stage in PARALLEL:
-            rate = n / sec[stage] / w
+            rate = max(n / r["manifest"]["seconds"][stage] / w for r, w in zip(runs, workers))
             t = target / (rate * cores)
             print(f"| {stage} | {rate:,.0f} | {t:.0f} |")
         else:
-            t = sec[stage] if stage == "vocab" else sec[stage] * target / n  # vocab: the sample is capped
+            r = min(runs, key=lambda r: r["manifest"]["seconds"][stage])
+            m = r["manifest"]
+            input_bytes = sum(e["size"] or 0 for e in m["inputs"]) * target / n
+            tasks_then = max(input_bytes / TASK_BYTES_MAX, 1)  # count reads one file per read task
+            scale = {"count": max(tasks_then / m["read_tasks"], 1.0), "vocab": 1.0}
+            t = m["seconds"][stage] * scale.get(stage, target / n)
             print(f"| {stage} (one task) | - | {t:.0f} |")
         total += t
     print(f"| all | | {total:.0f} ({total / 60:.1f} min) |")
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[(n, w)] = {"wall": wall, "rss": rss, "manifest": manifest}
                 print(f"pairs {n:,} workers {w}: {wall:.1f} s, read {manifest['counts']['read']:,}", flush=True)
         report(results, sizes, workers)
-        project(results, max(sizes), max(workers), args.project_pairs, args.project_workers)
+        project(results, max(sizes), workers, args.project_pairs, args.project_workers)
     return 0
 
 

@@ -28,9 +28,10 @@ from pathlib import Path
 from .sources import ReadOptions, Source, Unit
 
 TASK_BYTES_MAX = 64 * 2**20  # read task: at most this much input (a worker holds one task's rows)
-TASK_BYTES_MIN = 1 * 2**20
-READ_TASKS_MIN = 64  # small corpora are still cut into this many read tasks (balance over workers)
-PARTITION_BYTES = 16 * 2**20  # input bytes per dedup/encode partition (about 120k NLLB-length pairs)
+TASK_BYTES_MIN = 4 * 2**20  # below this a task's fixed costs (engine bookkeeping, 4 files) start to show
+READ_TASKS_MIN = 32  # small corpora are still cut into this many read tasks (balance over workers)
+PARTITION_BYTES = 16 * 2**20  # input bytes per dedup/encode partition (about 60k NLLB-length pairs)
+MIN_PARTITIONS = 16  # encode tasks of a small corpus: enough to keep 2-8 workers busy to the end
 MAX_PARTITIONS = 1 << 16
 
 
@@ -98,7 +99,7 @@ def task_target(units: list[Unit]) -> int:
 
 
 def default_partitions(units: list[Unit]) -> int:
-    return min(max(1, math.ceil(sum(u.weight for u in units) / PARTITION_BYTES)), MAX_PARTITIONS)
+    return min(max(MIN_PARTITIONS, math.ceil(sum(u.weight for u in units) / PARTITION_BYTES)), MAX_PARTITIONS)
 
 
 def make_plan(fingerprint: str, cfg, sources: list[Source], aux_inputs: list[dict]) -> Plan:

@@ -267,6 +267,6 @@ def test_skipped_jsonl_lists_every_skip(tmp_path):
     assert sorted(e["where"] for e in entries if e["reason"] == MALFORMED) == sorted(
         f"{path}:{n}" for n in range(54, 84)
     )
-    dup = next(e for e in entries if e["reason"] == "duplicate")
+    dup = next(e for e in entries if e["where"] == f"{path}:42")  # duplicates: by key partition, then input order
     assert dup == {"where": f"{path}:42", "reason": "duplicate", "detail": f"same pair as {path}:2"}
     assert all(len(v) <= 5 for v in manifest["skip_examples"].values()) and manifest["skipped_file"] == "skipped.jsonl"
