@@ -5,7 +5,10 @@ every word to ``<unk>`` and score it anyway) unless ``--tokenizer`` names one.
 
 HF encoding: tokenise without padding, sort by length (longest first), cut batches under a padded-token budget
 (``batch_tokens`` >= rows x longest row), run the encoder, pool (``cls``: the ``<s>`` state, MEXMA's sentence
-embedding; ``mean``: the mean over non-padding tokens), return float32 rows in input order.
+embedding; ``mean``: the mean over non-padding tokens), return float32 rows in input order. With ``cls`` pooling the
+last layer of a BERT-style encoder (XLM-R's) runs its queries, output projection and FFN at the ``<s>`` row only, its
+keys and values at every token (``CLSLastLayer``), as the evaluation inside training does: the same embedding for
+(1 / layers) less compute.
 ``sentence-transformers`` pooling runs the directory's own module stack instead (``STEncoder``). A sentence's
 embedding depends only on its own language's batches, so any split of languages across ranks gives the same
 numbers. fp16/bf16 autocast on CUDA; fp32 on the CPU.
@@ -159,6 +162,44 @@ def check_vocabulary(model_dir: str, tokenizer, vocab_size: int, flag: str) -> N
         )
 
 
+class CLSLastLayer:
+    """The last layer of a stock BERT-style encoder (``model.encoder.layer[-1]``, XLM-R's) evaluated at the first
+    row of each sequence only: ``model`` keeps the other layers, ``__call__(hidden (B, L, H), mask (B, L))`` ->
+    (B, H) = the full model's ``last_hidden_state[:, 0]`` up to float rounding. The math and the submodules are those
+    of the layer's forward (query / key / value, attention.output with the residual, feed_forward_chunk); eval mode:
+    no dropout. ``wrap(model)`` -> None for a model of another shape (then the whole model runs)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    @classmethod
+    def wrap(cls, model) -> CLSLastLayer | None:
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+        config = model.config
+        if not isinstance(layers, torch.nn.ModuleList) or len(layers) < 2 or config.is_decoder:
+            return None
+        if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+            return None  # relative positions enter the scores inside the attention module
+        sa = getattr(getattr(layers[-1], "attention", None), "self", None)
+        if not all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads", "attention_head_size")):
+            return None
+        model.encoder.layer = torch.nn.ModuleList(layers[:-1])  # the model's output: the last layer's input
+        return cls(layers[-1])
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        layer, (b, n, _) = self.layer, hidden.shape
+        sa = layer.attention.self
+        heads, dim = sa.num_attention_heads, sa.attention_head_size
+        rows = hidden[:, :1]  # (B, 1, H): the <s> rows
+        q = sa.query(rows).view(b, 1, heads, dim).transpose(1, 2)  # (B, heads, 1, dim)
+        k, v = (proj(hidden).view(b, n, heads, dim).transpose(1, 2) for proj in (sa.key, sa.value))  # (B, heads, L, d)
+        keep = mask[:, None, None, :].bool()  # (B, 1, 1, L): padding is never a key
+        scale = getattr(sa, "scaling", dim**-0.5)
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
+        out = layer.attention.output(ctx.transpose(1, 2).reshape(b, 1, heads * dim), rows)  # (B, 1, H)
+        return layer.feed_forward_chunk(out)[:, 0]
+
+
 class HFEncoder:
     """An ``AutoModel`` + ``AutoTokenizer`` directory encoding sentences to pooled hidden states."""
 
@@ -188,6 +229,7 @@ class HFEncoder:
         self.autocast = pick_dtype(dtype, self.device)
         positions = getattr(self.model.config, "max_position_embeddings", max_length + 2)
         self.max_length = min(max_length, positions - 2)  # XLM-R positions start at padding_idx + 1 = 2
+        self.last_at_cls = CLSLastLayer.wrap(self.model) if pooling == "cls" else None
         self.model.to(self.device).eval()
         self.dim = self.model.config.hidden_size
 
@@ -204,6 +246,8 @@ class HFEncoder:
         autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         with autocast:
             hidden = self.model(**enc).last_hidden_state  # (B, L, H)
+            if self.last_at_cls is not None:
+                return self.last_at_cls(hidden, enc["attention_mask"]).float()  # (B, H)
         return self._pool(hidden.float(), enc["attention_mask"])
 
     @torch.inference_mode()
