@@ -181,7 +181,8 @@ def _resolved_backends(config: Path) -> dict | None:
         backends = json.loads(config.read_text())["resolved"]["backends"] or {}
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
-    return {k: f"{v.get('backend')} ({v.get('reason', '')})" for k, v in backends.items() if isinstance(v, dict)}
+    chosen = {k: v for k, v in backends.items() if isinstance(v, dict) and "backend" in v}
+    return {k: f"{v['backend']} ({v.get('reason', '')})" for k, v in chosen.items()}
 
 
 def _train_inputs(args, out: Path) -> tuple[Path, Path]:
