@@ -396,7 +396,10 @@ class Trainer:
     def _optimizer_step(self) -> dict:
         t0 = time.time()
         lr = self.engine.get_lr()[0]
-        skipped_before = self.engine.skipped_steps  # a host int: DeepSpeed's overflow check is the step's one sync
+        # A host int. DeepSpeed's own syncs: with overlap_comm ZeRO-2 synchronises the device at the end of every
+        # micro step's backward (the reduction stream's buckets are reused), then reads the overflow flag and the
+        # gradient norm at the optimizer step: about gradient_accumulation_steps + 2 per step (gpu_check reports it).
+        skipped_before = self.engine.skipped_steps
         sums = 0
         for _ in range(self.gas):
             sums = sums + self._micro_step(self._next_batch())  # (7,) float64 on the device
