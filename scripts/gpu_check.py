@@ -6,7 +6,8 @@ what it measured and the next one still runs; `summary.json` is rewritten after 
    data/prepared when present, else synthetic pairs): time to first step, steps/s, tokens/s, host syncs per step
    measured against the expected grad accumulation + 2, a finite and falling loss; then `python -m pipeline.export`
    and `python -m eval` on the GPU;
-2. bench-step: `pipeline.bench_step --preset large --pairs 100 --dtype bf16`, packed vs padded. 100 pairs, not the
+2. bench-step: `pipeline.bench_step --preset large --pairs 100 --dtype bf16`: the training configuration (packed-ds,
+   the DeepSpeed ZeRO-2 bf16 engine: its MFU is the training's) vs the padded original (AMP). 100 pairs, not the
    reference's 150: the padded variant keeps two fp32 log-softmax outputs of (pairs x 64) x 250002 plus padded
    activations of 4 x pairs x 64 tokens through 24 layers; at 150 pairs that is about 86 GB at its peak (with the
    weights and AdamW state), over an 80 GB card; at 100 pairs about 61 GB;
@@ -210,9 +211,10 @@ def stage_bench_step(args, out: Path, clock: Clock, result: dict) -> None:
     path.unlink(missing_ok=True)
     if args.dry_run:
         flags = ["--preset", "tiny", "--pairs", "3", "--vocab", "200", "--warmup", "0", "--steps", "1", "--rounds",
-                 "1", "--batches", "1", "--threads", "1", "--variants", "packed", "--shapes", "default"]  # fmt: skip
+                 "1", "--batches", "1", "--threads", "1", "--variants", "packed-ds", "--shapes", "default"]  # fmt: skip
     else:  # 100 pairs: the padded variant at 150 would not fit 80 GB (module docstring)
-        flags = ["--preset", "large", "--pairs", "100", "--dtype", "bf16", "--shapes", "default", "--rounds", "1"]
+        flags = ["--preset", "large", "--pairs", "100", "--dtype", "bf16", "--shapes", "default", "--rounds", "1",
+                 "--variants", "packed-ds,padded"]  # fmt: skip
     run(py("-m", "pipeline.bench_step", *flags, "--json", str(path)), out / "bench_step.log", args, clock)
     data = json.loads(path.read_text())
     shapes = data if "variants" not in data else {"default": data}
