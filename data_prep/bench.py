@@ -55,11 +55,14 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def run_prep(corpus: Path, tok: Path, out: Path, workers: int, train: int | None) -> tuple[float, float, dict]:
+def run_prep(
+    corpus: Path, tok: Path, out: Path, workers: int, train: int | None, extra: tuple[str, ...] = ()
+) -> tuple[float, float, dict]:
     """(wall s, peak RSS of the largest process in MiB, manifest) of one preparation in a child process."""
     cmd = [sys.executable, "-m", "data_prep", "--source", f"tsv:{corpus}/part-*.tsv", "--out", str(out),
            "--workers", str(workers), "--force", "-q"]  # fmt: skip
     cmd += ["--train-tokenizer", str(train)] if train else ["--tokenizer", str(tok)]
+    cmd += list(extra)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     peak, start = 0, time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", help="tokenizer dir (default: a 12k Unigram trained once on the corpus)")
     p.add_argument("--train-tokenizer", type=int, help="time training a tokenizer of this many ids instead")
     p.add_argument("--keep", help="keep corpora and outputs in this dir (reused) instead of a temporary one")
+    p.add_argument("--task-mb", type=float, help="passed to data_prep (input MB per read task)")
     p.add_argument("--project-pairs", type=float, default=1e9)
     p.add_argument("--project-workers", type=int, default=16 * 64, help="cores of the projection (16 x 64)")
     args = p.parse_args(argv)
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             for w in workers:
                 out = work / f"out-{n}-{w}"
-                wall, rss, manifest = run_prep(work / f"corpus-{n}", tok, out, w, args.train_tokenizer)
+                extra = ("--task-mb", str(args.task_mb)) if args.task_mb else ()
+                wall, rss, manifest = run_prep(work / f"corpus-{n}", tok, out, w, args.train_tokenizer, extra)
                 results[(n, w)] = {"wall": wall, "rss": rss, "manifest": manifest}
                 print(f"pairs {n:,} workers {w}: {wall:.1f} s, read {manifest['counts']['read']:,}", flush=True)
         report(results, sizes, workers)

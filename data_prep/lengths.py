@@ -193,16 +193,22 @@ def _write(root: Path, split: str, n: int, tmp: dict, tmp_meta: Path) -> dict:
     for a in (lengths, codes, index):
         a.flush()
     del lengths, codes, index
+    return _publish(root, split, tmp, tmp_meta, list(names), counts, max_id)
+
+
+def _publish(root: Path, split: str, tmp: dict, tmp_meta: Path, pairs: list[str], counts, max_id: int) -> dict:
+    """Move the arrays into place, then write the record (last: its presence means the arrays are complete)."""
     files = {}
     for s in SUFFIXES:
         final = _file(root, split, s)
         os.replace(tmp[s], final)
         files[final.name] = {"size": final.stat().st_size, "sha256": _sha256(final)}
-    meta = {"version": VERSION, "split": split, "rows": n, "pairs": list(names), "counts": counts.tolist()}
+    n = int(np.asarray(counts).sum())
+    meta = {"version": VERSION, "split": split, "rows": n, "pairs": pairs, "counts": np.asarray(counts).tolist()}
     meta.update(max_id=max_id, source=shard_sources(root, split), files=files)
     meta["digest"] = digest(meta)
     tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, meta_path(root, split))  # written last: its presence means the arrays are complete
+    os.replace(tmp_meta, meta_path(root, split))
     return meta
 
 
@@ -388,17 +394,7 @@ def _merge(root: Path, split: str, shards: list[dict], names: dict[str, int], n:
         max_id = max((int(s["max_id"]) for s in shards), default=-1)
     else:
         max_id = max((_max_id(b) for b in _record_batches(root / split)), default=-1)
-    files = {}
-    for s in SUFFIXES:
-        final = _file(root, split, s)
-        os.replace(tmp[s], final)
-        files[final.name] = {"size": final.stat().st_size, "sha256": _sha256(final)}
-    meta = {"version": VERSION, "split": split, "rows": n, "pairs": list(names), "counts": counts.tolist()}
-    meta.update(max_id=max_id, source=shard_sources(root, split), files=files)
-    meta["digest"] = digest(meta)
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, meta_path(root, split))  # written last: its presence means the arrays are complete
-    return meta
+    return _publish(root, split, tmp, tmp_meta, list(names), counts, max_id)
 
 
 def _merge_index(path: Path, shards: list[dict], starts: list[int], names: dict[str, int], counts) -> None:

@@ -141,7 +141,8 @@ class Source:
             per_row = size / max(n_rows, 1)
             starts = range(0, n_rows, HF_UNIT_ROWS)
             return [
-                Unit(index, self.path, a, min(a + HF_UNIT_ROWS, n_rows), int(per_row * HF_UNIT_ROWS)) for a in starts
+                Unit(index, self.path, a, min(a + HF_UNIT_ROWS, n_rows), weight=int(per_row * HF_UNIT_ROWS))
+                for a in starts
             ]
         if self.fmt == "parquet":
             from .parquet_reader import row_groups
@@ -157,7 +158,8 @@ class Source:
             if self.fmt in RANGE_FORMATS and range_bytes and size > range_bytes and compression(path) is None:
                 starts = range(0, size, range_bytes)
                 units += [
-                    Unit(index, str(path), a, min(a + range_bytes, size), min(range_bytes, size - a)) for a in starts
+                    Unit(index, str(path), a, min(a + range_bytes, size), weight=min(range_bytes, size - a))
+                    for a in starts
                 ]
             else:
                 units.append(Unit(index, str(path), weight=size))

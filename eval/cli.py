@@ -14,21 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-from tqdm import tqdm
 
 from eval import shares
 from eval.data import load_flores
-from eval.encode import BUILTIN, POOLINGS, ModelError, export_if_needed, load_encoder
+from eval.encode import BUILTIN, POOLINGS
 from eval.report import markdown, write_all
 from eval.score import Scorer, score_nway, score_sets
+from eval.sharded import encode_share
 from eval.xsim import MARGINS
 from runtime import collectives, devices
 from runtime.env import apply_defaults
 
 TASKS = ("xsim", "bucc", "tatoeba")
-EXPORTED = "exported_model"  # OUT/exported_model: a training checkpoint exported for this evaluation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,35 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_data(args) -> tuple[list[str], dict[str, list[str]], object]:
     """Source languages, the sentence sets to encode (languages + augmented target) and the xsim++ files."""
     return load_flores(args.flores, args.split, args.langs, args.target, args.nway, not args.no_xsimpp)
-
-
-def resolve_model(args, rank: int) -> str:
-    """Rank 0 exports a training checkpoint once, to OUT/exported_model: under --out, so the ranks of other nodes
-    read it from the shared file system; every rank gets the HF path (or rank 0's error)."""
-    outcome = None
-    if rank == 0:
-        try:
-            outcome = ("ok", export_if_needed(args.model, Path(args.out) / EXPORTED, args.trust_checkpoint))
-        except ModelError as err:
-            outcome = ("error", str(err))
-    outcome = collectives.broadcast_object(outcome)
-    if outcome[0] == "error":
-        raise ModelError(outcome[1])
-    return outcome[1]
-
-
-def encode_share(args, texts: dict[str, list[str]], rank: int, size: int) -> tuple[dict, float, int]:
-    model = resolve_model(args, rank)
-    device = devices.device_for(args.device)
-    encoder = load_encoder(
-        model, args.pooling, device, args.dtype, args.batch_tokens, args.max_length, tokenizer=args.tokenizer
-    )
-    share = shares.plan({name: sum(map(len, lines)) for name, lines in texts.items()}, size)[rank]
-    progress = not args.no_progress
-    start, local = time.perf_counter(), {}
-    for name in tqdm(share, desc=f"rank {rank} encoding", unit="set", disable=not progress):
-        local[name] = encoder.encode(texts[name], desc=name, progress=progress)
-    return local, time.perf_counter() - start, sum(len(texts[name]) for name in share)
 
 
 def score(args, emb: dict, texts: dict, langs: list[str], aug) -> dict:

@@ -65,8 +65,8 @@ def _create(base: Path, meta: dict, dim: int, dtype: np.dtype) -> None:
 
 
 def _encoder(args, rank: int):
-    from eval.cli import resolve_model
     from eval.encode import load_encoder
+    from eval.sharded import resolve_model
 
     model = resolve_model(args, rank)
     device = devices.device_for(args.device)

@@ -2,7 +2,7 @@
 
 Sentence sets are cut into chunks of ``CHUNK`` sentences, so a task with a few large sets (BUCC: two sides of two
 splits per pair, 100k-400k sentences each) still spreads over every rank; the chunks go through the same
-longest-first plan and gather as xsim's sets (``eval.cli.encode_share``). A chunk is encoded the same way whatever
+longest-first plan and gather as xsim's sets (``eval.sharded.encode_share``). A chunk is encoded the same way whatever
 rank holds it, so the results equal one process's.
 """
 
@@ -21,7 +21,7 @@ CHUNK = 16384  # sentences per unit of work
 
 def encode_sets(args, texts: dict[str, list[str]], rank: int, size: int) -> tuple[dict | None, dict]:
     """Embeddings of every set on rank 0 (None elsewhere) and the timing entry of results.json."""
-    from eval.cli import encode_share
+    from eval.sharded import encode_share
 
     pieces = {
         f"{name}#{i}": lines[a : a + CHUNK]

@@ -272,7 +272,9 @@ def _validate_model(cfg: TrainConfig) -> None:
         )
     if name not in PRESETS and not _looks_like_path(name):
         try:
-            check_hub_name(name, "--model", f"--model DIR (a local HF model dir) or a preset, random init: {PRESETS}")
+            check_hub_name(
+                name, "--model", f"--model DIR (a local HF model dir) or a preset, random init: {', '.join(PRESETS)}"
+            )
         except HubUnreachableError as e:
             raise ConfigError(str(e)) from e
     try:

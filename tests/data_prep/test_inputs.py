@@ -123,7 +123,7 @@ def test_hf_folder_is_read_in_row_ranges(tmp_path, monkeypatch):
     )
     source = Source.parse(f"hf:{tmp_path / 'd'}")
     units = source.units(0, ReadOptions())
-    assert [(u.part, u.stop) for u in units] == [(0, 7), (7, 14), (14, 20)]
+    assert [(u.part, u.stop) for u in units] == [(0, 7), (7, 14), (14, 20)] and all(u.weight > 0 for u in units)
     read = [p.src for u in units for p in source.read(u, ReadOptions())]
     assert read == [s for s, _ in pairs] and Path(units[0].path).name == "d"
 
@@ -145,6 +145,7 @@ def test_byte_ranges_read_every_line_once_with_its_number(tmp_path, fmt, range_b
     source, opts = Source.parse(f"{fmt}:{path}"), ReadOptions()
     whole = list(source.read(source.units(0, opts)[0], opts))
     units = source.units(0, opts, range_bytes)
+    assert sum(u.weight for u in units) == path.stat().st_size and {u.first for u in units} == {0}
     assert len(units) == (1 if range_bytes >= path.stat().st_size else -(-path.stat().st_size // range_bytes))
     pieces = [r for u in units for r in source.read(u, opts)]
     assert pieces == whole and len(whole) == 43 - (fmt == "jsonl")  # header: not a record
