@@ -5,7 +5,10 @@
   (`<venv>/torch_extensions`, where `make setup` builds it) or, outside a venv, in the project's `.cache/`; never in
   `~/.cache`, where every new clone would build it again;
 - TOKENIZERS_PARALLELISM=false: the Rust tokenizer's threads and forked workers do not mix (and the warning about it);
-- WANDB_MODE=offline: no run tries the network unless asked (`wandb sync` uploads later).
+- WANDB_MODE=offline: no run tries the network unless asked (`wandb sync` uploads later);
+- PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (unless PYTORCH_CUDA_ALLOC_CONF or its newer name
+  PYTORCH_ALLOC_CONF is set): packed batches change their token count every step, and fixed-size cached
+  segments fragment under that; expandable segments grow and shrink in place. Read at the first CUDA allocation.
 
 Call it before importing DeepSpeed, tokenizers or wandb (the values are read at import or first use).
 """
@@ -38,3 +41,5 @@ def apply_defaults() -> None:
     """Set each default the environment does not set already (a user's value always wins)."""
     for key, value in defaults().items():
         os.environ.setdefault(key, value)
+    if "PYTORCH_ALLOC_CONF" not in os.environ:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

@@ -34,6 +34,12 @@ def load_ds_config(path: str) -> dict:
             f"--ds-config {path}: bf16.check_grad_overflow must stay true: a non-finite loss is skipped through "
             "ZeRO's overflow check (pipeline/training/trainer.py), without it NaN gradients would reach the weights"
         )
+    if ds.get("fp16", {}).get("enabled"):
+        raise ConfigError(
+            f"--ds-config {path}: fp16 is not supported: the chunked cross-entropy writes its gradients (softmax x "
+            "token weight, ~1e-4 x p) in the forward, before DeepSpeed's loss scale applies, and fp16 flushes them "
+            'to zero; use bf16 ("bf16": {"enabled": true}, ds_configs/zero2_bf16.json)'
+        )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         raise ConfigError(

@@ -72,7 +72,9 @@ class ModelConfig:
     )
     kernels: bool = opt(True, "False: KoLeo through its PyTorch reference too (as MEXMA_KERNELS=ref)")
     gradient_checkpointing: bool = opt(False, "recompute encoder and head layers in backward")
-    ce_chunk_bytes: int = opt(losses.DEFAULT_CHUNK_BYTES, "byte budget of one fp32 (rows, V) logits block")
+    ce_chunk_bytes: int = opt(
+        0, "byte budget of one fp32 (rows, V) logits block; 0 = by device (1/64 of a GPU's memory, 256 MiB on CPU)"
+    )
 
     def validate(self) -> ModelConfig:
         """Raise ValueError naming the field on any bad value; returns self."""
@@ -80,9 +82,13 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"ModelConfig.{name} must be a positive int or None, got {value!r}")
-        for name in ("head_layers", "head_heads", "head_ffn", "max_positions", "ce_chunk_bytes"):
+        for name in ("head_layers", "head_heads", "head_ffn", "max_positions"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if not isinstance(self.ce_chunk_bytes, int) or self.ce_chunk_bytes < 0:
+            raise ValueError(
+                f"ModelConfig.ce_chunk_bytes must be an int >= 0 (0: by device), got {self.ce_chunk_bytes!r}"
+            )
         for name in ("attention_dropout", "head_dropout", "hidden_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
@@ -366,7 +372,8 @@ class MexmaModel(nn.Module):
         head_in = hidden[: batch["head_tokens"]].index_copy(0, head_cu[:-1].long(), other_cls)  # (T_m, H)
         pos = batch["mlm_positions"]  # (N,) = (n_src + n_trg,)
         head_out = self._head_at(head_in, head_cu, max_seqlen, pos, n_src + n_trg, batch)  # (N, H)
-        rows = losses.chunk_rows(self.vocab_weight.shape[0], self.cfg.ce_chunk_bytes)
+        budget = self.cfg.ce_chunk_bytes or losses.device_chunk_bytes(head_out.device)
+        rows = losses.chunk_rows(losses.padded_vocab(self.vocab_weight.shape[0]), budget)
         mlm, ce = losses.linear_cross_entropy(
             head_out, self.vocab_weight, self.vocab_bias, batch["mlm_labels"], batch["mlm_weights"], rows
         )

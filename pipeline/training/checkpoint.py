@@ -164,7 +164,13 @@ class CheckpointManager:
         if self.rank == 0 and ckpt.exists():
             shutil.rmtree(ckpt)  # leftovers of a save that was killed: never mixed with new files
         _barrier()
-        error = self._write(engine, tag, client_state)
+        space = self._space_error()
+        if not _all_ok(space is None):  # agreed before DeepSpeed's collectives start; nothing written yet
+            raise space or CheckpointError(f"{ckpt}: another rank found no space for it; {self._kept()}")
+        error = self._write_engine(engine, tag, step)
+        if error is not None and collectives.world()[1] > 1:
+            self._abort_alone(ckpt, error)
+        error = error or self._write_client(tag, client_state)
         if not _all_ok(error is None):
             self._abort(ckpt, error)
         _barrier()
@@ -187,19 +193,46 @@ class CheckpointManager:
         parts = collectives.all_gather_object(own)
         self._hashes = {name: meta for part in parts for name, meta in part.items()}
 
-    def _write(self, engine, tag: str, client_state: dict) -> BaseException | None:
+    def _write_engine(self, engine, tag: str, step: int) -> BaseException | None:
+        """DeepSpeed's save: module states (rank 0) and this rank's optimizer partition; collectives inside."""
         try:
-            self._check_space()
-            engine.save_checkpoint(
-                str(self.root), tag=tag, client_state={"step": client_state.get("step")}, save_latest=False
-            )
-            data = _torch_bytes(client_state)
-            write_atomic(self.root / tag / f"client_rank{self.rank:05d}.pt", data)
-            if self.rank == 0 and "run_record" in client_state:  # what this checkpoint was trained with (readable)
-                write_atomic(self.root / tag / RUN_RECORD, json.dumps(client_state["run_record"], indent=1).encode())
+            engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": step}, save_latest=False)
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("... write failed")
             return e
         return None
+
+    def _write_client(self, tag: str, client_state: dict) -> BaseException | None:
+        """Ours, no collective: this rank's client state; rank 0 also the run record."""
+        try:
+            write_atomic(self.root / tag / f"client_rank{self.rank:05d}.pt", _torch_bytes(client_state))
+            if self.rank == 0 and "run_record" in client_state:  # what this checkpoint was trained with (readable)
+                write_atomic(self.root / tag / RUN_RECORD, json.dumps(client_state["run_record"], indent=1).encode())
+        except (OSError, RuntimeError) as e:
+            return e
+        return None
+
+    def _space_error(self) -> CheckpointError | None:
+        try:
+            self._check_space()
+        except CheckpointError as e:
+            return e
+        return None
+
+    def _kept(self) -> str:
+        kept = self.latest_marked()
+        return f"the previous complete checkpoint {kept} is intact" if kept else "no earlier checkpoint exists"
+
+    def _abort_alone(self, ckpt: Path, error: BaseException) -> None:
+        """DeepSpeed's save failed on this rank. Its peers may be waiting for it inside DeepSpeed's own collectives
+        (NCCL on GPUs), where a verdict over gloo never meets them: a hang until --dist-timeout. So this rank stops
+        with the error at once, and the launcher (deepspeed, torchrun) stops the others; a peer blocked on gloo gets
+        the closed connection. The partial files stay until the next save of this step or a resume removes them;
+        `latest` still names the previous complete checkpoint."""
+        raise CheckpointError(
+            f"rank {self.rank}: saving {ckpt} failed in DeepSpeed's save_checkpoint ({_failure(error, self.root)}); "
+            f"stopping every rank, as the others may wait for this one inside DeepSpeed's collectives; "
+            f"{self._kept()}. Fix the cause and relaunch the same command to resume"
+        ) from error
 
     def _check_space(self) -> None:
         """Refuse to start a save that cannot fit: the last complete checkpoint's size + 5% must be free."""
@@ -220,12 +253,8 @@ class CheckpointManager:
         _barrier()
         if self.rank == 0 and ckpt.exists():
             shutil.rmtree(ckpt, ignore_errors=True)
-        if isinstance(error, CheckpointError):
-            raise error
-        kept = self.latest_marked()
-        kept_msg = f"the previous complete checkpoint {kept} is intact" if kept else "no earlier checkpoint exists"
         raise CheckpointError(
-            f"saving {ckpt} failed ({what}); the partial files were removed and {kept_msg}. "
+            f"saving {ckpt} failed ({what}); the partial files were removed and {self._kept()}. "
             "Free space / fix the disk and relaunch the same command to resume"
         ) from error
 

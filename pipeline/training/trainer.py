@@ -38,6 +38,7 @@ from pipeline.data.collate import MexmaCollator
 from pipeline.data.prefetch import BatchStream, MicroBatch
 from pipeline.data.sampler import make_train_sampler
 from pipeline.model.mexma import build_model
+from pipeline.training.backend_choice import choose_backends, timing_lengths
 from pipeline.training.checkpoint import CheckpointManager, latest_batch_record
 from pipeline.training.lock import take_output_lock
 from pipeline.training.metrics import MetricsLogger, log
@@ -121,18 +122,19 @@ class Trainer:
         self._poison: torch.nn.Parameter | None = None  # gets NaN gradients on a non-finite loss
 
     def _select_backends(self, model) -> dict:
-        """attention="auto" and the fused KoLeo, checked and timed on this device, dtype and a micro batch of this run's
-        rows (pipeline/model/backends.py); the report goes to the log and config.json's "resolved"."""
+        """attention="auto" and the fused KoLeo: rank 0 checks and times them on this device and dtype with a micro
+        batch of random pairs, every rank adopts its choice (pipeline/training/backend_choice.py); the report goes
+        to the log and config.json's "resolved"."""
         device = devices.select_device(get_accelerator().device_name())  # this rank's, as init_training chose
         dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else torch.float32
         dtype = torch.float16 if self.ds_config.get("fp16", {}).get("enabled") else dtype
-        micro = self.ds_config["train_micro_batch_size_per_gpu"]
-        rows = D.fetch_rows(self.train_ds, range(min(micro, len(self.train_ds))), self.cfg.data.max_length)
-        lengths = [len(r[k]) for _ in range(2) for r in rows for k in ("src_ids", "trg_ids")]  # 4 views per pair
-        report = model.select_backends(device, dtype, lengths)
+        s = self.sampler
+        lengths = timing_lengths(s.lengths, s.max_length, s.batch_pairs, s.batch_tokens, self.cfg.run.seed)
+        report = choose_backends(model, device, dtype, lengths, self.rank)
         if self.rank == 0:
             for stack, r in report.items():
-                log.info("backend %s: %s (%s)", stack, r.get("backend"), r.get("reason", ""))
+                if stack != "timing_batch":
+                    log.info("backend %s: %s (%s)", stack, r.get("backend"), r.get("reason", ""))
         return report
 
     def _seed(self, seed: int) -> None:
@@ -394,7 +396,10 @@ class Trainer:
     def _optimizer_step(self) -> dict:
         t0 = time.time()
         lr = self.engine.get_lr()[0]
-        skipped_before = self.engine.skipped_steps  # a host int: DeepSpeed's overflow check is the step's one sync
+        # A host int. DeepSpeed's own syncs: with overlap_comm ZeRO-2 synchronises the device at the end of every
+        # micro step's backward (the reduction stream's buckets are reused), then reads the overflow flag and the
+        # gradient norm at the optimizer step: about gradient_accumulation_steps + 2 per step (gpu_check reports it).
+        skipped_before = self.engine.skipped_steps
         sums = 0
         for _ in range(self.gas):
             sums = sums + self._micro_step(self._next_batch())  # (7,) float64 on the device

@@ -151,6 +151,13 @@ def test_every_ds_config_loads_and_validates(path):
     assert parsed.gradient_clipping == 1.2
 
 
+def test_fp16_config_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "fp16.json"
+    path.write_text(json.dumps({"fp16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
+    with pytest.raises(ConfigError, match=r"fp16.json: fp16 is not supported: .* use bf16"):
+        load_ds_config(str(path))
+
+
 def test_expected_ds_configs_are_shipped():
     assert {p.name for p in DS_CONFIGS} >= {"zero2_cpu_fp32.json", "zero2_bf16.json", "zero2_offload.json"}
 

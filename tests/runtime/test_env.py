@@ -33,3 +33,45 @@ def test_makefile_sets_the_same_extensions_dir():
     """The programs' default and the Makefile's agree, so `make` targets and bare commands share one build."""
     makefile = (env.PROJECT_ROOT / "Makefile").read_text()
     assert "TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions" in makefile
+
+
+def test_cuda_allocator_expands_unless_the_user_configured_it(monkeypatch):
+    for key in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(key, raising=False)
+    env.apply_defaults()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    env.apply_defaults()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "backend:native")  # the newer name counts as the user's choice
+    env.apply_defaults()
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def test_cpu_threads_split_between_the_ranks_of_a_node(monkeypatch):
+    import torch
+
+    from runtime import collectives
+
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 GPUs, 8 ranks on this node
+    assert collectives.cap_cpu_threads() == 2 and set_to == [2]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert collectives.cap_cpu_threads() == 1  # never 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")  # the user's choice stands
+    assert collectives.cap_cpu_threads() is None and set_to == [2, 1]
+
+
+def test_the_start_up_line_names_the_accelerator_and_its_source(monkeypatch):
+    from runtime import collectives
+
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    line = collectives.accelerator_line("cuda", "cpu:gloo,cuda:nccl", 8)
+    assert line == "accelerator cuda (detected by DeepSpeed: no DS_ACCELERATOR set); 8 process(es); " \
+        "process group cpu:gloo,cuda:nccl"  # fmt: skip
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    assert collectives.accelerator_line("cpu", "gloo", 2).startswith("accelerator cpu (DS_ACCELERATOR=cpu); 2 ")

@@ -183,9 +183,14 @@ def test_speedups_and_step_figures():
     ]
     assert gpu_check.attention_speedups(rows)[0]["speedup"] == {"varlen_attn (FlashAttention)": 1.25}
     summary = {"variants": {"packed": {"tokens_per_s": 300.0, "peak_mib": 10.0, "mfu": 0.4, "ms": 1.0},
-                            "padded": {"tokens_per_s": 100.0, "peak_mib": 40.0}}}  # fmt: skip
+                            "padded": {"tokens_per_s": 100.0, "peak_mib": 40.0, "label": "original"}}}  # fmt: skip
     figures = gpu_check.step_figures(summary)
     assert figures["speedup_vs_padded"] == 3.0 and figures["memory_vs_padded"] == 0.25
+    assert figures["variant"] == "packed" and figures["padded_label"] == "original"
+    summary["variants"]["packed-ds"] = {"tokens_per_s": 250.0, "peak_mib": 20.0, "mfu": 0.33, "label": "training"}
+    ds = gpu_check.step_figures(summary)  # the training configuration is the headline when it was measured
+    assert (ds["variant"], ds["label"], ds["mfu"], ds["speedup_vs_padded"]) == ("packed-ds", "training", 0.33, 2.5)
+    assert ds["packed_amp"]["mfu"] == 0.4
     row = gpu_check.benchmark_rows({
         "env": {"date": "d", "device": "H200", "torch": "t", "triton": "tr", "cuda": "c", "git": "g", "command": "x"},
         "stages": {"bench-step": {"status": "ok", "seconds": 3.0, "result": figures},
