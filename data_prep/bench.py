@@ -1,14 +1,18 @@
-"""`python -m data_prep.bench`: whole-preparation throughput against the tokenizer's own batched limit.
+"""`python -m data_prep.bench --pairs 1e6 1e7 --workers 1 2`: per-stage throughput of the preparation, its scaling with
+workers, peak memory per worker and scratch space, and what that means at a billion pairs.
 
-Both numbers come from the same run, the same corpus, the same tokenizer and the same cores:
-- prep: `python -m data_prep --source tsv:CORPUS --tokenizer TOK --workers W --force` in a child process,
-  pairs read per second of wall time (reading, cleaning, dedup, tokenising, Arrow writing, manifest);
-  its peak RSS (the largest process: parent or a worker) is reported beside it;
-- limit: `Tokenizer.encode_batch_fast` over the same src and trg texts with the library's own thread pool
-  on W threads (RAYON_NUM_THREADS=W), the raw batched tokenisation rate that bounds the stage.
-The corpus is English -> X pairs from the machine's gettext catalogues (real UI text in ~150 languages),
-repeated with a running number until it has `--pairs` rows so no pair is a duplicate; the tokenizer is
-`--tokenizer` or a Unigram one trained here (training time is not part of either number).
+For each corpus size N (synthetic NLLB-like text, data_prep/synth.py: 24 language pairs of Zipf sizes, lognormal
+lengths, 50k-line TSV files) and each worker count W, one `python -m data_prep --source 'tsv:DIR/part-*.tsv'
+--tokenizer TOK --workers W --force` runs in a child process while the bench samples every process of its tree
+every 0.2 s (RSS). The tokenizer is a 12k-id Unigram trained once on the corpus (not timed), so the `vocab` stage
+is its copy; `--train-tokenizer V` times training on the pair-balanced sample instead.
+
+Printed per stage: wall seconds, pairs per second per worker (N / seconds / W), the speed-up from the fewest to
+the most workers; per run: peak RSS of the largest process (a worker or the driver) and scratch bytes per pair.
+The projection to `--project-pairs` on `--project-workers` cores divides N by each parallel stage's per-worker
+rate times the cores, and scales the one-task stages (count, merge: linear in the shards and pairs; vocab:
+fixed) from their measured times; it assumes a shared file system that delivers the read and write bandwidth
+of the local disk to every core (see docs/data_prep.md).
 """
 
 from __future__ import annotations
@@ -17,69 +21,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .readers import tsv_records
+from .plan import TASK_BYTES_MAX
 
-
-def make_corpus(path: Path, n_pairs: int, locale_root: Path) -> None:
-    """Write a tsv of `n_pairs` distinct pairs built from catalogue messages."""
-    from .clean import Cleaner
-    from .gettext_reader import gettext_records
-    from .records import Pair
-
-    cleaner, base = Cleaner(), []
-    for rec in gettext_records(locale_root):
-        clean = cleaner.check(rec) if isinstance(rec, Pair) else None
-        if isinstance(clean, Pair) and "\t" not in clean.src + clean.trg and "\n" not in clean.src + clean.trg:
-            base.append((clean.src, clean.trg, clean.trg_lang))
-        if len(base) >= 200_000:
-            break
-    if not base:
-        raise FileNotFoundError(f"--locale-root {locale_root}: no catalogue text to build a corpus from")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("src\ttrg\tsrc_lang\ttrg_lang\n")
-        for i in range(n_pairs):
-            src, trg, lang = base[i % len(base)]
-            tag = f" ({i // len(base)})" if i >= len(base) else ""
-            f.write(f"{src}{tag}\t{trg}{tag}\teng_Latn\t{lang}\n")
-
-
-def train_small_tokenizer(corpus: Path, out: Path, vocab_size: int) -> None:
-    from .tokenizer import train_unigram
-
-    texts = (t for rec in tsv_records(corpus, ("", "")) for t in (rec.src, rec.trg))
-    sample = (t for i, t in enumerate(texts) if i < 100_000)
-    train_unigram(sample, vocab_size, out)
-
-
-def raw_limit(corpus: Path, tok_dir: Path, threads: int) -> float:
-    """Pairs/s of batched encoding alone, measured in a child with the thread pool sized to `threads`."""
-    code = f"""
-import time
-from pathlib import Path
-from data_prep.readers import tsv_records
-from data_prep.tokenizer import backend_json
-from tokenizers import Tokenizer
-tok = Tokenizer.from_str(backend_json(Path({str(tok_dir)!r})))
-src, trg = [], []
-for rec in tsv_records(Path({str(corpus)!r}), ("", "")):
-    src.append(rec.src); trg.append(rec.trg)
-tok.encode_batch_fast(src[:1000], add_special_tokens=False)  # warm the thread pool
-start = time.perf_counter()
-for i in range(0, len(src), 20000):
-    tok.encode_batch_fast(src[i:i + 20000], add_special_tokens=False)
-    tok.encode_batch_fast(trg[i:i + 20000], add_special_tokens=False)
-print(len(src) / (time.perf_counter() - start))
-"""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(threads)}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+PARALLEL = ("read", "dedup", "encode")  # stages with one task per input group / key partition
+SERIAL = ("count", "vocab", "merge")  # one task each
 
 
 def _tree(pid: int) -> list[int]:
@@ -96,35 +47,56 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _rss_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, RssAnon) in KiB; file-backed pages (the memory-mapped Arrow files) are in VmRSS only."""
+def _rss_kib(pid: int) -> int:
     try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    except (OSError, ValueError):
-        return 0, 0
-    return int(fields.get("VmRSS", "0 kB").split()[0]), int(fields.get("RssAnon", "0 kB").split()[0])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def run_prep(corpus: Path, tok_dir: Path, out: Path, workers: int) -> tuple[float, dict, dict]:
-    """(wall s, memory peaks in MiB, manifest) of one full preparation in a child, sampled every 0.2 s."""
-    cmd = [sys.executable, "-m", "data_prep", "--source", f"tsv:{corpus}", "--out", str(out), "--tokenizer",
-           str(tok_dir), "--workers", str(workers), "--force", "-q"]  # fmt: skip
+def run_prep(
+    corpus: Path, tok: Path, out: Path, workers: int, train: int | None, extra: tuple[str, ...] = ()
+) -> tuple[float, float, dict]:
+    """(wall s, peak RSS of the largest process in MiB, manifest) of one preparation in a child process."""
+    cmd = [sys.executable, "-m", "data_prep", "--source", f"tsv:{corpus}/part-*.tsv", "--out", str(out),
+           "--workers", str(workers), "--force", "-q"]  # fmt: skip
+    cmd += ["--train-tokenizer", str(train)] if train else ["--tokenizer", str(tok)]
+    cmd += list(extra)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    peaks = {"largest process RSS": 0, "all processes RSS": 0, "all processes anonymous": 0}
-    start = time.perf_counter()
+    peak, start = 0, time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     while child.poll() is None:
-        sizes = [_rss_kib(p) for p in _tree(child.pid)]
-        sample = (max(r for r, _ in sizes), sum(r for r, _ in sizes), sum(a for _, a in sizes))
-        peaks = {k: max(v, new) for (k, v), new in zip(peaks.items(), sample)}
+        peak = max([peak, *(_rss_kib(p) for p in _tree(child.pid))])
         time.sleep(0.2)
     wall = time.perf_counter() - start
     if child.returncode:
         raise subprocess.CalledProcessError(child.returncode, cmd)
-    peaks["largest process RSS"] = max(
-        peaks["largest process RSS"], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    )
-    return wall, {k: v / 1024 for k, v in peaks.items()}, json.loads((out / "manifest.json").read_text())
+    return wall, peak / 1024, json.loads((out / "manifest.json").read_text())
+
+
+def prepare_inputs(work: Path, sizes: list[int], tokenizer: str | None) -> Path:
+    from .synth import write_corpus
+    from .tokenizer import train_unigram
+
+    for n in sizes:
+        folder = work / f"corpus-{n}"
+        if not (folder / "DONE").exists():
+            write_corpus(folder, n)
+            (folder / "DONE").write_text("")
+    if tokenizer:
+        return Path(tokenizer)
+    tok = work / "tokenizer"
+    if not (tok / "tokenizer.json").exists():
+        from .readers import tsv_records
+
+        first = sorted((work / f"corpus-{min(sizes)}").glob("part-*.tsv"))[0]
+        texts = (t for i, r in enumerate(tsv_records(first, ("", ""))) if i < 50_000 and hasattr(r, "src")
+                 for t in (r.src, r.trg))  # fmt: skip
+        train_unigram(texts, 12000, tok)
+    return tok
 
 
 def git_sha() -> str:
@@ -134,37 +106,84 @@ def git_sha() -> str:
         return "unknown"
 
 
+def report(results: dict, sizes: list[int], workers: list[int]) -> None:
+    print("| pairs | workers | stage | seconds | pairs/s per worker | speed-up |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: |")
+    for n in sizes:
+        base = results[(n, workers[0])]["manifest"]["seconds"]
+        for w in workers:
+            sec = results[(n, w)]["manifest"]["seconds"]
+            for stage in (*PARALLEL[:1], "count", "dedup", "vocab", "encode", "merge"):
+                rate = n / max(sec[stage], 1e-9) / w
+                print(f"| {n:,} | {w} | {stage} | {sec[stage]:.1f} | {rate:,.0f} | {base[stage] / sec[stage]:.2f}x |")
+            r = results[(n, w)]
+            print(f"| {n:,} | {w} | all (wall) | {r['wall']:.1f} | {n / r['wall'] / w:,.0f} | "
+                  f"{results[(n, workers[0])]['wall'] / r['wall']:.2f}x |")  # fmt: skip
+    print()
+    print("| pairs | workers | peak RSS, largest process | scratch bytes per pair | read tasks | partitions |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for (n, w), r in results.items():
+        m = r["manifest"]
+        print(f"| {n:,} | {w} | {r['rss']:.0f} MiB | {m['scratch_bytes'] / n:.0f} | {m['read_tasks']} | "
+              f"{m['partitions']} |")  # fmt: skip
+
+
+def project(results: dict, n: int, workers: list[int], target: float, cores: int) -> None:
+    """Time at `target` pairs on `cores` workers. Parallel stages: each stage's best measured per-worker rate at
+    n pairs (on a shared machine the run whose workers got the most CPU). One-task stages: `count` reads one stats
+    file per read task (scaled by their number), `vocab` is the tokenizer (copied: fixed), `merge` is scaled
+    linearly in pairs (an upper bound: at 1e6 pairs its time is mostly fixed costs)."""
+    runs = [results[(n, w)] for w in workers]
+    total = 0.0
+    print(f"\nprojection: {target:.0e} pairs on {cores} cores, from the rates at {n:,} pairs")
+    print("| stage | per-worker rate (pairs/s) | projected seconds |")
+    print("| --- | ---: | ---: |")
+    for stage in ("read", "count", "dedup", "vocab", "encode", "merge"):
+        if stage in PARALLEL:
+            rate = max(n / r["manifest"]["seconds"][stage] / w for r, w in zip(runs, workers))
+            t = target / (rate * cores)
+            print(f"| {stage} | {rate:,.0f} | {t:.0f} |")
+        else:
+            r = min(runs, key=lambda r: r["manifest"]["seconds"][stage])
+            m = r["manifest"]
+            input_bytes = sum(e["size"] or 0 for e in m["inputs"]) * target / n
+            tasks_then = max(input_bytes / TASK_BYTES_MAX, 1)  # count reads one file per read task
+            scale = {"count": max(tasks_then / m["read_tasks"], 1.0), "vocab": 1.0}
+            t = m["seconds"][stage] * scale.get(stage, target / n)
+            print(f"| {stage} (one task) | - | {t:.0f} |")
+        total += t
+    print(f"| all | | {total:.0f} ({total / 60:.1f} min) |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_prep.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--pairs", type=int, default=300_000, help="corpus size")
-    p.add_argument("--workers", type=int, default=2, help="processes for prep, threads for the limit")
-    p.add_argument("--tokenizer", help="tokenizer dir (default: train a 12k Unigram one on the corpus)")
-    p.add_argument("--locale-root", default="/usr/share/locale", help="catalogues the corpus is built from")
-    p.add_argument("--keep", help="keep the corpus and output in this dir instead of a temporary one")
+    p.add_argument("--pairs", type=float, nargs="+", default=[1e6], help="corpus sizes")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: a 12k Unigram trained once on the corpus)")
+    p.add_argument("--train-tokenizer", type=int, help="time training a tokenizer of this many ids instead")
+    p.add_argument("--keep", help="keep corpora and outputs in this dir (reused) instead of a temporary one")
+    p.add_argument("--task-mb", type=float, help="passed to data_prep (input MB per read task)")
+    p.add_argument("--project-pairs", type=float, default=1e9)
+    p.add_argument("--project-workers", type=int, default=16 * 64, help="cores of the projection (16 x 64)")
     args = p.parse_args(argv)
+    sizes, workers = [int(x) for x in args.pairs], sorted(args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        corpus = work / "bench.tsv"
-        if not corpus.exists() or sum(1 for _ in open(corpus, "rb")) != args.pairs + 1:
-            make_corpus(corpus, args.pairs, Path(args.locale_root))
-        tok_dir = Path(args.tokenizer) if args.tokenizer else work / "tokenizer"
-        if not args.tokenizer and not (tok_dir / "tokenizer.json").exists():
-            train_small_tokenizer(corpus, tok_dir, 12000)
-        wall, peaks, manifest = run_prep(corpus, tok_dir, work / "prepared", args.workers)
-        limit = raw_limit(corpus, tok_dir, args.workers)
-    rate = manifest["counts"]["read"] / wall
-    tok = manifest["tokenizer"]
-    print(f"data_prep bench | {platform.machine()} x{os.cpu_count()} cores | git {git_sha()} | "
-          f"tokenizer {tok['name']} ({tok['vocab_size']} ids)")  # fmt: skip
-    print(f"pairs {manifest['counts']['read']}, workers {args.workers}")
-    print(f"prep   : {wall:8.1f} s  {rate:10.0f} pairs/s")
-    print(f"limit  : {manifest['counts']['read'] / limit:8.1f} s  {limit:10.0f} pairs/s  (encode_batch_fast, "
-          f"{args.workers} threads)")  # fmt: skip
-    print(f"ratio  : {rate / limit:.0%} of the tokenizer limit")
-    print("memory : " + ", ".join(f"{k} {v:.0f} MiB" for k, v in peaks.items()) + " (peaks)")
-    print("stages : " + ", ".join(f"{k} {v:.1f} s" for k, v in manifest["seconds"].items()))
+        tok = prepare_inputs(work, sizes, args.tokenizer)
+        print(f"data_prep bench | {platform.machine()} x{os.cpu_count()} cores | git {git_sha()} | "
+              f"load average {os.getloadavg()[0]:.1f} at start", flush=True)  # fmt: skip
+        results = {}
+        for n in sizes:
+            for w in workers:
+                out = work / f"out-{n}-{w}"
+                extra = ("--task-mb", str(args.task_mb)) if args.task_mb else ()
+                wall, rss, manifest = run_prep(work / f"corpus-{n}", tok, out, w, args.train_tokenizer, extra)
+                results[(n, w)] = {"wall": wall, "rss": rss, "manifest": manifest}
+                print(f"pairs {n:,} workers {w}: {wall:.1f} s, read {manifest['counts']['read']:,}", flush=True)
+        report(results, sizes, workers)
+        project(results, max(sizes), workers, args.project_pairs, args.project_workers)
     return 0
 
 

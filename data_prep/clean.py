@@ -8,7 +8,7 @@ whitespace only), `invalid_utf8` (lone surrogates, e.g. from JSON escapes),
 `control_chars` (C0/C1 controls other than tab, newline, carriage return), `too_long` (a side over
 `max_chars` characters after NFC), `identical` (src == trg), `length_ratio` (longer / shorter side in
 characters over `max_ratio`), `test_overlap` (a side whose `overlap_key` is in the held-out keys).
-Exact duplicate pairs are dropped later, over the whole corpus (`duplicate`, see spool.py).
+Exact duplicate pairs are dropped later, over the whole corpus (`duplicate`, see stages/dedup.py).
 """
 
 from __future__ import annotations

@@ -50,6 +50,14 @@ class Message:
     context: str | None = None
 
 
+def catalogue_of(path: Path) -> Catalogue:
+    """The locale and domain of a catalogue file from its place: `<locale>/LC_MESSAGES/<domain>.mo`, or
+    `<domain>/<locale>.po` (a source tree's `po/` folder)."""
+    if path.parent.name == "LC_MESSAGES":
+        return Catalogue(path, path.parent.parent.name, path.stem)
+    return Catalogue(path, path.stem, path.parent.name)
+
+
 def catalogue_files(root: Path, domains: tuple[str, ...] = ()) -> list[Catalogue]:
     """Every `.mo`/`.po` under `root` (sorted by path), with its locale and domain."""
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".mo", ".po"))
@@ -57,10 +65,7 @@ def catalogue_files(root: Path, domains: tuple[str, ...] = ()) -> list[Catalogue
     for path in paths:
         if path.parent.name.startswith("LC_") and path.parent.name != "LC_MESSAGES":
             continue  # LC_TIME/coreutils.mo etc.: other locale categories, not messages
-        if path.parent.name == "LC_MESSAGES":
-            cat = Catalogue(path, path.parent.parent.name, path.stem)
-        else:
-            cat = Catalogue(path, path.stem, path.parent.name)
+        cat = catalogue_of(path)
         if not domains or cat.domain in domains:
             found.append(cat)
     return found

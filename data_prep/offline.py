@@ -5,7 +5,9 @@ Writes `OUT/testset/` (a multi-way held-out test set in the FLORES-200 layout, s
 tokenizer trained on it). Training never sees a test sentence: `prepare` runs with
 `--exclude-flores OUT/testset`, which drops every pair with a side whose `overlap_key` (case,
 punctuation and accelerators ignored) equals any test line of any language, and the test asserts it.
-Both steps are skipped when their inputs and arguments are unchanged (unless `--force`).
+Both steps are skipped when their inputs and arguments are unchanged (unless `--force`). A second run into the
+same `--out` while one works is refused naming it (`OUT/.testset.lock`, held for the whole run; `prepare` takes
+`OUT/.prepared.lock` too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 from .gettext_reader import catalogue_files
+from .lock import LockError, OutLock
 from .output import file_sha256
 from .prepare import PrepConfig, prepare
 from .sources import ReadOptions
@@ -78,6 +81,20 @@ def build_testset(roots: list[Path], domains: tuple[str, ...], out: Path, args: 
     return manifest
 
 
+def _build(roots: list[Path], domains: tuple[str, ...], out: Path, args: argparse.Namespace, start: float) -> dict:
+    """The test set, then the training corpus without its sentences; -> the corpus's manifest."""
+    test = build_testset(roots, domains, out / "testset", args)
+    print(f"test set: {out / 'testset'}: {test['rows']} sentences x {len(test['languages'])} languages + "
+          f"eng_Latn ({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    cfg = PrepConfig(
+        sources=[f"gettext:{r}" for r in roots], out=str(out / "prepared"), train_tokenizer=args.vocab_size,
+        tokenizer_max_sentences=args.tokenizer_sentences,
+        max_tokens=args.max_tokens, max_pairs=args.max_pairs, exclude_flores=str(out / "testset"),
+        read=ReadOptions(gettext_domains=domains), workers=args.workers, force=args.force,
+    )  # fmt: skip
+    return prepare(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -85,17 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     domains = tuple(d for d in args.domains.split(",") if d)
     out, start = Path(args.out), time.perf_counter()
     try:
-        test = build_testset(roots, domains, out / "testset", args)
-        print(f"test set: {out / 'testset'}: {test['rows']} sentences x {len(test['languages'])} languages + "
-              f"eng_Latn ({time.perf_counter() - start:.0f} s)")  # fmt: skip
-        cfg = PrepConfig(
-            sources=[f"gettext:{r}" for r in roots], out=str(out / "prepared"), train_tokenizer=args.vocab_size,
-            tokenizer_max_sentences=args.tokenizer_sentences,
-            max_tokens=args.max_tokens, max_pairs=args.max_pairs, exclude_flores=str(out / "testset"),
-            read=ReadOptions(gettext_domains=domains), workers=args.workers, force=args.force,
-        )  # fmt: skip
-        manifest = prepare(cfg)
-    except (FileNotFoundError, ValueError) as e:
+        with OutLock(out / "testset", "offline"):  # held until the training corpus is built from this test set
+            manifest = _build(roots, domains, out, args, start)
+    except (FileNotFoundError, ValueError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     c = manifest["counts"]

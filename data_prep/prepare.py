@@ -1,16 +1,13 @@
-"""`prepare(cfg)`: read -> clean -> spool -> dedup/split -> tokenizer -> parallel encode -> Arrow + manifest.
+"""`prepare(cfg)`: parallel corpora -> a prepared dataset directory, as tasks of a data engine (engine.py).
 
-Passes over the data (memory stays flat: nothing holds the corpus):
-1. stream every source through the cleaner into the on-disk spool (spool.py), counting every skip;
-2. dedup + held-out split from the spool's key column (8 B a pair);
-3. train the tokenizer on the spool's kept text (or copy a pretrained one);
-4. tokenise the spool in parallel (encode.py) and save `train/`, `valid/` with `datasets`;
-5. write `manifest.json` last: its presence marks a complete directory.
-Every skipped record goes to `skipped.jsonl` (skiplog.py). All of it is built in a work directory beside
-`--out` that replaces the old output only once complete (workdir.py).
+1. Take `--out`'s lock (lock.py), fingerprint the flags and inputs; an output with this fingerprint is up to date.
+2. Plan (plan.py): the read tasks and key partitions, from the inputs and flags alone.
+3. Open the work directory beside `--out`: a killed build of the same plan is resumed, anything else starts over.
+4. Run the stages (data_prep/stages/): read + clean + hash, count, dedup by key partition (+ the tokenizer
+   sample), tokenizer, encode, merge. The merge writes `manifest.json` last and puts the build in place of OUT.
 
-Re-running with the same inputs (sha256, the `--tokenizer` files included) and arguments finds the same
-fingerprint in the manifest and does nothing unless `force`.
+Every skipped record is counted by reason and listed in `skipped.jsonl`; a failure at any point (bad input,
+SIGKILL) leaves a previous output of `--out` as it was.
 """
 
 from __future__ import annotations
@@ -21,22 +18,22 @@ import logging
 import os
 import shutil
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from . import encode, lengths, output, spool, workdir
-from .clean import DUPLICATE, SAME_LANGUAGE, UNKNOWN_LANGUAGE, Cleaner
+from . import output, workdir
+from .engine import Cluster, run_local, submit_slurm
 from .langcodes import to_flores
-from .records import Skip
-from .skiplog import SKIPPED_FILE, SkipLog
+from .lock import OutLock
+from .plan import make_plan
+from .records import SourceError
 from .sources import ReadOptions, Source
-from .tokenizer import TokenizerInfo, backend_json, dir_sha256, save_pretrained_copy, train_unigram
+from .stages.common import Work
+from .stages.merge import FORMAT_VERSION
+from .tokenizer import backend_json, dir_sha256
 
 log = logging.getLogger("data_prep")
-FORMAT_VERSION = 2  # bump when the output of the same inputs changes (2: language checks, skipped.jsonl)
+NOT_OUTPUT = ("workers", "force", "out", "partitions", "task_mb", "machines", "machine_rank", "executor", "slurm")
 
 
 @dataclass
@@ -44,7 +41,7 @@ class PrepConfig:
     """Arguments of `python -m data_prep` (one field per flag; see `--help`)."""
 
     sources: list[str]
-    """`FORMAT:PATH` specs (--source)."""
+    """`FORMAT:PATH_OR_GLOB` specs (--source)."""
     out: str
     """Output directory (--out)."""
     tokenizer: str | None = None
@@ -52,8 +49,11 @@ class PrepConfig:
     train_tokenizer: int | None = None
     """Vocabulary size of a Unigram tokenizer trained on the kept text (--train-tokenizer)."""
     tokenizer_max_sentences: int = 1_000_000
-    """Sentences used to train the tokenizer, a hash-uniform sample of the kept pairs (--tokenizer-max-sentences).
-    Training costs about 0.4 ms a sentence on one 2-core machine (data_prep/bench.py)."""
+    """Sentences in the tokenizer's training sample (--tokenizer-max-sentences). Training costs about 0.4 ms a
+    sentence on one 2-core machine (data_prep/bench.py)."""
+    tokenizer_alpha: float = 1.0
+    """Language-pair temperature of the tokenizer sample (--tokenizer-alpha): pair p's share ~ n_p ** alpha, the
+    rule and default of training's --lang-alpha (1: proportional to the pairs, 0: the same for every pair)."""
     max_tokens: int = 200
     """Maximum ids per side including <s> and </s> (--max-tokens); longer sides are truncated and counted."""
     max_chars: int = 1000
@@ -65,14 +65,24 @@ class PrepConfig:
     min_valid: int = 8
     """At least this many valid pairs (the smallest hashes) when the fraction gives fewer (--min-valid)."""
     max_pairs: int | None = None
-    """Stop reading after this many records (--max-pairs); the manifest says so."""
+    """Stop reading after this many records in --source order (--max-pairs); the manifest says so."""
     exclude_flores: str | None = None
     """A FLORES-layout dir whose sentences (any language, any split) must not occur in training (--exclude-flores)."""
     read: ReadOptions = field(default_factory=ReadOptions)
     workers: int = 0
-    """Tokenisation processes (--workers; 0: all cores)."""
-    chunk_rows: int = 20_000
-    """Spool rows per tokenisation task (--chunk-rows)."""
+    """Processes on this machine (--workers; 0: all cores)."""
+    partitions: int | None = None
+    """Dedup/encode partitions, i.e. shards per split (--partitions; default from the input size)."""
+    task_mb: float | None = None
+    """Input megabytes per read task (--task-mb; default from the input size)."""
+    machines: int = 1
+    """Machines sharing the build over a shared file system (--machines)."""
+    machine_rank: int = 0
+    """This machine's number (--machine-rank)."""
+    executor: str = "local"
+    """`local` or `slurm` (--executor)."""
+    slurm: dict = field(default_factory=dict)
+    """SlurmPipelineExecutor arguments (--slurm-partition, --slurm-time, ...)."""
     force: bool = False
     """Rebuild even when the manifest fingerprint matches (--force)."""
 
@@ -87,100 +97,127 @@ class PrepConfig:
             raise ValueError(f"--valid-fraction {self.valid_fraction}: must be in [0, 1)")
         if self.max_ratio < 1.0 or self.max_chars < 1:
             raise ValueError(f"--max-ratio {self.max_ratio} must be >= 1 and --max-chars {self.max_chars} >= 1")
+        if not (self.tokenizer_alpha >= 0 and self.tokenizer_alpha < float("inf")):
+            raise ValueError(f"--tokenizer-alpha {self.tokenizer_alpha}: must be a finite number >= 0")
+        if self.machines < 1 or not 0 <= self.machine_rank < self.machines:
+            raise ValueError(f"--machine-rank {self.machine_rank}: must be in [0, --machines {self.machines})")
+        if self.min_valid < 0 or (self.max_pairs is not None and self.max_pairs < 0):
+            raise ValueError("--min-valid and --max-pairs must be >= 0")
         for flag, code in (("--src-lang", self.read.src_lang), ("--trg-lang", self.read.trg_lang)):
             if to_flores(code) is None:
                 raise ValueError(f"{flag} {code!r}: not a FLORES-200 code (fra_Latn) nor a known locale (fr, pt_BR)")
 
     def args_json(self) -> dict:
-        """The arguments that decide the output (not `workers`, `force`: the output does not depend on them)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("workers", "force", "out", "chunk_rows")}
+        """The arguments that decide the output (not workers, machines, partitions: the rows do not depend on them)."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_OUTPUT}
+
+    def stage_json(self, aux_inputs: list[dict]) -> dict:
+        """What the stages read from the plan."""
+        keep = ("out", "max_chars", "max_ratio", "max_pairs", "valid_fraction", "min_valid", "tokenizer",
+                "train_tokenizer", "tokenizer_alpha", "tokenizer_max_sentences", "max_tokens")  # fmt: skip
+        return {**{k: getattr(self, k) for k in keep}, "read": asdict(self.read), "args": self.args_json(),
+                "aux_inputs": aux_inputs}  # fmt: skip
 
 
 def prepare(cfg: PrepConfig) -> dict:
-    """Build (or confirm up to date) the prepared directory `cfg.out`; returns the manifest.
+    """Build (or confirm up to date) the prepared directory `cfg.out`; returns the manifest (for `--executor
+    slurm`: `{"submitted": JOB_ID}` once the job arrays are queued).
 
     A failure at any point (bad input, SIGKILL) leaves a previous output of `cfg.out` as it was."""
     cfg.check()
     out = Path(cfg.out)
     sources = [Source.parse(s) for s in cfg.sources]
-    inputs = _input_entries(sources, cfg)
-    fingerprint = _fingerprint(cfg, inputs)
-    workdir.settle(out)
+    aux = _aux_inputs(cfg)
+    fingerprint = _fingerprint(cfg, sources, aux)
+    with OutLock(out, f"{fingerprint}:{cfg.machines}", cfg.machine_rank):
+        return _prepare_locked(cfg, out, sources, aux, fingerprint)
+
+
+def _prepare_locked(cfg: PrepConfig, out: Path, sources: list[Source], aux: list[dict], fingerprint: str) -> dict:
+    if cfg.machine_rank == 0:
+        workdir.settle(out)
     old = _up_to_date(out, fingerprint)
-    if old is not None and not cfg.force:
+    if old is not None and (not cfg.force or cfg.machine_rank > 0):
+        if cfg.machine_rank == 0 and not (workdir.work_dir(out) / "build").is_dir():
+            shutil.rmtree(workdir.work_dir(out), ignore_errors=True)  # left by a kill after the swap
         log.info("%s is up to date (fingerprint %s); nothing to do (--force rebuilds)", out, fingerprint[:12])
         return old
     workdir.check_replaceable(out)
-    build = workdir.start(out)
+    plan = make_plan(fingerprint, cfg, sources, aux)
+    identity = plan.identity()
+    if cfg.machine_rank == 0:
+        work_path, resumed = workdir.open_work(out, plan.to_json(), identity)
+        work = Work(work_path)
+        work.mkdirs()
+        if not resumed:
+            _write_held_out(work, cfg.exclude_flores)
+        log.info("%s %s: %d read tasks, %d partitions", "resuming" if resumed else "building", out, len(plan.tasks),
+                 plan.partitions)  # fmt: skip
+    else:
+        work = _join(out, identity, fingerprint)
+        if work is None:
+            return _up_to_date(out, fingerprint) or {}
+    return _run(cfg, out, work, identity, plan, fingerprint)
+
+
+def _run(cfg: PrepConfig, out: Path, work: Work, identity: str, plan, fingerprint: str) -> dict:
+    workers = cfg.workers or os.cpu_count() or 1
+    cluster = Cluster(workers, cfg.machines, cfg.machine_rank, cfg.executor, cfg.slurm)
+    if cfg.executor == "slurm":
+        return {"submitted": submit_slurm(work, identity, plan, cluster)}
     try:
-        manifest = _build(cfg, sources, inputs, fingerprint, build)
-    except BaseException:
-        workdir.abandon(build)
+        run_local(work, identity, plan, cluster, lambda: _up_to_date(out, fingerprint) is not None)
+    except (SourceError, ValueError):
+        if cfg.machines == 1:
+            workdir.abandon(work.root)  # a bad input: nothing of this build is worth resuming
         raise
-    workdir.commit(build, out)
+    manifest = _up_to_date(out, fingerprint)
+    if manifest is None:
+        raise RuntimeError(f"{out}: the build ended without a complete output (see {work.engine}/*/logs)")
+    if cfg.machine_rank == 0:
+        shutil.rmtree(work.root, ignore_errors=True)
     log.info("wrote %s: %d train + %d valid pairs", out, manifest["rows"]["train"], manifest["rows"]["valid"])
     return manifest
 
 
-def _build(cfg: PrepConfig, sources: list[Source], inputs: list[dict], fingerprint: str, build: Path) -> dict:
-    """Every output into `build` (temporary files in `build/.work`), `manifest.json` last."""
-    work = build / ".work"
-    work.mkdir()
-    timer, skips = _StageTimer(), SkipLog(build / SKIPPED_FILE)
-    counts, stopped = _spool_sources(sources, cfg, work / "spool.arrow", skips)
-    timer.done("read + clean + spool")
-    table = spool.open_spool(work / "spool.arrow")
-    keys = table.column("key").to_numpy()
-    splits = spool.assign_splits(keys, cfg.valid_fraction, cfg.min_valid)
-    _log_duplicates(table, keys, splits, skips)
-    counts["skipped"][DUPLICATE] = int((splits == spool.DROP).sum())
-    counts["kept"] = counts["spooled"] - counts["skipped"][DUPLICATE]
-    np.save(work / "splits.npy", splits)
-    timer.done("dedup + split")
-    tok = _tokenizer(cfg, table, splits, build / "tokenizer")
-    timer.done("tokenizer")
-    stats = _encode(cfg, table.num_rows, work, build, tok, timer)
-    lengths.write_sampling_files(build, "train")  # the trainer's shared lengths / pair files (data_prep/lengths.py)
-    timer.done("sampling files")
-    manifest = _manifest(cfg, fingerprint, inputs, tok, counts, skips, stats, build, stopped)
-    manifest["seconds"] = timer.seconds  # wall time per stage (not part of the fingerprint)
-    del table
-    shutil.rmtree(work)
-    (build / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    return manifest
+def _join(out: Path, identity: str, fingerprint: str, poll: float = 0.5) -> Work | None:
+    """Machine rank > 0: wait for machine 0 to open the work directory of this plan; None if the build is done."""
+    work, last = workdir.work_dir(out), time.monotonic()
+    while True:
+        if workdir.plan_identity(work) == identity and (work / "engine").is_dir():
+            return Work(work)
+        if _up_to_date(out, fingerprint) is not None:
+            return None
+        if time.monotonic() - last > 30:
+            log.info("waiting for machine 0 to start the build in %s", work)
+            last = time.monotonic()
+        time.sleep(poll)
 
 
-def _log_duplicates(table, keys: np.ndarray, splits: np.ndarray, skips: SkipLog) -> None:
-    """One skipped.jsonl line per duplicate, naming the earlier pair it repeats; then the log is complete."""
-    where = table.column("where")
-    for rows, firsts in spool.duplicates(keys, splits):
-        for dup, first in zip(where.take(rows).to_pylist(), where.take(firsts).to_pylist()):
-            skips.add(DUPLICATE, dup, f"same pair as {first}")
-    skips.close()
+def _write_held_out(work: Work, folder: str | None) -> None:
+    """`overlap_key` of every line of every file under a FLORES-layout folder, one per line, for the read tasks."""
+    from .clean import overlap_key
+
+    keys: set[str] = set()
+    if folder:
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--exclude-flores {folder}: not a directory")
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".dev", ".devtest")):
+            keys.update(k for k in map(overlap_key, path.read_text(encoding="utf-8").splitlines()) if k)
+    (work.one("held_out.txt")).write_text("".join(k + "\n" for k in sorted(keys)), encoding="utf-8")
 
 
-def _input_entries(sources: list[Source], cfg: PrepConfig) -> list[dict]:
+def _aux_inputs(cfg: PrepConfig) -> list[dict]:
+    """The inputs besides the corpora, hashed here (small): the --exclude-flores files and the --tokenizer."""
     entries = []
-    for src in sources:
-        for path in src.files(cfg.read):
-            entries.append(
-                {
-                    "source": f"{src.fmt}:{src.path}",
-                    "path": str(path),
-                    "size": path.stat().st_size,
-                    "sha256": output.file_sha256(path),
-                }
-            )
     if cfg.exclude_flores:
-        for path in sorted(p for p in Path(cfg.exclude_flores).rglob("*") if p.is_file()):
-            entries.append(
-                {
-                    "source": "exclude",
-                    "path": str(path),
-                    "size": path.stat().st_size,
-                    "sha256": output.file_sha256(path),
-                }
-            )
+        root = Path(cfg.exclude_flores)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--exclude-flores {cfg.exclude_flores}: not a directory")
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            entries.append({"source": "exclude", "path": str(path), "size": path.stat().st_size,
+                            "sha256": output.file_sha256(path)})  # fmt: skip
     if cfg.tokenizer is not None:
         entries.append(_tokenizer_entry(cfg.tokenizer))
     return entries
@@ -204,8 +241,18 @@ def _tokenizer_entry(name_or_path: str) -> dict:
     return {"source": "tokenizer", "path": name_or_path, "size": None, "sha256": digest}
 
 
-def _fingerprint(cfg: PrepConfig, inputs: list[dict]) -> str:
-    blob = {"version": FORMAT_VERSION, "args": cfg.args_json(), "inputs": [(e["source"], e["sha256"]) for e in inputs]}
+def _fingerprint(cfg: PrepConfig, sources: list[Source], aux: list[dict]) -> str:
+    """Format version, output-deciding flags, each corpus file's (path, size, mtime) and the small inputs' sha256.
+
+    Corpus files are identified by their stat, not hashed here: at a billion pairs, hashing the input in one process
+    would take longer than the build; the read tasks hash them in parallel into the manifest's `inputs`."""
+    files = []
+    for src in sources:
+        for path in src.files(cfg.read):
+            st = path.stat()
+            files.append((src.name, str(path), st.st_size, st.st_mtime_ns))
+    blob = {"version": FORMAT_VERSION, "args": cfg.args_json(), "files": files,
+            "aux": [(e["source"], e["sha256"]) for e in aux]}  # fmt: skip
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -220,172 +267,3 @@ def _up_to_date(out: Path, fingerprint: str) -> dict | None:
     if not all((out / s["file"]).is_file() for s in manifest.get("shards", [])):
         return None
     return manifest
-
-
-class _StageTimer:
-    """Wall seconds per stage, logged as each ends."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def done(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.seconds[stage] = round(now - self._last, 3)
-        self._last = now
-        log.info("%s: %.1f s", stage, self.seconds[stage])
-
-
-def _held_out_keys(folder: str | None) -> frozenset[str]:
-    """`overlap_key` of every line of every file under a FLORES-layout folder (all languages, splits)."""
-    from .clean import overlap_key
-
-    if not folder:
-        return frozenset()
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--exclude-flores {folder}: not a directory")
-    keys = set()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".dev", ".devtest")):
-        keys.update(k for k in map(overlap_key, path.read_text(encoding="utf-8").splitlines()) if k)
-    return frozenset(keys)
-
-
-def _spool_sources(sources: list[Source], cfg: PrepConfig, path: Path, skips: SkipLog) -> tuple[dict, bool]:
-    """Pass 1: every record read, counted and either skipped by reason or appended to the spool."""
-    from tqdm import tqdm
-
-    cleaner = Cleaner(cfg.max_chars, cfg.max_ratio, _held_out_keys(cfg.exclude_flores))
-    counts: dict = {"read": 0, "skipped": Counter(), "by_source": {}}
-    writer = spool.SpoolWriter(path)
-    stopped = False
-    for src in sources:
-        name, before = f"{src.fmt}:{src.path}", Counter(counts["skipped"])
-        read_before, spooled_before = counts["read"], writer.rows
-        with tqdm(desc=f"read {name}", unit=" rec", disable=None, mininterval=1.0) as bar:
-            for rec in src.records(cfg.read):
-                if cfg.max_pairs is not None and counts["read"] >= cfg.max_pairs:
-                    stopped = True
-                    break
-                counts["read"] += 1
-                bar.update()
-                reason = _take(rec, cleaner, writer, skips)
-                if reason:
-                    counts["skipped"][reason] += 1
-        counts["by_source"][name] = {
-            "read": counts["read"] - read_before,
-            "spooled": writer.rows - spooled_before,
-            "skipped": dict(counts["skipped"] - before),
-        }
-        if stopped:
-            log.warning("--max-pairs %d reached in %s; later records and sources were not read", cfg.max_pairs, name)
-            break
-    writer.close()
-    counts["spooled"] = writer.rows
-    return counts, stopped
-
-
-def _take(rec, cleaner: Cleaner, writer: spool.SpoolWriter, skips: SkipLog) -> str | None:
-    """Spool a record or return its skip reason (every skip goes to skipped.jsonl with its file:line)."""
-    if isinstance(rec, Skip):
-        skips.add(rec.reason, rec.where, rec.detail)
-        return rec.reason
-    result = cleaner.check(rec)
-    if isinstance(result, str):
-        langs = result in (UNKNOWN_LANGUAGE, SAME_LANGUAGE)
-        skips.add(result, rec.where, f"src_lang {rec.src_lang!r}, trg_lang {rec.trg_lang!r}" if langs else "")
-        return result
-    writer.add(result)
-    return None
-
-
-def _tokenizer(cfg: PrepConfig, table, splits: np.ndarray, tok_dir: Path) -> TokenizerInfo:
-    if cfg.tokenizer is not None:
-        return save_pretrained_copy(cfg.tokenizer, tok_dir)
-    n_kept = int((splits != spool.DROP).sum())
-    if n_kept == 0:
-        raise ValueError("no pair survived cleaning; nothing to train a tokenizer on (see the skip counts above)")
-    mask = spool.sample_mask(table.column("key").to_numpy(), splits, cfg.tokenizer_max_sentences)
-    log.info("training a %d-id unigram tokenizer on %d sentences", cfg.train_tokenizer, 2 * int(mask.sum()))
-    texts = spool.iter_texts(table, mask)
-    info = train_unigram(texts, cfg.train_tokenizer, tok_dir, show_progress=log.isEnabledFor(logging.INFO))
-    if info.vocab_size < cfg.train_tokenizer:
-        log.warning("--train-tokenizer %d: the text supports only %d ids", cfg.train_tokenizer, info.vocab_size)
-    return info
-
-
-def _encode(cfg: PrepConfig, n_rows: int, work: Path, out: Path, tok: TokenizerInfo, timer) -> list[encode.ChunkStats]:
-    from tqdm import tqdm
-
-    chunks = work / "chunks"
-    chunks.mkdir()
-    job = encode.EncodeJob(
-        tok.backend,
-        work / "spool.arrow",
-        work / "splits.npy",
-        chunks,
-        cfg.max_tokens,
-        tok.special_ids["bos"],
-        tok.special_ids["eos"],
-    )
-    workers = cfg.workers or os.cpu_count() or 1
-    n_chunks = -(-n_rows // cfg.chunk_rows)
-    with tqdm(total=n_chunks, desc=f"tokenise ({workers} proc)", unit=" chunk", disable=None) as bar:
-        stats = encode.encode_spool(job, n_rows, cfg.chunk_rows, workers, on_chunk=lambda _: bar.update())
-    timer.done("tokenise")
-    for name in encode.SPLIT_NAMES.values():
-        files = [encode.chunk_path(chunks, name, s.index) for s in stats if s.rows.get(name)]
-        output.save_split(files, out / name)
-    timer.done("save_to_disk")
-    return stats
-
-
-def _manifest(cfg, fingerprint, inputs, tok, counts, skips: SkipLog, stats, out, stopped) -> dict:
-    hist = {
-        side: sum((s.length_hist[side] for s in stats if side in s.length_hist), np.zeros(cfg.max_tokens + 1))
-        for side in ("src", "trg")
-    }
-    shards = output.shard_entries(out, "train") + output.shard_entries(out, "valid")
-    return {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "args": cfg.args_json(),
-        "inputs": inputs,
-        "tokenizer": tok.to_json(),
-        "max_tokens": cfg.max_tokens,
-        "counts": {
-            "read": counts["read"],
-            "kept": counts["kept"],
-            "skipped": dict(sorted(counts["skipped"].items())),
-            "by_source": counts["by_source"],
-        },
-        "stopped_at_max_pairs": stopped,
-        "rows": {name: sum(s.rows.get(name, 0) for s in stats) for name in encode.SPLIT_NAMES.values()},
-        "truncated": {side: sum(s.truncated.get(side, 0) for s in stats) for side in ("src", "trg")},
-        "token_lengths": {side: output.length_stats(h.astype(np.int64)) for side, h in hist.items()},
-        "language_pairs": _language_pairs(out),
-        "skip_examples": skips.summary(),  # the first few per reason; every one is in skipped.jsonl
-        "skipped_file": SKIPPED_FILE,
-        "shards": shards,
-        "versions": _versions(),
-    }
-
-
-def _language_pairs(out: Path) -> dict[str, int]:
-    import datasets
-
-    pairs: Counter = Counter()
-    for name in encode.SPLIT_NAMES.values():
-        table = datasets.load_from_disk(str(out / name)).data.table.select(["src_lang", "trg_lang"])
-        grouped = table.group_by(["src_lang", "trg_lang"]).aggregate([([], "count_all")]).to_pylist()
-        pairs.update({f"{g['src_lang']}-{g['trg_lang']}": g["count_all"] for g in grouped})
-    return dict(sorted(pairs.items()))
-
-
-def _versions() -> dict[str, str]:
-    import datasets
-    import pyarrow
-    import tokenizers
-    import transformers
-
-    return {m.__name__: m.__version__ for m in (datasets, pyarrow, tokenizers, transformers)}

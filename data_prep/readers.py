@@ -11,6 +11,9 @@ Formats (`--source FORMAT:PATH`):
 - `moses`: `PREFIX.L1-L2` reads `PREFIX.L1-L2.L1` (src) and `PREFIX.L1-L2.L2` (trg), the OPUS Moses
   layout; or two files `PATH_SRC,PATH_TRG` whose last suffixes name the languages (`a.fr,a.en`).
 - `hf`: a `datasets.save_to_disk` directory (a `Dataset`, or a `DatasetDict` with a `train` split).
+- `parquet`: Parquet files, read by row group (parquet_reader.py).
+Column formats take their column names and default languages from a `Layout` (layout.py: `--src-col` ...,
+and the NLLB/OPUS `translation` layout with `--min-score`).
 - `flores`: a FLORES-200 directory; pairs X -> `eng_Latn` (see `flores_records`).
 - `gettext`: message catalogues, see `gettext_reader.py`.
 """
@@ -23,16 +26,15 @@ from pathlib import Path
 
 from . import csv_reader
 from .langcodes import ENGLISH, to_flores
-from .records import EXTRA_FIELDS, INVALID_UTF8, MALFORMED, Pair, Record, Skip, SourceError
-from .textio import raw_lines, strip_compression_suffix
-
-UNKNOWN_LANG = "und_Zzzz"  # ISO 639 "undetermined" + ISO 15924 "unknown script"
-_COLUMNS = ("src", "trg", "src_lang", "trg_lang")
+from .layout import Layout
+from .records import EXTRA_FIELDS, INVALID_UTF8, MALFORMED, UNKNOWN_LANG, Pair, Record, Skip, SourceError
+from .textio import range_lines, raw_lines, strip_compression_suffix
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line without the newline) for every line of a file (gzip/xz/zstd: decompressed)."""
-    return raw_lines(path)
+def _lines(path: Path, span: tuple[int, int] | None = None) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line without the newline) for every line of a file (gzip/xz/zstd: decompressed),
+    or for the lines starting in the byte range `span` of a plain file."""
+    return raw_lines(path) if span is None else range_lines(path, *span)
 
 
 def _decode(raw: bytes, where: str) -> str | Skip:
@@ -42,60 +44,79 @@ def _decode(raw: bytes, where: str) -> str | Skip:
         return Skip(INVALID_UTF8, where, f"byte {e.start}: {raw[e.start : e.start + 4]!r}")
 
 
-def _header_index(fields: list[str], path: Path) -> dict[str, int]:
+def _header_index(fields: list[str], path: Path, layout: Layout) -> dict[str, int]:
     names = [f.strip().lstrip("\ufeff") for f in fields]
-    missing = [c for c in ("src", "trg") if c not in names]
+    src, trg, src_lang, trg_lang = layout.src, layout.trg, layout.src_lang, layout.trg_lang
+    missing = [c for c in (src, trg) if c not in names]
     if missing:
         raise SourceError(
-            f"{path}:1: header {names} lacks column(s) {missing}; expected src, trg[, src_lang, trg_lang]"
+            f"{path}:1: header {names} lacks column(s) {missing}; expected {src}, {trg}[, {src_lang}, {trg_lang}] "
+            "(--src-col, --trg-col)"
         )
-    index = {c: names.index(c) for c in _COLUMNS if c in names}
+    index = {
+        key: names.index(c) for key, c in zip(("src", "trg", "src_lang", "trg_lang"), layout.columns()) if c in names
+    }
+    if layout.min_score is not None:
+        index["score"] = names.index(layout.score_column(names, f"{path}:1"))
     # fields a row needs at least, and has at most (a tab or comma inside an unquoted sentence adds one)
     return {**index, "_width": max(len(index), max(index.values()) + 1), "_max": len(names)}
 
 
-def _row_pair(fields: list[str], index: dict[str, int], langs: tuple[str, str], where: str) -> Record:
+def _row_pair(fields: list[str], index: dict[str, int], layout: Layout, where: str) -> Record:
     if len(fields) < index["_width"]:
         return Skip(MALFORMED, where, f"{len(fields)} field(s), header has {index['_width']}")
     if len(fields) > index["_max"]:
         return Skip(EXTRA_FIELDS, where, f"{len(fields)} fields, header has {index['_max']} (a separator in a text?)")
+    if "score" in index and (low := layout.low_score(fields[index["score"]].strip(), where)) is not None:
+        return low
+    langs = layout.langs
     src_lang = fields[index["src_lang"]].strip() if "src_lang" in index else langs[0]
     trg_lang = fields[index["trg_lang"]].strip() if "trg_lang" in index else langs[1]
     return Pair(fields[index["src"]], fields[index["trg"]], src_lang or langs[0], trg_lang or langs[1], where)
 
 
-def tsv_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
-    """Tab-separated lines after a header; a line with too few fields is `malformed`."""
+def tsv_records(path: Path, langs: tuple[str, str] | Layout, span: tuple[int, int] | None = None) -> Iterator[Record]:
+    """Tab-separated lines after a header; a line with too few fields is `malformed`. `span`: only the lines that
+    start in this byte range of a plain file (the header is read from the file's first line)."""
+    layout = Layout.of(langs)
     index: dict[str, int] | None = None
-    for lineno, raw in _lines(path):
+    if span is not None and span[0] > 0:
+        header = _decode(next(raw_lines(path))[1], f"{path}:1")
+        if isinstance(header, Skip):
+            raise SourceError(f"{path}:1: header is not valid UTF-8")
+        index = _header_index(header.split("\t"), path, layout)
+    for lineno, raw in _lines(path, span):
         where = f"{path}:{lineno}"
         text = _decode(raw, where)
         if index is None:
             if isinstance(text, Skip):
                 raise SourceError(f"{where}: header is not valid UTF-8")
-            index = _header_index(text.split("\t"), path)
+            index = _header_index(text.split("\t"), path, layout)
             continue
-        yield text if isinstance(text, Skip) else _row_pair(text.split("\t"), index, langs, where)
+        yield text if isinstance(text, Skip) else _row_pair(text.split("\t"), index, layout, where)
     if index is None:
         raise SourceError(f"{path}: empty file, expected a header line with src and trg")
 
 
-def csv_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
+def csv_records(path: Path, langs: tuple[str, str] | Layout) -> Iterator[Record]:
     """RFC 4180 CSV (see csv_reader.py: an unclosed quote costs one record, not the rest of the file); bytes
     that are not UTF-8 survive as surrogates and are reported per record."""
+    layout = Layout.of(langs)
     header, rows = csv_reader.csv_rows(path)
-    index = _header_index(header, path)
+    index = _header_index(header, path, layout)
     for row in rows:
-        yield row if isinstance(row, Skip) else _row_pair(row[1], index, langs, row[0])
+        yield row if isinstance(row, Skip) else _row_pair(row[1], index, layout, row[0])
 
 
 def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
-def jsonl_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
-    """One JSON object per line; anything else (bad JSON, missing or non-string src/trg) is `malformed`."""
-    for lineno, raw in _lines(path):
+def jsonl_records(path: Path, langs: tuple[str, str] | Layout, span: tuple[int, int] | None = None) -> Iterator[Record]:
+    """One JSON object per line (the src/trg columns, or the `translation` layout); anything else (bad JSON, missing
+    or non-string fields) is `malformed`. `span`: only the lines that start in this byte range of a plain file."""
+    layout = Layout.of(langs)
+    for lineno, raw in _lines(path, span):
         where = f"{path}:{lineno}"
         text = _decode(raw, where)
         if isinstance(text, Skip):
@@ -106,18 +127,7 @@ def jsonl_records(path: Path, langs: tuple[str, str]) -> Iterator[Record]:
         except json.JSONDecodeError as e:
             yield Skip(MALFORMED, where, f"JSON: {e.msg}")
             continue
-        yield _object_pair(obj, langs, where)
-
-
-def _object_pair(obj: object, langs: tuple[str, str], where: str) -> Record:
-    if not isinstance(obj, dict):
-        return Skip(MALFORMED, where, f"expected an object, got {type(obj).__name__}")
-    fields = {c: obj.get(c) for c in _COLUMNS}
-    bad = [c for c in ("src", "trg") if not isinstance(fields[c], str)]
-    bad += [c for c in ("src_lang", "trg_lang") if fields[c] is not None and not isinstance(fields[c], str)]
-    if bad:
-        return Skip(MALFORMED, where, f"missing or non-string field(s) {bad}")
-    return Pair(fields["src"], fields["trg"], fields["src_lang"] or langs[0], fields["trg_lang"] or langs[1], where)
+        yield layout.object_record(obj, where)
 
 
 def moses_paths(spec: str) -> tuple[Path, Path, str, str]:
@@ -155,8 +165,8 @@ def moses_records(spec: str) -> Iterator[Record]:
             yield Pair(src, trg, src_lang, trg_lang, where)
 
 
-def hf_records(path: Path, langs: tuple[str, str], batch_size: int = 4096) -> Iterator[Record]:
-    """Rows of a saved `Dataset` (or the `train` split of a `DatasetDict`), memory-mapped, in batches."""
+def hf_dataset(path: Path):
+    """The `Dataset` of a `save_to_disk` folder (a `DatasetDict`'s `train`), memory-mapped; SourceError if none."""
     import datasets
 
     try:
@@ -167,15 +177,22 @@ def hf_records(path: Path, langs: tuple[str, str], batch_size: int = 4096) -> It
         if "train" not in ds:
             raise SourceError(f"hf:{path}: DatasetDict has splits {list(ds)}, expected 'train'")
         ds = ds["train"]
-    missing = [c for c in ("src", "trg") if c not in ds.column_names]
-    if missing:
-        raise SourceError(f"hf:{path}: columns {ds.column_names} lack {missing}")
-    cols = [c for c in _COLUMNS if c in ds.column_names]
-    for start in range(0, len(ds), batch_size):
-        batch = ds.select_columns(cols)[start : start + batch_size]
-        for i in range(len(batch["src"])):
-            obj = {c: batch[c][i] for c in cols}
-            yield _object_pair(obj, langs, f"{path} row {start + i}")
+    return ds
+
+
+def hf_records(
+    path: Path, langs: tuple[str, str] | Layout, start: int = 0, stop: int | None = None, batch_size: int = 4096
+) -> Iterator[Record]:
+    """Rows [start, stop) of a saved `Dataset` (or the `train` split of a `DatasetDict`), in batches."""
+    from .parquet_reader import table_records
+
+    ds = hf_dataset(path)
+    resolved = Layout.of(langs).resolve(ds.column_names, f"hf:{path}")
+    table = ds.data.table.select(resolved.needed())
+    stop = len(ds) if stop is None else min(stop, len(ds))
+    for at in range(start, stop, batch_size):
+        part = table.slice(at, min(batch_size, stop - at))
+        yield from table_records(part, resolved, lambda i, at=at: f"{path} row {at + i}")
 
 
 def flores_records(root: Path, split: str, langs: list[str] | None) -> Iterator[Record]:

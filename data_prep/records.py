@@ -28,6 +28,7 @@ class Skip(NamedTuple):
 
 
 Record = Pair | Skip
+UNKNOWN_LANG = "und_Zzzz"  # ISO 639 "undetermined" + ISO 15924 "unknown script"
 
 
 class SourceError(ValueError):

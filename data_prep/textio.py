@@ -79,3 +79,28 @@ def raw_lines(path: Path, keep_ends: bool = False) -> Iterator[tuple[int, bytes]
 def strip_compression_suffix(path: Path) -> Path:
     """`a.fr.gz` -> `a.fr` (for formats whose file names carry the language)."""
     return path.with_suffix("") if path.suffix in COMPRESSED_SUFFIXES else path
+
+
+def range_lines(path: Path, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+    """(line number in the file, raw line without its end) of the lines of a plain file that *start* in the byte
+    range [start, stop): the ranges of a file cut anywhere read every line exactly once.
+
+    The line number needs the count of line ends before `start`: one pass over [0, start) (`bytes.count`, about
+    1-3 GB/s), so the ranges of one file cost O(size^2 / range) in all; files over ~10 GB read faster split."""
+    with open(path, "rb") as f:
+        before = 0
+        while f.tell() < start:
+            before += f.read(min(1 << 24, start - f.tell())).count(b"\n")
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # the rest of a line that began before `start` (the previous range's)
+                before += 1
+        pos, lineno = f.tell(), before
+        while pos < stop:
+            raw = f.readline()
+            if not raw:
+                return
+            lineno += 1
+            pos += len(raw)
+            yield lineno, raw.rstrip(b"\r\n")

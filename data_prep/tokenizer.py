@@ -42,9 +42,11 @@ class TokenizerInfo:
     special_ids: dict[str, int]
     backend: str = field(default="", repr=False)
     """The `tokenizers` JSON as AutoTokenizer builds it (sent to the encode workers; not in the manifest)."""
+    sample: dict[str, int] | None = None
+    """Pairs per language pair in the training sample of a trained tokenizer (--tokenizer-alpha)."""
 
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "backend"}
+        return {k: v for k, v in asdict(self).items() if k != "backend" and (k != "sample" or v is not None)}
 
 
 def train_unigram(texts: Iterator[str], vocab_size: int, out_dir: Path, show_progress: bool = False) -> TokenizerInfo:

@@ -32,7 +32,7 @@ from eval.xsim import DEFAULT_BLOCK_BYTES, MAX_BLOCK_ROWS, count_errors, nearest
 
 
 def environment() -> dict:
-    """Device, versions and git SHA printed on every row (STYLE.md #5)."""
+    """Device, versions and git SHA printed on every row."""
     import faiss
 
     try:
@@ -159,7 +159,9 @@ def bench_encoding(preset: str, n: int, device: str, dtype: str, env: dict) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m eval.bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("--n", type=int, default=10_000, help="scoring rows (default 10000)")
     p.add_argument("--d", type=int, default=1024, help="embedding dimension (default 1024)")
     p.add_argument("--margins", default="ratio", help="comma list of margins to time (default ratio)")

@@ -1,6 +1,8 @@
-"""``python -m eval``: xsim / xsim++ of a sentence encoder on a FLORES-200-layout directory.
+"""``python -m eval``: xsim / xsim++ of a sentence encoder on a FLORES-200-layout directory, or BUCC / Tatoeba.
 
 python -m eval --model MODEL --flores DIR --split devtest --langs all --out OUTDIR
+python -m eval --task bucc --bucc DIR --pair de-en [--split test] --model MODEL --out OUTDIR
+python -m eval --task tatoeba --tatoeba DIR --langs deu,fra --model MODEL --out OUTDIR
 torchrun --nproc_per_node 2 -m eval ...     (each rank encodes a share; rank 0 gathers and scores)
 
 A training output / checkpoint directory is exported once by rank 0 to OUTDIR/exported_model (on the file system
@@ -12,19 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-from tqdm import tqdm
 
 from eval import shares
 from eval.data import load_flores
-from eval.encode import BUILTIN, POOLINGS, ModelError, export_if_needed, load_encoder
+from eval.encode import BUILTIN, POOLINGS
 from eval.report import markdown, write_all
 from eval.score import Scorer, score_nway, score_sets
+from eval.sharded import encode_share
 from eval.xsim import MARGINS
 from runtime import collectives, devices
+from runtime.env import apply_defaults
 
-EXPORTED = "exported_model"  # OUT/exported_model: a training checkpoint exported for this evaluation
+TASKS = ("xsim", "bucc", "tatoeba")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,12 +40,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a training checkpoint's files may need more than the weights-only unpickler (runs their code)",
     )
-    p.add_argument("--flores", required=True, help="FLORES-200-layout root: {dev,devtest}/{lang}.{split}")
-    p.add_argument("--split", default="devtest", help="sub-directory and file suffix (default devtest)")
+    p.add_argument("--task", default="xsim", choices=TASKS, help="xsim (default), bucc or tatoeba")
+    p.add_argument("--flores", help="FLORES-200-layout root: {dev,devtest}/{lang}.{split} (--task xsim)")
+    p.add_argument("--split", help="sub-directory and file suffix (default devtest); BUCC: evaluated split (test)")
+    p.add_argument("--bucc", help="BUCC 2018 directory: {pair}.{split}.{lang}, {pair}.{split}.gold (--task bucc)")
+    p.add_argument("--pair", help="BUCC pairs, comma-separated (de-en,fr-en,ru-en,zh-en)")
+    p.add_argument("--bucc-threshold-split", default="training", help="BUCC split whose gold sets the threshold")
+    p.add_argument("--tatoeba", help="LASER Tatoeba directory: tatoeba.{xxx}-eng.{xxx|eng} (--task tatoeba)")
     p.add_argument("--langs", default="all", help="comma-separated source languages, or 'all' (default)")
     p.add_argument("--target", default="eng_Latn", help="target language (default eng_Latn: X -> English)")
     p.add_argument("--nway", action="store_true", help="every ordered pair of --langs and --target (LASER --nway)")
-    p.add_argument("--margin", default="ratio", choices=MARGINS, help="xsim margin (default ratio)")
+    p.add_argument("--margin", choices=MARGINS, help="margin (default ratio; tatoeba: absolute, LASER's 1-NN)")
     p.add_argument("--k", type=int, default=4, help="neighbours in the margin (default 4)")
     p.add_argument(
         "--index-comparison",
@@ -74,41 +80,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):
         if value < low:
             p.error(f"{flag} must be >= {low}, got {value}")
+    needs = {"xsim": "flores", "bucc": "bucc", "tatoeba": "tatoeba"}[args.task]
+    if getattr(args, needs) is None:
+        p.error(f"--task {args.task} needs --{needs}")
+    args.split = args.split or {"bucc": "test"}.get(args.task, "devtest")
+    args.margin = args.margin or ("absolute" if args.task == "tatoeba" else "ratio")
     return args
 
 
 def load_data(args) -> tuple[list[str], dict[str, list[str]], object]:
     """Source languages, the sentence sets to encode (languages + augmented target) and the xsim++ files."""
     return load_flores(args.flores, args.split, args.langs, args.target, args.nway, not args.no_xsimpp)
-
-
-def resolve_model(args, rank: int) -> str:
-    """Rank 0 exports a training checkpoint once, to OUT/exported_model: under --out, so the ranks of other nodes
-    read it from the shared file system; every rank gets the HF path (or rank 0's error)."""
-    outcome = None
-    if rank == 0:
-        try:
-            outcome = ("ok", export_if_needed(args.model, Path(args.out) / EXPORTED, args.trust_checkpoint))
-        except ModelError as err:
-            outcome = ("error", str(err))
-    outcome = collectives.broadcast_object(outcome)
-    if outcome[0] == "error":
-        raise ModelError(outcome[1])
-    return outcome[1]
-
-
-def encode_share(args, texts: dict[str, list[str]], rank: int, size: int) -> tuple[dict, float, int]:
-    model = resolve_model(args, rank)
-    device = devices.device_for(args.device)
-    encoder = load_encoder(
-        model, args.pooling, device, args.dtype, args.batch_tokens, args.max_length, tokenizer=args.tokenizer
-    )
-    share = shares.plan({name: sum(map(len, lines)) for name, lines in texts.items()}, size)[rank]
-    progress = not args.no_progress
-    start, local = time.perf_counter(), {}
-    for name in tqdm(share, desc=f"rank {rank} encoding", unit="set", disable=not progress):
-        local[name] = encoder.encode(texts[name], desc=name, progress=progress)
-    return local, time.perf_counter() - start, sum(len(texts[name]) for name in share)
 
 
 def score(args, emb: dict, texts: dict, langs: list[str], aug) -> dict:
@@ -132,6 +114,10 @@ def score(args, emb: dict, texts: dict, langs: list[str], aug) -> dict:
 
 
 def run(args) -> int:
+    if args.task != "xsim":
+        from eval import bucc, tatoeba
+
+        return {"bucc": bucc, "tatoeba": tatoeba}[args.task].run(args)
     rank, size = collectives.init_eval()
     langs, texts, aug = load_data(args)  # every rank validates, so a bad input stops all ranks alike
     n = len(texts[args.target])
@@ -156,6 +142,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_defaults()
     args = parse_args(argv)
     try:
         return run(args)

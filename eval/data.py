@@ -10,8 +10,13 @@ Every check raises ``DataError`` naming the file (and line) or the flag to fix.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+FLORES_CODE = re.compile(r"[a-z]{3}_[A-Z][a-z]{3}")  # language (ISO 639-3) _ script (ISO 15924)
 
 
 class DataError(ValueError):
@@ -44,11 +49,19 @@ def split_dir(root: str | Path, split: str, flags: dict = FLAGS) -> Path:
 
 
 def available_languages(root: str | Path, split: str, flags: dict = FLAGS) -> list[str]:
-    """Language codes with a ``{lang}.{split}`` file in ``ROOT/{split}``, sorted."""
+    """FLORES-200 codes (``eng_Latn``: ISO 639-3 + ISO 15924 script) with a ``{lang}.{split}`` file in
+    ``ROOT/{split}``, sorted. Other ``*.{split}`` files (``README.dev``, ``fra_Latn copy.dev``) are no language:
+    listed in a warning, never scored or pooled."""
     suffix = f".{split}"
-    langs = sorted(p.name[: -len(suffix)] for p in split_dir(root, split, flags).glob(f"*{suffix}") if p.is_file())
+    names = sorted(p.name[: -len(suffix)] for p in split_dir(root, split, flags).glob(f"*{suffix}") if p.is_file())
+    langs = [name for name in names if FLORES_CODE.fullmatch(name)]
+    others = [f"{name}{suffix}" for name in names if not FLORES_CODE.fullmatch(name)]
+    if others:
+        log.warning("%s: not a FLORES language code, ignored: %s", Path(root) / split, ", ".join(others))
     if not langs:
-        raise DataError(f"{flags['root']} {root}: no *{suffix} files in {Path(root) / split}")
+        raise DataError(
+            f"{flags['root']} {root}: no {{lang}}{suffix} files with a FLORES code (eng_Latn) in {Path(root) / split}"
+        )
     return langs
 
 

@@ -5,7 +5,10 @@ every word to ``<unk>`` and score it anyway) unless ``--tokenizer`` names one.
 
 HF encoding: tokenise without padding, sort by length (longest first), cut batches under a padded-token budget
 (``batch_tokens`` >= rows x longest row), run the encoder, pool (``cls``: the ``<s>`` state, MEXMA's sentence
-embedding; ``mean``: the mean over non-padding tokens), return float32 rows in input order.
+embedding; ``mean``: the mean over non-padding tokens), return float32 rows in input order. With ``cls`` pooling the
+last layer of a BERT-style encoder (XLM-R's) runs its queries, output projection and FFN at the ``<s>`` row only, its
+keys and values at every token (``CLSLastLayer``), as the evaluation inside training does: the same embedding for
+(1 / layers) less compute.
 ``sentence-transformers`` pooling runs the directory's own module stack instead (``STEncoder``). A sentence's
 embedding depends only on its own language's batches, so any split of languages across ranks gives the same
 numbers. fp16/bf16 autocast on CUDA; fp32 on the CPU.
@@ -22,6 +25,8 @@ import torch
 from tqdm import tqdm
 
 from eval.char3gram import Char3gramEncoder
+from runtime.hub import HubUnreachableError, check_hub_name
+from runtime.received import RemoteCodeError, check_dir, load_tokenizer, tokenizer_fingerprint
 
 BUILTIN = {"char3gram": Char3gramEncoder}
 POOLINGS = ("cls", "mean", "sentence-transformers")
@@ -95,12 +100,104 @@ def tokenizer_source(model: str, tokenizer: str | None = None) -> str:
 
 
 def _load_tokenizer(source: str, flag: str):
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return load_tokenizer(source, flag)
+    except RemoteCodeError as err:
+        raise ModelError(str(err)) from err
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"{flag} {source}: cannot load a tokenizer ({err})") from err
+
+
+def check_weights_file(path: str) -> None:
+    """A local model directory's weights, checked before transformers reads them: model.safetensors whole (its header
+    and the tensor bytes it announces), a pickled pytorch_model.bin only through the weights-only unpickler. ModelError
+    names the file; it never suggests unpickling with weights_only=False."""
+    root = Path(path)
+    if not root.is_dir():
+        return
+    safetensors = root / "model.safetensors"
+    if safetensors.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(safetensors), framework="pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ModelError(f"--model {path}: {safetensors} is damaged or truncated ({err}); copy it again") from err
+        return
+    pickled = root / "pytorch_model.bin"
+    if pickled.is_file():
+        from pipeline.training.safe_load import SafeLoadError, UnsafeCheckpointError, check_weights_only
+
+        try:
+            check_weights_only(pickled)
+        except SafeLoadError as err:
+            why = "it holds more than tensors" if isinstance(err, UnsafeCheckpointError) else "it is unreadable"
+            raise ModelError(
+                f"--model {path}: {pickled} cannot be read as plain weights ({why}); loading it could run code it "
+                "carries. Use a model.safetensors copy of the weights"
+            ) from err
+
+
+def check_vocabulary(model_dir: str, tokenizer, vocab_size: int, flag: str) -> None:
+    """The tokenizer fits the model: no id beyond its embedding table, and, for a MEXMA export (mexma_export.json),
+    the very tokenizer it was trained with (its recorded fingerprint)."""
+    n = len(tokenizer)
+    if n > vocab_size:
+        raise ModelError(
+            f"{flag}: the tokenizer has {n} ids, the model's embedding table {vocab_size} rows: its ids would index "
+            "past the table. Use the model's own tokenizer"
+        )
+    try:
+        record = json.loads((Path(model_dir) / "mexma_export.json").read_text())
+    except (OSError, ValueError):
+        return
+    recorded = record.get("tokenizer_fingerprint") if isinstance(record, dict) else None
+    if recorded and recorded != tokenizer_fingerprint(tokenizer):
+        raise ModelError(
+            f"{flag}: the tokenizer is not the one {model_dir} was trained with (fingerprint "
+            f"{tokenizer_fingerprint(tokenizer)[:12]}, mexma_export.json records {recorded[:12]}): its ids would mean "
+            "other words and the scores nothing. Use the export's own tokenizer"
+        )
+
+
+class CLSLastLayer:
+    """The last layer of a stock BERT-style encoder (``model.encoder.layer[-1]``, XLM-R's) evaluated at the first
+    row of each sequence only: ``model`` keeps the other layers, ``__call__(hidden (B, L, H), mask (B, L))`` ->
+    (B, H) = the full model's ``last_hidden_state[:, 0]`` up to float rounding. The math and the submodules are those
+    of the layer's forward (query / key / value, attention.output with the residual, feed_forward_chunk); eval mode:
+    no dropout. ``wrap(model)`` -> None for a model of another shape (then the whole model runs)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    @classmethod
+    def wrap(cls, model) -> CLSLastLayer | None:
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+        config = model.config
+        if not isinstance(layers, torch.nn.ModuleList) or len(layers) < 2 or config.is_decoder:
+            return None
+        if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+            return None  # relative positions enter the scores inside the attention module
+        sa = getattr(getattr(layers[-1], "attention", None), "self", None)
+        if not all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads", "attention_head_size")):
+            return None
+        model.encoder.layer = torch.nn.ModuleList(layers[:-1])  # the model's output: the last layer's input
+        return cls(layers[-1])
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        layer, (b, n, _) = self.layer, hidden.shape
+        sa = layer.attention.self
+        heads, dim = sa.num_attention_heads, sa.attention_head_size
+        rows = hidden[:, :1]  # (B, 1, H): the <s> rows
+        q = sa.query(rows).view(b, 1, heads, dim).transpose(1, 2)  # (B, heads, 1, dim)
+        k, v = (proj(hidden).view(b, n, heads, dim).transpose(1, 2) for proj in (sa.key, sa.value))  # (B, heads, L, d)
+        keep = mask[:, None, None, :].bool()  # (B, 1, 1, L): padding is never a key
+        scale = getattr(sa, "scaling", dim**-0.5)
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
+        out = layer.attention.output(ctx.transpose(1, 2).reshape(b, 1, heads * dim), rows)  # (B, 1, H)
+        return layer.feed_forward_chunk(out)[:, 0]
 
 
 class HFEncoder:
@@ -114,16 +211,25 @@ class HFEncoder:
         if pooling not in ("cls", "mean"):
             raise ModelError(f"--pooling must be cls or mean for HFEncoder, got {pooling!r}")
         try:
-            self.model = AutoModel.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as err:
-            raise ModelError(f"--model {path}: cannot load an HF model ({err})") from err
+            check_dir(path, "--model")
+        except RemoteCodeError as err:
+            raise ModelError(str(err)) from err
+        check_weights_file(path)
+        try:
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            reason = str(err).split("\n")[0]  # the rest may advise weights_only=False
+            raise ModelError(f"--model {path}: cannot load an HF model ({type(err).__name__}: {reason})") from err
         source = tokenizer_source(path, tokenizer)
-        self.tokenizer = _load_tokenizer(source, "--tokenizer" if tokenizer else "--model")
+        flag = f"--tokenizer {tokenizer}" if tokenizer else f"--model {path}"
+        self.tokenizer = _load_tokenizer(source, flag.split(" ")[0])
+        check_vocabulary(path, self.tokenizer, self.model.config.vocab_size, flag)
         self.name, self.pooling, self.batch_tokens = str(path), pooling, batch_tokens
         self.device = torch.device(device)
         self.autocast = pick_dtype(dtype, self.device)
         positions = getattr(self.model.config, "max_position_embeddings", max_length + 2)
         self.max_length = min(max_length, positions - 2)  # XLM-R positions start at padding_idx + 1 = 2
+        self.last_at_cls = CLSLastLayer.wrap(self.model) if pooling == "cls" else None
         self.model.to(self.device).eval()
         self.dim = self.model.config.hidden_size
 
@@ -140,6 +246,8 @@ class HFEncoder:
         autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         with autocast:
             hidden = self.model(**enc).last_hidden_state  # (B, L, H)
+            if self.last_at_cls is not None:
+                return self.last_at_cls(hidden, enc["attention_mask"]).float()  # (B, H)
         return self._pool(hidden.float(), enc["attention_mask"])
 
     @torch.inference_mode()
@@ -159,7 +267,12 @@ class STEncoder:
             raise ModelError(f"--model {path}: --pooling sentence-transformers needs a modules.json there")
         tokenizer_source(path, tokenizer)  # the same refusal as HFEncoder's when the directory has no tokenizer
         try:
-            self.model = SentenceTransformer(path, device=str(device), local_files_only=True)
+            check_dir(path, "--model")
+        except RemoteCodeError as err:
+            raise ModelError(str(err)) from err
+        check_weights_file(path)
+        try:
+            self.model = SentenceTransformer(path, device=str(device), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as err:
             raise ModelError(f"--model {path}: cannot load as sentence-transformers ({err})") from err
         if tokenizer is not None:
@@ -191,7 +304,7 @@ def export_if_needed(model: str, out_dir: str | Path, trust: bool = False) -> st
     if model in BUILTIN or is_hf_dir(path):
         return model
     if not path.exists():
-        return model  # a hub name: from_pretrained resolves it from the local cache or fails clearly
+        return _hub_name(model)
     if not path.is_dir():
         raise ModelError(
             f"--model {model}: not a directory (expected an HF model dir, a training output dir, "
@@ -208,6 +321,24 @@ def export_if_needed(model: str, out_dir: str | Path, trust: bool = False) -> st
             f"--model {model}: no config.json (not an HF dir) and exporting it as a training "
             f"checkpoint failed: {type(err).__name__}: {err}"
         ) from err
+
+
+MAKES_A_MODEL = (
+    "a model directory is made by `make demo` (runs/demo/train), `make train` (runs/train) or any training's "
+    "--output-dir; name one with `make eval MODEL=DIR` or --model DIR"
+)
+
+
+def _hub_name(model: str) -> str:
+    """`model` when it can be a hub name the hub or its cache serves; a missing local path is refused at once."""
+    head = Path(model).parts[0] if Path(model).parts else model
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or (model.count("/") == 1 and Path(head).is_dir()):
+        raise ModelError(f"--model {model}: no such directory; {MAKES_A_MODEL}")
+    try:
+        check_hub_name(model, "--model", f"a local model dir ({MAKES_A_MODEL}) or {', '.join(sorted(BUILTIN))}")
+    except HubUnreachableError as err:
+        raise ModelError(str(err)) from None
+    return model
 
 
 def load_encoder(

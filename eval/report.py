@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 
@@ -51,9 +52,14 @@ def write_csv(results: dict, path: Path) -> None:
             out.writerow(row)
 
 
-def plot(results: dict, path: Path) -> None:
-    """Bar chart of error % per language (xsim++ beside it when present), the pooled average as a line."""
-    import matplotlib
+def plot(results: dict, path: Path) -> bool:
+    """Bar chart of error % per language (xsim++ beside it when present), the pooled average as a line. Without
+    matplotlib (an offline node's wheelhouse leaves it out) the chart is skipped with a warning: False."""
+    try:
+        import matplotlib
+    except ImportError:
+        logging.getLogger(__name__).warning("matplotlib is not installed: %s not written", path)
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -80,6 +86,7 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def write_all(results: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -89,5 +96,6 @@ def write_all(results: dict, out_dir: str | Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["md"].write_text(markdown(results), encoding="utf-8")
     write_csv(results, paths["csv"])
-    plot(results, paths["png"])
+    if not plot(results, paths["png"]):
+        del paths["png"]
     return paths

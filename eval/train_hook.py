@@ -17,13 +17,19 @@ Best checkpoint: when the pooled xsim error (the split's X -> target average; xs
 strictly below the best so far, the step's checkpoint is saved right away (no-op when --save-every saved it
 already) and marked `best` (checkpoints/best + best.json, `CheckpointManager.mark_best`); pruning never removes it.
 The best-so-far comes from best.json, so a resumed run keeps it and --no-resume (which sets checkpoints/ aside)
-starts a new one. `python -m pipeline.export RUN OUT --tag best` exports it.
+starts a new one. Scores are compared only within one test set: best.json holds the test set's content fingerprint
+(`XsimEvaluator.fingerprint`: sha256 of the split, target, set names and every line), and an evaluation on another
+test set (another --xsim-data, or the same path with edited files) starts a new `best` lineage, said at WARNING.
+The fingerprint is also in the run record, so such a relaunch needs --allow-config-change.
+`python -m pipeline.export RUN OUT --tag best` exports it.
 
 The hook reads the live model from its `HookContext`: the engine's module, whole on every rank under ZeRO stages 0-2.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,9 +67,23 @@ def load_tokenizer(data_dir: str | Path):
     path = Path(data_dir) / "tokenizer"
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise ConfigError(f"--xsim-every: no tokenizer in {path} (data_prep writes it there)")
-    from transformers import AutoTokenizer
+    from runtime.received import RemoteCodeError
+    from runtime.received import load_tokenizer as load_received
 
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return load_received(path, "--data")
+    except RemoteCodeError as e:
+        raise ConfigError(str(e)) from e
+
+
+def test_set_fingerprint(split: str, target: str, texts: dict[str, list[str]], aug) -> str:
+    """sha256 of what an evaluation scores: split, target, each set's name and lines, the xsim++ error types."""
+    h = hashlib.sha256(json.dumps([split, target, sorted(texts)]).encode())
+    for name in sorted(texts):
+        h.update(json.dumps([name, texts[name]], ensure_ascii=False).encode())
+    if aug is not None:
+        h.update(json.dumps(aug.errtypes, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()
 
 
 class XsimEvaluator:
@@ -81,6 +101,7 @@ class XsimEvaluator:
         if n < Scorer().k:
             raise ConfigError(f"--xsim-data {run_cfg.xsim_data}: {n} sentences per language, the margin needs >= 4")
         self.texts = texts
+        self.fingerprint = test_set_fingerprint(run_cfg.xsim_split, self.target, texts, self.aug)
         sizes = {name: sum(map(len, lines)) for name, lines in texts.items()}
         self.share = shares.plan(sizes, world)[rank]  # this rank's sentence sets, the same plan on every rank
         self.ids = {name: tokenize(tokenizer, texts[name], max_length) for name in self.share}
@@ -148,6 +169,7 @@ class XsimHook(Hook):
     def __init__(self, evaluator: XsimEvaluator, every: int):
         self.evaluator, self.every = evaluator, every
         self.tokens = evaluator.tokens  # encoded per evaluation on this rank: the schedule fit's estimate
+        self.record = {"xsim_sha256": evaluator.fingerprint}  # a relaunch on another test set needs the flag
 
     @classmethod
     def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimHook | None:
@@ -167,19 +189,34 @@ class XsimHook(Hook):
         record = self.evaluator.run(ctx.model, ctx.device)
         rank0 = self.evaluator.rank == 0
         if rank0:
-            best = ctx.best()
+            best = self._best_so_far(ctx.best())
             improved = best is None or record[METRIC] < best["score"]
             record["is_best"] = improved
             record["best_" + METRIC] = record[METRIC] if improved else best["score"]
             record["best_step"] = ctx.step if improved else best["step"]
         record = collectives.broadcast_object(record)
         if record["is_best"]:  # every rank: the save is collective
-            ctx.save_best(record[METRIC], METRIC)
+            ctx.save_best(record[METRIC], METRIC, self.evaluator.fingerprint)
         record.update(step=ctx.step, time=time.time(), elapsed_s=ctx.elapsed())
         ctx.write(record)
         if rank0:
             self._log(record)
         return record
+
+    def _best_so_far(self, best: dict | None) -> dict | None:
+        """best.json when it was scored on this test set; else None (a new lineage), said at WARNING."""
+        if best is None or best.get("fingerprint") == self.evaluator.fingerprint:
+            return best
+        log.warning(
+            "xsim: the test set differs from the one `best` (%s, %.2f%% at step %s) was scored on (fingerprint %s, "
+            "now %s): its score is not comparable; a new `best` lineage starts with this evaluation",
+            best.get("tag"),
+            best.get("score", float("nan")),
+            best.get("step"),
+            str(best.get("fingerprint"))[:12],
+            self.evaluator.fingerprint[:12],
+        )
+        return None
 
     def _log(self, r: dict) -> None:
         pp = f" | xsim++ {r['xsimpp_error_pct']:.2f}%" if "xsimpp_error_pct" in r else ""

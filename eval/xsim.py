@@ -54,12 +54,27 @@ def _check_inputs(x: np.ndarray, y: np.ndarray, margin: str, k: int) -> None:
         raise ValueError(f"k must be in [1, {kmax}] for {x.shape[0]} x {y.shape[0]} rows, got {k}")
 
 
-def _normalized(a: np.ndarray) -> np.ndarray:
-    """A float32 C-contiguous copy, L2-normalised by faiss exactly as LASER does (the input is untouched)."""
-    import faiss
+def _faiss():
+    """faiss when installed, else None: ``nearest`` and ``xsim`` then normalise with numpy and search with the
+    blocked exact scan below (an offline node's wheelhouse leaves faiss out; the references still need it)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
 
+
+def _normalized(a: np.ndarray) -> np.ndarray:
+    """A float32 C-contiguous copy, L2-normalised by faiss exactly as LASER does (the input is untouched); without
+    faiss the same float32 arithmetic in numpy (x * (1 / ||x||), zero rows left zero)."""
     out = np.array(a, dtype=np.float32, order="C", copy=True)
-    faiss.normalize_L2(out)
+    faiss = _faiss()
+    if faiss is not None:
+        faiss.normalize_L2(out)
+        return out
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float32))
+    nonzero = norms > 0
+    out[nonzero] *= (np.float32(1) / norms[nonzero])[:, None]
     return out
 
 
@@ -206,7 +221,7 @@ def nearest(
     xn, yn = _normalized(x), _normalized(y)
     use_numpy = gemm == "numpy" or (gemm == "auto" and dev.type == "cpu")
     y_dev = None if use_numpy else torch.from_numpy(yn).to(dev)
-    if margin == "absolute" and use_numpy:
+    if margin == "absolute" and use_numpy and _faiss() is not None:
         return _faiss_1nn(xn, yn)  # one direction only: faiss's own blocked GEMM + heap is LASER's path and no slower
     if margin == "absolute":
         cos_xy, idx_xy, _ = _scan(xn, yn, 1, 0, y_dev, block_bytes)

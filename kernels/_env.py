@@ -1,4 +1,4 @@
-"""The one `MEXMA_KERNELS=ref` switch (STYLE.md #4): kernels/ and pipeline/ both ask here."""
+"""The one `MEXMA_KERNELS=ref` switch: kernels/ and pipeline/ both ask here."""
 
 import os
 

@@ -45,7 +45,7 @@ def block_diag_attention_ref(q, k, v, cu_seqlens, max_seqlen=None, softmax_scale
 
     q, k, v: (T, H, D); cu_seqlens: int32 (n_seqs + 1,). Returns o: (T, H, D) in q's dtype.
     upcast=True computes in at least fp32 (float64 stays float64); upcast=False computes in q's dtype,
-    the same-precision PyTorch path the tests measure the kernel's error against (STYLE.md #3).
+    the same-precision PyTorch path the tests measure the kernel's error against.
     """
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     dtype = torch.promote_types(q.dtype, torch.float32) if upcast else q.dtype

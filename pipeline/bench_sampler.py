@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -72,9 +73,10 @@ def zipf_counts(n: int) -> np.ndarray:
 def make_files(root: Path, n: int) -> Path:
     """DIR/n/: lengths.npy (n, 2) uint16, pair_ids.npy, pair_index.npy, pairs.json; kept for the next run."""
     out = root / str(n)
-    if (out / "pairs.json").is_file():
+    if (out / "pairs.json").is_file() and _cached_ok(out, n):
         return out
     out.mkdir(parents=True, exist_ok=True)
+    (out / "pairs.json").unlink(missing_ok=True)  # written last: present only over whole arrays
     counts = zipf_counts(n)
     lengths = np.lib.format.open_memmap(out / "lengths.npy", "w+", np.uint16, (n, 2))
     codes = np.lib.format.open_memmap(out / "pair_ids.npy", "w+", np.uint16, (n,))
@@ -90,6 +92,20 @@ def make_files(root: Path, n: int) -> Path:
         a.flush()
     (out / "pairs.json").write_text(json.dumps({"names": [f"p{i}" for i in range(N_PAIRS)], "counts": counts.tolist()}))
     return out
+
+
+def _cached_ok(out: Path, n: int) -> bool:
+    """Files of an earlier run that are whole: each array's header shape and its file size (a truncated or damaged
+    file is written again)."""
+    try:
+        for name, shape in (("lengths.npy", (n, 2)), ("pair_ids.npy", (n,)), ("pair_index.npy", (n,))):
+            array = np.load(out / name, mmap_mode="r")
+            if array.shape != shape:
+                return False
+        json.loads((out / "pairs.json").read_text())["counts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def _open(directory: str) -> tuple:
@@ -134,8 +150,36 @@ def run_child(directory: str, mode: str, world: int, batches: int) -> dict:
     }
 
 
+MAX_PAIRS = 1e12  # the virtual arrays index with int64; the files would need 10 TB
+
+
+def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Every flag in range before anything runs (argparse's error: usage, the flag, exit 2)."""
+    if a.world < 1:
+        p.error(f"--world must be >= 1, got {a.world}")
+    if a.batches < 1:
+        p.error(f"--batches must be >= 1 (micro batches timed), got {a.batches}")
+    need = 150 * 2 * a.world  # one optimizer step of the fixed mode: 150 pairs x accumulation 2 x world
+    for n in a.pairs:
+        if not (math.isfinite(n) and need <= n <= MAX_PAIRS):
+            p.error(
+                f"--pairs {n:g}: every size must be a number from {need} (one step of {a.world} ranks) to {MAX_PAIRS:g}"
+            )
+    if Path(a.dir).exists() and not Path(a.dir).is_dir():
+        p.error(f"--dir {a.dir}: not a directory")
+
+
+def _child_result(proc: subprocess.CompletedProcess, directory: str, mode: str) -> dict:
+    """The child's JSON line, or SystemExit naming its error (its last stderr line), not a CalledProcessError."""
+    lines = proc.stdout.splitlines()
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    error = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    raise SystemExit(f"bench_sampler: {directory} ({mode}) failed: {error}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench_sampler", description=__doc__.split("\n")[0])
     p.add_argument("--pairs", nargs="+", type=float, default=[1e6, 1e7, 1e8], help="corpus sizes (1e9 = 10 GB)")
     p.add_argument("--dir", default="/tmp/bench_sampler", help="where the synthetic files are written and kept")
     p.add_argument("--world", type=int, default=8, help="ranks (the bench is rank 0 of them)")
@@ -152,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         print(json.dumps(run_child(a.child[0], a.child[1], a.world, a.batches)))
         return 0
-    if any(n < 1 for n in a.pairs):
-        p.error(f"--pairs: every size must be >= 1, got {a.pairs}")
+    _check_args(p, a)
     print(
         f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy "
         f"{np.__version__}; rank 0 of {a.world}, gradient accumulation 2; `{' '.join(sys.argv)}`"
@@ -167,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in a.modes:
             cmd = [sys.executable, "-m", "pipeline.bench_sampler", "--child", directory, mode]
             cmd += ["--world", str(a.world), "--batches", str(a.batches)]
-            r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            r = _child_result(subprocess.run(cmd, capture_output=True, text=True), directory, mode)
             print(
                 f"| {n:.0e} | {r['mode']} | {r['rss_anon_MiB']} | {r['startup_s']} | {r['us_per_batch']} | "
                 f"{r['rows_per_batch']} |",

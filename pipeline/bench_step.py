@@ -1,9 +1,11 @@
 """Training-step benchmark: our packed MEXMA step against the plain padded reference, on the same batches.
 
-A step is what training does per micro batch without DeepSpeed: zero_grad, forward, backward, grad clipping at
-1.2 and AdamW. Variants:
+A step is one micro batch's forward, backward, grad clipping at 1.2 and AdamW. Variants:
+- packed-ds: the training configuration, `MexmaModel` inside the trainer's DeepSpeed engine (pipeline/bench_ds.py:
+  ZeRO-2 bf16 weights with fp32 masters on GPUs, fp32 on CPUs); its MFU is the training's. Default on CUDA;
 - packed: `MexmaModel` (one encoder call over the packed 4B views, block-diagonal attention, head in one call,
-  chunked tied cross-entropy at masked positions only);
+  chunked tied cross-entropy at masked positions only), torch AdamW, bf16 autocast over fp32 weights with
+  --dtype bf16 (the original's AMP, so it compares with padded like for like);
 - padded: `pipeline.model.reference.PaddedMexma` (four padded encoder calls, two padded head calls, full-vocabulary
   logits), i.e. the original's computation with stock SDPA attention;
 - packed-ref: the packed model with attention through the per-sequence PyTorch reference (diagnostic).
@@ -18,7 +20,7 @@ measure that survives a shared, loaded CPU. Peak memory: CUDA max_memory_allocat
 CPU peak RSS minus the RSS before the model was built (weights + AdamW state + activations).
 
 Shapes (`--shapes`): "default" is this project's model (6-layer 8-head head, `--vocab`); "original" the shapes
-the original MEXMA runs were compared at in issue #12 (vocabulary 8000, 2-layer 4-head head with FFN 3072);
+the original MEXMA runs were compared at (vocabulary 8000, 2-layer 4-head head with FFN 3072);
 "both" runs and reports the two. On CUDA, MFU = useful TFLOP/s / the device's dense bf16 peak (`--peak-tflops`,
 default from the device name: H100/H200 989), and attention="auto" is resolved by `MexmaModel.select_backends`
 (kernel checked and timed against varlen_attn) before the packed variant runs; the report is in the JSON.
@@ -44,11 +46,18 @@ import time
 
 import torch
 
+from pipeline.bench_ds import ds_step
 from pipeline.data.collate import MexmaCollator
 from pipeline.model.mexma import ModelConfig, build_model, encoder_config
 from pipeline.model.reference import PaddedMexma, unpack_to_padded
 
-VARIANTS = ("packed", "padded", "packed-ref")
+VARIANTS = ("packed-ds", "packed", "padded", "packed-ref")
+LABELS = {
+    "packed-ds": "training configuration: DeepSpeed ZeRO-2 engine (bf16 weights, fp32 masters on GPUs)",
+    "packed": "packed, torch AdamW over fp32 weights (bf16 autocast with --dtype bf16: the original's AMP)",
+    "padded": "padded reference (the original's computation), torch AdamW over fp32 weights (autocast as packed)",
+    "packed-ref": "packed, attention through the per-sequence PyTorch reference (diagnostic)",
+}
 SHAPES = {  # name -> (vocabulary or None for --vocab, head overrides of ModelConfig)
     "default": (None, {}),
     "original": (8000, {"head_layers": 2, "head_heads": 4, "head_ffn": 3072}),
@@ -58,7 +67,9 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 t
 
 def parse_args(argv=None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.bench_step", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="large" if cuda else "tiny", help="model preset (tiny, base, large)")
     p.add_argument("--pairs", type=int, default=150 if cuda else 32, help="translation pairs per batch")
     p.add_argument("--min-len", type=int, default=8, help="shortest sentence in tokens, with <s> and </s>")
@@ -75,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="measured steps per variant per round")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants")
     p.add_argument("--batches", type=int, default=4, help="distinct batches, cycled")
-    p.add_argument("--variants", default="packed,padded", help=f"comma list of {VARIANTS}")
+    default_variants = "packed-ds,packed,padded" if cuda else "packed,padded"
+    p.add_argument("--variants", default=default_variants, help=f"comma list of {VARIANTS}")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--shapes", choices=("default", "original", "both"), default="default", help="see the docstring")
@@ -182,27 +194,21 @@ def _measure(variant: str, args, batches: list[dict]) -> dict:
     device = torch.device(args.device)
     base_rss = _rss_bytes()
     model, _ = _build(variant, args, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
     inputs = [_to_device(b, variant, device) for b in batches]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     backends = None
-    if device.type == "cuda" and variant == "packed" and args.attention == "auto":
+    if device.type == "cuda" and variant in ("packed", "packed-ds") and args.attention == "auto":
         lengths = (batches[0]["cu_seqlens"][1:] - batches[0]["cu_seqlens"][:-1]).tolist()
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         backends = model.select_backends(device, dtype, lengths)
+    step = ds_step(model, args.dtype, args.pairs) if variant == "packed-ds" else _amp_step(model, args, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, cpu_times = [], []
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for i in range(args.warmup + args.steps):
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
         start, cpu_start = time.perf_counter(), time.process_time()
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = model(**inputs[i % len(inputs)])["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.2)
-        opt.step()
+        loss = step(inputs[i % len(inputs)])
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
@@ -220,6 +226,24 @@ def _measure(variant: str, args, batches: list[dict]) -> dict:
         "loss": float(loss.detach()),
         "backends": backends,
     }
+
+
+def _amp_step(model, args, device):
+    """step(batch) -> loss: zero_grad, forward under bf16 autocast (--dtype bf16) over fp32 weights, backward,
+    clipping at 1.2, torch AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+    def step(batch: dict):
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(**batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.2)
+        opt.step()
+        return loss
+
+    return step
 
 
 def _child(variant, args, queue):
@@ -278,6 +302,7 @@ def summarize(args, results: dict, batches: list[dict]) -> dict:
             "step_ms": [round(1000 * t, 1) for t in times],
             "mfu": flops / median / 1e12 / peak if peak else None,
             "backends": runs[-1].get("backends"),
+            "label": LABELS[variant],
         }
     return {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
@@ -326,6 +351,8 @@ def print_report(summary: dict) -> None:
             f"| {name} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | {r['tflops']:.3f} | {r['cpu_ms']:.0f} "
             f"| {r['peak_mib']:.0f} | {speed} | {cpu} | {mem} | {mfu} |"
         )
+    for name in rows:
+        print(f"- {name}: {LABELS[name]}")
 
 
 def run_shape(args) -> dict:

@@ -8,15 +8,19 @@ directory (OUTPUT/checkpoints/step_NNNNNNNN). The checkpoint is verified against
 as resume does); an unverified one is refused unless `--allow-unverified` (then a warning says what failed). Every
 DeepSpeed file is checked with the weights-only unpickler before DeepSpeed's zero_to_fp32 unpickles it
 (pipeline/training/safe_load.py); a file that needs more is refused unless `--trust-checkpoint`. The weights are
-consolidated (the fp32 master weights of every ZeRO partition: exact for bf16 runs too), loaded into the model that
-`build_model` makes from the run's config.json, and `model.encoder.save_pretrained` writes them as model.safetensors
-under the stock HF names (transformers 5 writes safetensors only). OUT_DIR also gets the run's tokenizer and the
+consolidated
+(the fp32 master weights of every ZeRO partition: exact for bf16 runs too), loaded into the model that `build_model`
+makes from the run's config.json, and `model.encoder.save_pretrained` writes them as model.safetensors under the stock
+HF names (transformers 5 writes safetensors only), with a pooler (`pooler.dense`) at HF's initialisation: MEXMA trains
+none (its sentence embedding is the CLS hidden state, `last_hidden_state[:, 0]`), and the stock class, which builds one,
+then loads the directory without reporting its weights as MISSING. OUT_DIR also gets the run's tokenizer and the
 sentence-transformers files (modules.json, sentence_bert_config.json, config_sentence_transformers.json,
 1_Pooling/config.json with CLS pooling), so both `XLMRobertaModel.from_pretrained(OUT_DIR)` and
 `SentenceTransformer(OUT_DIR)` load it.
 
 OUT_DIR must lie outside the run directory and be new, empty or an earlier export: the export is written beside it
-and renamed into place, so a failed export changes nothing.
+and renamed into place, so a failed export changes nothing. Its files get the modes the umask gives (0644 under the
+usual 022), so others on a shared disk can read them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +40,8 @@ import torch
 from pipeline.model.mexma import ModelConfig, build_model
 from pipeline.training.checkpoint import BEST, COMPLETE, LATEST, TAG_RE, CheckpointManager, NoUsableCheckpointError
 from pipeline.training.safe_load import TRUST_FLAG, SafeLoadError, check_deepspeed_files
+from runtime.env import apply_defaults
+from runtime.received import RemoteCodeError, load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 EXPORT_ATTENTION = "sdpa"  # what the exported config names: stock PyTorch attention, no import of ours needed
@@ -184,9 +191,10 @@ def run_tokenizer(run_dir: Path):
     tok_dir = run_dir / "tokenizer"
     if not tok_dir.is_dir():
         raise ExportError(f"{tok_dir}: missing (train.py copies the data's tokenizer there)")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tok_dir))
+    try:
+        return load_tokenizer(tok_dir, "run tokenizer")
+    except (RemoteCodeError, OSError, ValueError) as e:
+        raise ExportError(str(e)) from e
 
 
 def write_sentence_transformers(out: Path, hidden_size: int, max_seq_length: int) -> None:
@@ -199,17 +207,67 @@ def write_sentence_transformers(out: Path, hidden_size: int, max_seq_length: int
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out))
 
 
+def untrained_pooler(config, seed: int = 0) -> torch.nn.Module:
+    """XLM-R's pooler (dense + tanh over CLS) at HF's initialisation (normal(0, initializer_range), zero bias), from a
+    fixed seed: the stock XLMRobertaModel builds one, so the export carries it; MEXMA embeds with CLS, not with it."""
+    from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaPooler
+
+    pooler = XLMRobertaPooler(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        pooler.dense.weight.copy_(torch.randn(pooler.dense.weight.shape, generator=gen) * config.initializer_range)
+        pooler.dense.bias.zero_()
+    return pooler
+
+
 def _write_dir(out: Path, model, run_dir: Path, record: dict) -> None:
     """The HF + tokenizer + sentence-transformers files of `model` into `out` (a fresh directory)."""
     encoder = model.encoder
     encoder.config._attn_implementation = EXPORT_ATTENTION
     encoder.config.architectures = ["XLMRobertaModel"]
+    if getattr(encoder, "pooler", None) is None:
+        encoder.pooler = untrained_pooler(encoder.config)
     encoder.save_pretrained(str(out))  # model.safetensors (+ config.json)
-    run_tokenizer(run_dir).save_pretrained(str(out))
+    tokenizer = run_tokenizer(run_dir)
+    tokenizer.save_pretrained(str(out))
+    record.update(tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), vocab_size=encoder.config.vocab_size)
     max_length = load_run_config(run_dir)[1]["data"]["max_length"]
     max_seq = min(max_length, encoder.config.max_position_embeddings - encoder.config.pad_token_id - 1)
     write_sentence_transformers(out, encoder.config.hidden_size, max_seq)
     (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def apply_umask(root: Path) -> None:
+    """Give every file and directory under `root` the mode a plain open/mkdir would (0644 / 0755 under umask 022):
+    some writers use private temp files (0600) renamed into place."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove `.OUT.tmpPID` / `.OUT.oldPID` siblings of OUT left by an export that was killed (its PID no longer
+    runs); a live export's are left alone. -> the paths removed."""
+    removed = []
+    for path in out.parent.glob(f".{out.name}.*"):
+        m = re.fullmatch(rf"\.{re.escape(out.name)}\.(?:tmp|old)(\d+)", path.name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by an export that did not finish", path)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -233,20 +291,27 @@ def export_checkpoint(
     check_output(out, run_dir)
     model = _load_model(run_dir, root, tag, trust)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     record = {"source": str(Path(src).resolve()), "checkpoint": tag, "pooling": "cls"}
     try:
         _write_dir(tmp, model, run_dir, record)
+        apply_umask(tmp)
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s (%s) to %s", run_dir, tag, out)
+    log.info(
+        "exported %s (%s) to %s; sentence embedding: the CLS hidden state (the pooler is untrained)", run_dir, tag, out
+    )
     return str(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Export a MEXMA DeepSpeed checkpoint to a HF / sentence-transformers dir")
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.export",
+        description="Export a MEXMA DeepSpeed checkpoint to a HF / sentence-transformers dir",
+    )
     p.add_argument("src", help="training output dir (its newest verified checkpoint, or --tag) or one checkpoint dir")
     p.add_argument("out_dir", help="new output directory outside the run (XLMRobertaModel + tokenizer + ST config)")
     p.add_argument("--tag", help=f"with a run dir: {LATEST} (default), {BEST} (checkpoints/{BEST}) or step_NNNNNNNN")
@@ -257,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         help="unpickle checkpoint files that need more than the weights-only unpickler (runs their code)",
     )
     args = p.parse_args(argv)
+    apply_defaults()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         export_checkpoint(args.src, args.out_dir, args.tag, args.trust_checkpoint, args.allow_unverified)

@@ -18,9 +18,11 @@ from eval.train_hook import XsimHook
 from pipeline.config import ConfigError, load_ds_config, parse_args
 from pipeline.data.dataset import DataError
 from pipeline.training.checkpoint import CheckpointError, NoUsableCheckpointError
+from pipeline.training.console import configure_logging, env_rank, log_summary, quiet_others
 from pipeline.training.lock import OutputLockedError
 from pipeline.training.runrecord import RelaunchError
 from pipeline.training.trainer import Trainer, TrainingStoppedError
+from runtime.env import apply_defaults
 
 REFUSALS = (ConfigError, DataError, RelaunchError, OutputLockedError, NoUsableCheckpointError)
 
@@ -29,16 +31,19 @@ def setup(argv: list[str] | None = None) -> Trainer:
     """Config -> Trainer (rank 0 holds OUTPUT/.lock); the run records are written by `Trainer.resume`, after the
     relaunch checks."""
     cfg = parse_args(argv)
+    quiet_others(cfg.run.verbose)
     return Trainer(cfg, load_ds_config(cfg.run.ds_config), hooks=[XsimHook.for_run])
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    apply_defaults()  # read when used: DeepSpeed's op build, the first tokenizer batch, wandb.init
+    configure_logging(env_rank())
     trainer = None
     try:
         trainer = setup(argv)
         trainer.train()
+        if trainer.rank == 0:
+            log_summary(trainer.out, logging.getLogger("pipeline.train"))
     except (*REFUSALS, CheckpointError, TrainingStoppedError) as e:
         logging.getLogger("pipeline.train").error("%s", e)
         return 2 if isinstance(e, REFUSALS) else 1

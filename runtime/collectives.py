@@ -19,6 +19,8 @@ tests/pipeline/test_distributed.py fails when any other module calls a torch.dis
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 from datetime import timedelta
@@ -27,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from runtime.devices import backend_for, default_device_type, local_rank, select_device
+from runtime.ds_ops import cpu_op_build, use_all_gather_single
 from runtime.jit_lock import clear_stale_jit_lock
 
 
@@ -61,7 +64,7 @@ def _single_process_env() -> None:
     )
 
 
-def init_training(timeout_minutes: float) -> tuple[int, int]:
+def init_training(timeout_minutes: float, verbose: bool = False) -> tuple[int, int]:
     """Training: select LOCAL_RANK's accelerator, then join the launcher's group through DeepSpeed (it wraps the
     torch group for its own collectives). A 1-rank group for plain `python`. Returns (rank, world size)."""
     import deepspeed
@@ -74,13 +77,35 @@ def init_training(timeout_minutes: float) -> tuple[int, int]:
     if device_type == "cpu" and local_rank() == 0:
         clear_stale_jit_lock("deepspeed_shm_comm")  # node-local: DeepSpeed JIT-loads this op in init on CPU
     select_device(device_type)
+    backend = backend_for(device_type, accel.communication_backend_name())
+    if int(os.environ.get("RANK", 0)) == 0:
+        logging.getLogger(__name__).info(accelerator_line(device_type, backend, world()[1]))
     if not is_dist():
-        backend = backend_for(device_type, accel.communication_backend_name())
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
-    if device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # N ranks on one host each defaulting to all cores oversubscribe the CPU N-fold: split the cores instead
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size()))
+        quiet_build = cpu_op_build(int(os.environ.get("RANK", 0)), verbose) if device_type == "cpu" else None
+        with quiet_build or contextlib.nullcontext():
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        use_all_gather_single()
+    cap_cpu_threads()
     return world()
+
+
+def accelerator_line(device_type: str, backend: str, world_size: int) -> str:
+    """The start-up line naming the accelerator a run trains on and where the choice came from."""
+    chosen = os.environ.get("DS_ACCELERATOR")
+    how = f"DS_ACCELERATOR={chosen}" if chosen else "detected by DeepSpeed: no DS_ACCELERATOR set"
+    return f"accelerator {device_type} ({how}); {world_size} process(es); process group {backend}"
+
+
+def cap_cpu_threads() -> int | None:
+    """torch's CPU threads of this rank = the cores it may run on / the ranks on this node, unless OMP_NUM_THREADS
+    is set (then torch follows it). N ranks each defaulting to every core oversubscribe the host N-fold: the whole
+    step on a CPU, collation and masking on a GPU node with 8 ranks. Returns the count set, or None."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // local_world_size())
+    torch.set_num_threads(threads)
+    return threads
 
 
 def init_eval(timeout_minutes: float = 60.0) -> tuple[int, int]:

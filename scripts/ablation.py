@@ -1,16 +1,18 @@
-"""`make ablation`: the paper's ablation in small, each variant over several seeds, on the demo's data and budget.
+"""`make ablation`: the paper's ablation in small, and the paper's hyperparameters, each over several seeds, on the
+demo's data, model and batch.
 
-    python scripts/ablation.py [--seeds 0 1] [--steps N] [--minutes M]
+    python scripts/ablation.py [--seeds 0 1] [--steps N] [--minutes M] [--variants NAME ...]
 
-Variants (DESIGN.md "Ablation"; MEXMA Table 6: alignment only, + token-level, + KoLeo), all with the demo recipe's
-optimiser settings (scripts/demo.py DEMO), the same data, step cap, wall-clock cap and seeds:
-  alignment only        --mlm-weight 0 --koleo-weight 0   (the CLS MSE alone)
-  + cross-unmasking     --koleo-weight 0                  (MSE + the unmasking head's MLM)
-  + KoLeo               the demo recipe                   (MSE + MLM + KoLeo)
+Variants (MEXMA Table 6: alignment only, + token-level, + KoLeo), each a recipe of recipes/ and the flags it changes,
+all with the same data, step count, wall-clock cap and seeds:
+  alignment only            tiny-cpu --mlm-weight 0 --koleo-weight 0   (the CLS MSE alone)
+  + cross-unmasking         tiny-cpu --koleo-weight 0                  (MSE + the unmasking head's MLM)
+  + KoLeo                   tiny-cpu                                   (MSE + MLM + KoLeo: the demo's recipe)
+  paper's hyperparameters   tiny-paper  (lr 1e-4, 30% warmup, loss weights 1 / 1 / 0.01, dropout 0.1: the reference)
 Each run trains with ZeRO-2 on 2 CPU processes, is exported and evaluated on the held-out test set
 (data/testset, xsim X -> eng_Latn). Writes runs/ablation/report.md (per-seed pooled errors, mean, std, max - min)
 and runs/ablation/results.json; a finished run is not redone on a rerun (its log.jsonl record is reused).
-Budget at the demo's 600 steps: 3 variants x 2 seeds x (about 5.7 min training + 40 s export and eval) = about 40 min.
+The demo's report links here. Budget: 4 variants x 2 seeds x (STEPS steps + about 1 min start-up, export and eval).
 """
 
 from __future__ import annotations
@@ -22,18 +24,23 @@ import sys
 import time
 from pathlib import Path
 
-from scripts.common import StageError
-from scripts.demo import DEMO, PAIRS
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.common import StageError, recipe_settings
+from scripts.demo import RECIPE
 from scripts.report import seed_table
 from scripts.sweep import run_one
 
 # The ablation compares variants at a fixed step count (not a fitted schedule): equal steps, equal pairs.
-STEPS, MINUTES = 600, 9.0
+STEPS, MINUTES = 600, 15.0
 
+# name -> (recipe, the flags this variant changes)
 VARIANTS = {
-    "alignment only": {**DEMO, "mlm-weight": 0.0, "koleo-weight": 0.0},
-    "+ cross-unmasking": {**DEMO, "koleo-weight": 0.0},
-    "+ KoLeo (demo recipe)": dict(DEMO),
+    "alignment only": (RECIPE, {"mlm-weight": 0.0, "koleo-weight": 0.0}),
+    "+ cross-unmasking": (RECIPE, {"koleo-weight": 0.0}),
+    "+ KoLeo (demo recipe)": (RECIPE, {}),
+    "paper's hyperparameters": ("tiny-paper", {}),
 }
 
 
@@ -49,10 +56,11 @@ def load_log(path: Path) -> dict[tuple[str, int], dict]:
     return {(r["name"], r["seed"]): r for r in records}
 
 
-def run_variant(name: str, recipe: dict, seed: int, args: argparse.Namespace, done: dict) -> dict:
-    run_name = f"{slug(name)}_seed{seed}"
+def run_variant(name: str, seed: int, args: argparse.Namespace, done: dict) -> dict:
+    recipe, overrides = VARIANTS[name]
+    run_name, flags = f"{slug(name)}_seed{seed}", recipe_settings(recipe, overrides)
     old = done.get((run_name, seed))
-    if old and old["recipe"] == recipe and old["steps_cap"] == args.steps and not args.force:
+    if old and old.get("flags") == flags and old["steps_cap"] == args.steps and not args.force:
         print(f"\n==> [{run_name}] done earlier: pooled error {old['pooled_error_pct']:.2f}%", flush=True)
         return old
     ns = argparse.Namespace(
@@ -66,7 +74,7 @@ def run_variant(name: str, recipe: dict, seed: int, args: argparse.Namespace, do
         pairs=args.pairs,
         extra=[],
     )
-    record = {**run_one(run_name, recipe, ns), "variant": name, "steps_cap": args.steps}
+    record = {**run_one(run_name, recipe, overrides, ns), "variant": name, "steps_cap": args.steps}
     with open(Path(args.out) / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     return record
@@ -80,10 +88,10 @@ def write_report(out: Path, records: list[dict], args: argparse.Namespace) -> Pa
     lines = [
         "# MEXMA ablation in small",
         "",
-        f"Tiny XLM-R from random init, {args.pairs} pairs per step on 2 ZeRO-2 CPU ranks, step cap {args.steps}, "
-        f"wall-clock cap {args.minutes} min per run, seeds {args.seeds}; optimiser settings of the demo recipe "
-        f"(`{json.dumps(DEMO)}`). Pooled xsim error % (X -> eng_Latn) on the held-out test set "
-        f"`{args.flores}` (devtest). Lower is better.",
+        f"Tiny XLM-R from random init on 2 ZeRO-2 CPU ranks, step cap {args.steps}, wall-clock cap {args.minutes} min "
+        f"per run, seeds {args.seeds}; each variant is a recipe of recipes/ and the flags it changes: "
+        + "; ".join(f"{n}: `{r}` {json.dumps(o)}" for n, (r, o) in VARIANTS.items() if n in errors)
+        + f". Pooled xsim error % (X -> eng_Latn) on the held-out test set `{args.flores}` (devtest). Lower is better.",
         "",
         seed_table(errors),
         "",
@@ -111,11 +119,16 @@ def write_report(out: Path, records: list[dict], args: argparse.Namespace) -> Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python scripts/ablation.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every variant (at least 2)")
     p.add_argument("--steps", type=int, default=STEPS, help="step cap of each run")
     p.add_argument("--minutes", type=float, default=MINUTES, help="wall-clock cap of each run")
-    p.add_argument("--pairs", type=int, default=PAIRS, help="pairs per optimizer step (2 ranks together)")
+    p.add_argument("--pairs", type=int, default=None, help="pairs per optimizer step, 2 ranks together (default: "
+                   "the recipes')")  # fmt: skip
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
+                   help=f"variants to run (default: all of {list(VARIANTS)})")  # fmt: skip
     p.add_argument("--data", default="data/prepared")
     p.add_argument("--flores", default="data/testset")
     p.add_argument("--out", default="runs/ablation")
@@ -129,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start, done = time.perf_counter(), load_log(out / "log.jsonl")
     try:
-        records = [
-            run_variant(name, recipe, seed, args, done) for seed in args.seeds for name, recipe in VARIANTS.items()
-        ]
+        records = [run_variant(name, seed, args, done) for seed in args.seeds for name in args.variants]
     except StageError as e:
         print(f"\nmake ablation: error: {e}", file=sys.stderr)
         return 1

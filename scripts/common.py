@@ -1,5 +1,6 @@
-"""What the demo, the ablation and the sweep share: recipes as train.py flags, stages run as subprocesses with their
-output on the terminal and in a log, the untrained model as an HF directory, export and evaluation.
+"""What the demo, the ablation and the sweep share: training commands from a recipe (recipes/*.json, train.py
+--recipe) and overrides, stages run as subprocesses with their output on the terminal and in a log, the untrained
+model as an HF directory, export and evaluation.
 
 Every stage is a command a user could type (printed before it runs); a stage that fails stops the script with the
 stage's name, its exit status and the log that holds its output.
@@ -18,18 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
-DS_CONFIG = "ds_configs/zero2_cpu_fp32.json"
-
-# The DESIGN.md recipe scaled down (lr, warmup, loss weights, masking of the original command line).
-REFERENCE = {
-    "lr": 1e-4,
-    "warmup-fraction": 0.3,
-    "mlm-weight": 1.0,
-    "cls-weight": 1.0,
-    "koleo-weight": 0.01,
-    "src-mask-prob": 0.4,
-    "trg-mask-prob": 0.4,
-}
 
 
 class StageError(RuntimeError):
@@ -42,9 +31,19 @@ def recipe_flags(recipe: dict) -> list[str]:
     for key, value in recipe.items():
         if isinstance(value, bool):
             flags.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list):
+            flags += [f"--{key}", *map(str, value)]
         else:
             flags += [f"--{key}", str(value)]
     return flags
+
+
+def recipe_settings(recipe: str, overrides: dict | None = None) -> dict:
+    """The flags a run trains with: the recipe file's, then `overrides` (what a stamp, a log record or a report's
+    settings table shows)."""
+    from pipeline.config.recipes import read_recipe
+
+    return {**read_recipe(recipe), **(overrides or {})}
 
 
 def free_port() -> int:
@@ -117,31 +116,31 @@ def _noise(line: str) -> bool:
 def train_cmd(
     data: str,
     out: Path,
-    recipe: dict,
+    recipe: str,
+    overrides: dict | None = None,
     *,
     steps: int,
     minutes: float,
     seed: int = 0,
     procs: int = 2,
-    pairs_per_step: int = 32,
+    pairs_per_step: int | None = None,
     extra: list[str] | None = None,
 ) -> list[str]:
-    """`deepspeed --num_gpus procs pipeline/train.py ...` (ZeRO-2 on CPU): pairs_per_step split over the ranks."""
-    if pairs_per_step % procs:
-        raise ValueError(f"pairs per step {pairs_per_step} is not divisible by {procs} processes")
+    """`deepspeed --num_gpus procs pipeline/train.py --recipe RECIPE ...` (ZeRO-2 on CPU): the recipe's flags, then
+    `overrides` and these arguments over them; pairs_per_step (default: the recipe's batch) split over the ranks."""
+    batch = []
+    if pairs_per_step is not None:
+        if pairs_per_step % procs:
+            raise ValueError(f"pairs per step {pairs_per_step} is not divisible by {procs} processes")
+        batch = ["--batch-pairs", str(pairs_per_step // procs), "--grad-accum", "1"]
     args = [
+        "--recipe",
+        recipe,
         "--data",
         data,
         "--output-dir",
         str(out),
-        "--ds-config",
-        DS_CONFIG,
-        "--model",
-        "tiny",
-        "--batch-pairs",
-        str(pairs_per_step // procs),
-        "--grad-accum",
-        "1",
+        *batch,
         "--max-steps",
         str(steps),
         "--max-minutes",
@@ -154,7 +153,7 @@ def train_cmd(
         "10",
         "--valid-every",
         "-1",
-        *recipe_flags(recipe),
+        *recipe_flags(overrides or {}),
         *(extra or []),
     ]
     if procs == 1:
@@ -185,8 +184,8 @@ def export_cmd(run_dir: Path, out: Path) -> list[str]:
     return [PY, "-m", "pipeline.export", str(run_dir), str(out)]
 
 
-def build_untrained(data: str, out: Path, recipe: dict, seed: int = 0, extra: list[str] | None = None) -> Path:
-    """The tiny model exactly as training initialises it (same flags, same seed), saved as an HF directory.
+def build_untrained(data: str, out: Path, recipe: str, seed: int = 0, extra: list[str] | None = None) -> Path:
+    """The recipe's model exactly as training initialises it (same flags, same seed), saved as an HF directory.
 
     Trainer seeds python/numpy/torch with --seed and then calls build_model (pipeline/training/trainer.py); doing the
     same here gives the same weights (tests/scripts/test_demo.py checks it against a train.py step at lr 0). `extra`:
@@ -211,9 +210,8 @@ def build_untrained(data: str, out: Path, recipe: dict, seed: int = 0, extra: li
             str(out),
             "--seed",
             str(seed),
-            "--model",
-            "tiny",
-            *recipe_flags(recipe),
+            "--recipe",
+            recipe,
             *(extra or []),
         ]
     )

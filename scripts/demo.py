@@ -4,27 +4,27 @@
 
 Stages (each prints its command and its progress; outputs under runs/demo/):
   1. prep       python -m data_prep.offline --out data       (skipped by data_prep when nothing changed)
-  2. untrained  the tiny model as training initialises it (same flags and seed) -> untrained-hf/, eval -> untrained/
-                (devtest) and untrained-dev/ (dev)
+  2. untrained  the recipe's model as training initialises it (same flags and seed) -> untrained-hf/, eval ->
+                untrained/ (devtest) and untrained-dev/ (dev)
   3. char3gram  python -m eval --model char3gram                                  -> char3gram/, char3gram-dev/
-  4. trained    deepspeed --num_gpus 2 pipeline/train.py (ZeRO-2, CPU) with the demo recipe, scoring xsim on the dev
-                split every XSIM_EVERY steps (--xsim-every) -> train/, export -> trained-hf/, eval -> trained/
-  5. reference  the same with the reference recipe (DESIGN.md, scaled down)      -> reference-train/, ... reference/
-  6. report     runs/demo/report.md + losses.png + errors.png + xsim.png (scripts/report.py)
+  4. trained    deepspeed --num_gpus 2 pipeline/train.py --recipe tiny-cpu (recipes/tiny-cpu.json: ZeRO-2 on 2 CPU
+                processes), scoring xsim on the dev split every XSIM_EVERY steps (--xsim-every) -> train/, export ->
+                trained-hf/, eval -> trained/
+  5. report     runs/demo/report.md + losses.png + errors.png + xsim.png (scripts/report.py)
 
 Budget: the script aims to finish within --total-minutes (17; `make demo` adds the venv set-up, 1-3 min from a
-fresh clone). Before the first training it gives each training the same wall-clock budget: what is left of the
-target after the stages so far, the two exports and the two evaluations (estimated by the untrained model's
-evaluation, same model and sentences) and each training's start-up; --minutes sets it instead. The budget is kept
-in runs/demo/budget.json so a rerun after an interruption trains with the same command. Each training sizes its
-lr schedule to its budget from its own measured speed (train.py --fit-to-minutes), so a slow and a fast machine
-both finish a whole warmup + cosine; --steps is only the upper bound of that schedule.
+fresh clone). The one training gets every minute the target leaves after the stages before it, its start-up, export
+and evaluation (estimated by the untrained model's evaluation, same model and sentences); --minutes sets it instead.
+The budget is kept in runs/demo/budget.json so a rerun after an interruption trains with the same command. The
+training sizes its lr schedule to its budget from its own measured speed (train.py --fit-to-minutes), so a slow and
+a fast machine both finish a whole warmup + cosine; --steps is only the upper bound of that schedule.
 
-Both trainings have the same pairs per step, wall-clock budget, schedule rule and seed. They score xsim on
-data/testset's dev split during training (the learning curves of the report); the devtest split, which the final
-table reports, stays held out. A stage whose inputs (command, data manifest, upstream stage) are unchanged since
-it last succeeded is skipped, so a rerun after an interruption picks up where it stopped (training resumes from its
-last checkpoint); --force redoes everything. docs/demo.md has the evidence for the demo recipe.
+The training scores xsim on data/testset's dev split as it goes (the learning curve of the report); the devtest
+split, which the final table reports, stays held out. The paper's hyperparameters on the same model are a variant of
+`make ablation` (scripts/ablation.py), which the report links to. A stage whose inputs (command, recipe, data
+manifest, upstream stage) are unchanged since it last succeeded is skipped, so a rerun after an interruption picks up
+where it stopped (training resumes from its last checkpoint); --force redoes everything. docs/demo.md has the
+evidence for the recipe.
 """
 
 from __future__ import annotations
@@ -39,53 +39,31 @@ from pathlib import Path
 
 from scripts.common import (
     PY,
-    REFERENCE,
     StageError,
     build_untrained,
     eval_cmd,
     export_cmd,
     read_stamp,
+    recipe_settings,
     run_stage,
     train_cmd,
     write_stamp,
 )
-from scripts.report import ReportError, load_results, pooled, write_demo_report
+from scripts.report import ReportError, ablation_note, load_results, pooled, write_demo_report
 
-# The demo's model, shared by both trainings: the tiny preset cut to 2 encoder layers (hidden 256, 4 heads, FFN 1024)
-# with a 2-layer, FFN-1024 cross-unmasking head instead of the reference's 6 x 3072 (about 60% of a step's FLOPs at
-# this encoder size). On the learning curves (docs/demo.md) 2 encoder layers reach the 4-layer model's xsim error at
-# the same training CPU time (1.5x the steps at 0.67x the step time), and every evaluation of it costs half: on a
-# 2-core machine the evaluations are a third of the demo, so the minutes they free go to training.
-DEMO_MODEL = {"num-layers": 2, "head-layers": 2, "head-ffn": 1024}
-# The demo recipe (docs/demo.md has the sweep): 10x the reference lr with a short warmup, no dropout (the two clean
-# views of a pair then differ only by language; a few hundred steps gain nothing from regularisation), and a 5x
-# alignment weight held apart by a 100x KoLeo weight over the global batch (the reference's 0.01 lets the MSE
-# collapse the embeddings). docs/demo.md has the numbers.
-DEMO = {
-    **REFERENCE,
-    **DEMO_MODEL,
-    "lr": 1e-3,
-    "warmup-fraction": 0.05,
-    "cls-weight": 5.0,
-    "koleo-weight": 1.0,
-    "koleo-global": True,
-    "hidden-dropout": 0.0,
-    "head-dropout": 0.0,
-}
-# The reference's hyperparameters (lr, warmup, loss weights, dropout, masking) on the demo's model and budget.
-# Its defaults are spelled out so the report's settings table shows them.
-REFERENCE_RUN = {**REFERENCE, **DEMO_MODEL, "koleo-global": False, "hidden-dropout": 0.1, "head-dropout": 0.1}
+RECIPE = "tiny-cpu"  # recipes/tiny-cpu.json: the model, batch and hyperparameters (docs/demo.md has the evidence)
 # xsim during training: every XSIM_EVERY steps on the dev split (129 sentences x 30 languages + English on the
-# default catalogues; a few seconds per evaluation on 2 CPU ranks, inside the wall-clock cap).
+# default catalogues; a few seconds per evaluation on 2 CPU ranks, inside the wall-clock budget).
 XSIM_EVERY, XSIM_SPLIT = 50, "dev"
-STEPS, PAIRS, FIT_AFTER = 5000, 32, 10  # STEPS: upper bound of the fitted schedule (train.py --fit-to-minutes)
+STEPS, FIT_AFTER = 5000, 10  # STEPS: upper bound of the fitted schedule (train.py --fit-to-minutes)
 TOTAL_MINUTES = 17.0  # this script's target; `make demo` adds the venv set-up (1-3 minutes from a fresh clone)
-# Per training, outside its --max-minutes: the launcher, two processes importing torch/DeepSpeed, the data index and
-# the final checkpoint (32 s on the slower 2-core machine: 84 s for a 40-step run whose steps took 52 s) + export.
+# Outside the training's --max-minutes: the launcher, two processes importing torch/DeepSpeed, the data index and the
+# final checkpoint (32 s on the slower 2-core machine: 84 s for a 40-step run whose steps took 52 s) + export.
 START_S, EXPORT_S, EVAL_S, REPORT_S = 40.0, 15.0, 120.0, 15.0  # EVAL_S: when the untrained eval was not timed here
-MIN_MINUTES = 2.0  # below this a training has no schedule to fit: the demo then runs over its target and says so
-MODEL_SHAPE_FLAGS = ("num-layers", "hidden-size", "num-heads", "ffn-size", "max-positions")
-STAGES = ("prep", "untrained", "char3gram", "trained", "reference", "report")
+MIN_MINUTES = 2.0  # below this the training has no schedule to fit: the demo then runs over its target and says so
+MODEL_SHAPE_FLAGS = ("model", "num-layers", "hidden-size", "num-heads", "ffn-size", "max-positions")
+STAGES = ("prep", "untrained", "char3gram", "trained", "report")
+ABLATION_REPORT = "runs/ablation/report.md"  # `make ablation`: the paper's hyperparameters on this model, and more
 
 
 class Demo:
@@ -118,24 +96,23 @@ class Demo:
         return True
 
     def minutes(self) -> float:
-        """Each training's wall-clock budget: --minutes, else the one budget.json holds for this --total-minutes,
-        else what the target leaves after the stages so far and the remaining exports, evaluations and start-ups."""
+        """The training's wall-clock budget: --minutes, else the one budget.json holds for this --total-minutes,
+        else what the target leaves after the stages so far and the training's start-up, export and evaluation."""
         a, path = self.args, self.out / "budget.json"
         if a.minutes:
             return a.minutes
         kept = read_stamp(path)
         if kept and kept.get("total_minutes") == a.total_minutes and not a.force:
             return kept["minutes"]
-        n = 1 if a.skip_reference else 2
         eval_s = (read_stamp(self.seconds_file) or {}).get("eval untrained", EVAL_S)
         spent = time.perf_counter() - self.start
-        left = a.total_minutes * 60 - spent - n * (START_S + EXPORT_S + eval_s) - REPORT_S
-        minutes = round(max(MIN_MINUTES, left / n / 60), 2)
-        note = "" if left / n / 60 >= MIN_MINUTES else f" (the floor: the demo will run past {a.total_minutes} min)"
+        left = a.total_minutes * 60 - spent - START_S - EXPORT_S - eval_s - REPORT_S
+        minutes = round(max(MIN_MINUTES, left / 60), 2)
+        note = "" if left / 60 >= MIN_MINUTES else f" (the floor: the demo will run past {a.total_minutes} min)"
         print(
-            f"\n==> [budget] {spent / 60:.1f} of {a.total_minutes} min spent; each of {n} trainings gets {minutes} min"
-            f"{note} (each also costs ~{START_S:.0f} s start-up, {EXPORT_S:.0f} s export and an evaluation of "
-            f"~{eval_s:.0f} s, the untrained model's); --minutes overrides",
+            f"\n==> [budget] {spent / 60:.1f} of {a.total_minutes} min spent; the training gets {minutes} min{note} "
+            f"(it also costs ~{START_S:.0f} s start-up, {EXPORT_S:.0f} s export and an evaluation of ~{eval_s:.0f} s, "
+            "the untrained model's); --minutes overrides",
             flush=True,
         )
         write_stamp(path, {"total_minutes": a.total_minutes, "minutes": minutes, "spent_s": round(spent, 1),
@@ -158,32 +135,34 @@ class Demo:
 
     def untrained(self) -> None:
         hf = self.out / "untrained-hf"
-        shape = {k: v for k, v in DEMO.items() if k in MODEL_SHAPE_FLAGS}  # what the initial weights depend on
-        key = self.key(model="tiny", shape=shape, seed=self.args.seed)
+        flags = recipe_settings(RECIPE)
+        shape = {k: v for k, v in flags.items() if k in MODEL_SHAPE_FLAGS}  # what the initial weights depend on
+        key = self.key(shape=shape, seed=self.args.seed)
 
         def build():
-            print(f"\n==> [untrained] tiny model at its training initialisation (seed {self.args.seed}) -> {hf}")
-            build_untrained(self.prepared, hf, DEMO, self.args.seed)
+            print(f"\n==> [untrained] the {RECIPE} model at its training initialisation (seed {self.args.seed}): {hf}")
+            build_untrained(self.prepared, hf, RECIPE, self.args.seed)
 
         self.cached("untrained", hf, key, build)
         self.baseline("untrained", str(hf), {**key, "stage": "eval"})
 
-    def train(self, label: str, run_name: str, recipe: dict) -> None:
-        """Train (fresh when the command changed, else resume/skip), export, evaluate."""
+    def train(self, label: str = "trained", run_name: str = "train") -> None:
+        """Train (fresh when the command or the recipe changed, else resume/skip), export, evaluate."""
         a, run = self.args, self.out / run_name
         xsim = ["--xsim-every", str(XSIM_EVERY), "--xsim-data", self.flores, "--xsim-split", XSIM_SPLIT]
         xsim += ["--fit-to-minutes", "--fit-after", str(FIT_AFTER)]
         cmd = train_cmd(
             self.prepared,
             run,
-            recipe,
+            RECIPE,
             steps=a.steps,
             minutes=self.minutes(),
             seed=a.seed,
             pairs_per_step=a.pairs,
             extra=xsim,
         )
-        key = self.key(cmd=[c for c in cmd if "master_port" not in c][4:])  # the port is drawn per launch
+        # the port is drawn per launch; the recipe's content, not only its name
+        key = self.key(cmd=[c for c in cmd if "master_port" not in c][4:], recipe=recipe_settings(RECIPE))
 
         def fit():
             if read_stamp(run / ".stage.json") not in (None, key) or a.force:
@@ -201,26 +180,26 @@ class Demo:
         self.evaluate(label, str(hf), self.out / label, {**key, "stage": "eval"})
 
     def report(self) -> Path:
-        labels = ["trained"] + ([] if self.args.skip_reference else ["reference"])
-        recipes = {"trained": DEMO, "reference": REFERENCE_RUN}
-        settings = {label: self.settings(recipes[label]) for label in labels}
+        settings = {"trained": self.settings()}
         write_stamp(self.out / "demo_state.json", {"settings": settings, "stages": self.stages})
-        runs = {label: self.out / ("train" if label == "trained" else "reference-train") for label in labels}
-        evals = {label: self.out / label for label in ("untrained", *labels, "char3gram")}
+        evals = {label: self.out / label for label in ("untrained", "trained", "char3gram")}
         dev = {label: self.out / f"{label}-{XSIM_SPLIT}" for label in ("untrained", "char3gram")}
-        return write_demo_report(self.out, self.manifest, runs, evals, settings, self.stages, dev)
+        return write_demo_report(
+            self.out, self.manifest, {"trained": self.out / "train"}, evals, settings, self.stages, dev,
+            ablation_note(Path(ABLATION_REPORT)),
+        )  # fmt: skip
 
-    def settings(self, recipe: dict) -> dict:
-        a = self.args
+    def settings(self) -> dict:
+        a, flags = self.args, recipe_settings(RECIPE)
+        pairs = a.pairs or flags.get("batch-pairs", 0) * 2 * flags.get("grad-accum", 1)
         return {
-            **recipe,
-            "pairs per step": f"{a.pairs} (2 ranks x {a.pairs // 2})",
+            "recipe": f"{RECIPE} (recipes/{RECIPE}.json)",
+            **flags,
+            "pairs per step": f"{pairs} (2 ranks x {pairs // 2})",
             "wall-clock budget (min)": self.minutes(),
             "schedule": f"fitted to the budget from the measured speed after {FIT_AFTER} steps (upper bound {a.steps})",
             "seed": a.seed,
             "xsim during training": f"every {XSIM_EVERY} steps, {XSIM_SPLIT} split",
-            "model": f"tiny, {recipe['num-layers']} x 256 (head {recipe['head-layers']} x 256, FFN "
-            f"{recipe['head-ffn']})",
         }
 
 
@@ -231,9 +210,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--total-minutes", type=float, default=TOTAL_MINUTES, help="this script's wall-clock target")
     p.add_argument("--minutes", type=float, default=None, help="each training's budget (default: from the target)")
     p.add_argument("--steps", type=int, default=STEPS, help="upper bound of each training's fitted schedule")
-    p.add_argument("--pairs", type=int, default=PAIRS, help="pairs per optimizer step (2 ranks together)")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, sampler and masking (both trainings)")
-    p.add_argument("--skip-reference", action="store_true", help="no reference-recipe training")
+    p.add_argument("--pairs", type=int, default=None, help="pairs per optimizer step, 2 ranks together (default: "
+                   "the recipe's)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of init, sampler and masking")
     p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
     p.add_argument(
         "--stages",
@@ -246,10 +225,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown or not args.stages:
         p.error(f"--stages: unknown {unknown}; choose from {','.join(STAGES)}")
-    for flag, value in (("--steps", args.steps), ("--total-minutes", args.total_minutes), ("--pairs", args.pairs)):
+    for flag, value in (("--steps", args.steps), ("--total-minutes", args.total_minutes), ("--pairs", args.pairs or 2)):
         if value <= 0:
             p.error(f"{flag} must be > 0, got {value}")
-    if args.pairs % 2:
+    if args.pairs is not None and args.pairs % 2:
         p.error(f"--pairs must be even (split over 2 ranks), got {args.pairs}")
     if args.minutes is not None and args.minutes <= 0:
         p.error(f"--minutes must be > 0, got {args.minutes}")
@@ -264,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "prep": demo.prep,
         "untrained": demo.untrained,
         "char3gram": lambda: demo.baseline("char3gram", "char3gram", demo.key(stage="c3")),
-        "trained": lambda: demo.train("trained", "train", DEMO),
-        "reference": lambda: None if args.skip_reference else demo.train("reference", "reference-train", REFERENCE_RUN),
+        "trained": demo.train,
         "report": demo.report,
     }
     try:
@@ -280,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     path = demo.out / "report.md"
     summary = {
         label: pooled(load_results(demo.out / label))
-        for label in ("untrained", "trained", "reference", "char3gram")
+        for label in ("untrained", "trained", "char3gram")
         if (demo.out / label).is_dir()
     }
     print("\npooled xsim error %: " + json.dumps({k: round(v, 2) for k, v in summary.items()}))

@@ -224,9 +224,11 @@ def steps_line(summaries: dict[str, dict], settings: dict[str, dict] | None, sch
         cap = fit["max_steps"] if fit else (settings or {}).get(label, {}).get("step cap")
         why = "" if cap is None or s["steps"] >= cap else ", stopped by the wall-clock cap"
         if fit:
+            first = fit.get("first_fit")  # the refit's entry keeps the first fit's length and speed
+            before = f"; first fit {first['max_steps']} steps at {first['s_per_step']:.2f} s/step" if first else ""
             why += (
                 f" (schedule fitted to {fit['budget_s'] / 60:.1f} min at {fit['s_per_step']:.2f} s/step, measured "
-                f"over steps {fit['fitted_at_step'] - fit['timed_steps'] + 1}-{fit['fitted_at_step']})"
+                f"over steps {fit['fitted_at_step'] - fit['timed_steps'] + 1}-{fit['fitted_at_step']}{before})"
             )
         parts.append(f"{label} {s['steps']}" + (f" of {cap}" if cap is not None else "") + why)
     return "Steps each run got: " + "; ".join(parts) + "."
@@ -243,6 +245,24 @@ def _xsim_section(curves: dict, levels: dict[str, float], out: Path) -> list[str
 
 
 # -- the demo report -------------------------------------------------------------------------------------------------
+def ablation_note(report: Path) -> list[str]:
+    """The demo report's pointer to `make ablation` (report: its report.md), with its pooled errors when it ran."""
+    lines = [
+        "## The paper's hyperparameters and the loss ablation",
+        "",
+        "The demo trains one model with all its minutes. The paper's hyperparameters on the same model (recipe "
+        "`tiny-paper`: lr 1e-4, 30% warmup, loss weights 1 / 1 / 0.01, dropout 0.1) and the loss ablation "
+        f"(alignment only, + cross-unmasking, + KoLeo) are trained by `make ablation`: `{report}`.",
+        "",
+    ]
+    results = Path(report).with_name("results.json")
+    if results.is_file():
+        errors = read_json(results).get("errors", {})
+        means = ", ".join(f"{name} {statistics.fmean(v):.2f}%" for name, v in errors.items() if v)
+        lines[-1:-1] = [f"Its pooled devtest errors here (mean over seeds): {means}."]
+    return lines
+
+
 def _settings_table(settings: dict[str, dict]) -> str:
     keys = sorted(set().union(*settings.values()))
     lines = ["| setting | " + " | ".join(settings) + " |", "| --- |" + " --- |" * len(settings)]
@@ -272,10 +292,11 @@ def write_demo_report(
     settings: dict[str, dict] | None = None,
     stage_times: dict[str, float] | None = None,
     dev_evals: dict[str, Path] | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
     """out/report.md + out/losses.png + out/errors.png (+ out/xsim.png when the runs scored xsim during training);
     runs: label -> training dir, evals: label -> eval dir, dev_evals: label -> eval dir on the split the runs scored
-    during training (the horizontal lines of xsim.png)."""
+    during training (the horizontal lines of xsim.png); notes: Markdown lines after the curves."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = data_summary(read_json(manifest_path))
@@ -317,6 +338,7 @@ def write_demo_report(
         "![error per language](errors.png)",
         "",
         *_xsim_section(curves, levels, out),
+        *(notes or []),
         "## Loss curves",
         "",
         "![losses](losses.png)",
@@ -333,31 +355,44 @@ def write_demo_report(
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuild runs/demo/report.md from the files a finished (or partial) demo left."""
-    p = argparse.ArgumentParser(description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python scripts/report.py", description=main.__doc__)
     p.add_argument("demo_dir", nargs="?", default="runs/demo", help="the demo's output directory")
     p.add_argument("--manifest", default="data/prepared/manifest.json", help="the prepared dataset's manifest")
+    p.add_argument("--ablation", default="runs/ablation/report.md", help="`make ablation`'s report, linked to")
     args = p.parse_args(argv)
     root = Path(args.demo_dir)
-    runs = {
-        label: root / d
-        for label, d in (("trained", "train"), ("reference", "reference-train"))
-        if (root / d / "metrics.jsonl").is_file()
-    }
-    evals = {
-        label: root / label
-        for label in ("untrained", "trained", "reference", "char3gram")
-        if (root / label / "results.json").is_file()
-    }
+    if (root / "metrics.jsonl").is_file():  # one training run, not a demo directory: its curves
+        from pipeline.plot import main as plot_main
+
+        print(f"{root} is a training run: drawing its curves (python -m pipeline.plot {root})")
+        return plot_main([str(root)])
+    runs = {"trained": root / "train"} if (root / "train" / "metrics.jsonl").is_file() else {}
+    labels = ("untrained", "trained", "char3gram")
+    evals = {label: root / label for label in labels if (root / label / "results.json").is_file()}
     dev_evals = {
         label: root / f"{label}-dev"
         for label in ("untrained", "char3gram")
         if (root / f"{label}-dev" / "results.json").is_file()
     }
+    if not runs or not evals:
+        print(
+            f"error: {root}: no demo training ({root}/train/metrics.jsonl) or evaluation ({root}/trained/results.json)"
+            "; for one training run: python -m pipeline.plot RUN",
+            file=sys.stderr,
+        )
+        return 2
     saved = root / "demo_state.json"
     state = read_json(saved) if saved.is_file() else {}
     try:
         path = write_demo_report(
-            root, Path(args.manifest), runs, evals, state.get("settings"), state.get("stages"), dev_evals
+            root,
+            Path(args.manifest),
+            runs,
+            evals,
+            state.get("settings"),
+            state.get("stages"),
+            dev_evals,
+            ablation_note(Path(args.ablation)),
         )
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

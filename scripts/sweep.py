@@ -1,12 +1,12 @@
 """One hyperparameter experiment at the demo's scale, logged: train (ZeRO-2, 2 CPU processes), export, evaluate.
 
-    python scripts/sweep.py NAME --steps 150 --set lr=5e-4 --set warmup-fraction=0.05 --set koleo-weight=0.3
+    python scripts/sweep.py NAME --recipe tiny-cpu --steps 150 --set lr=5e-4 --set warmup-fraction=0.05
 
-Starts from the reference recipe (scripts/common.py REFERENCE) and applies each `--set FLAG=VALUE` (train.py flag
-names without `--`; `true`/`false` for switches such as koleo-global). Runs at a fixed step count with a generous
-wall-clock cap, so runs compare at equal steps however busy the CPU is. Appends one JSON line per run to
-`runs/sweep/log.jsonl`: name, recipe, steps, wall time, tokens/s, final losses, pooled xsim error. docs/demo.md
-quotes these records as the evidence for the demo's defaults.
+Starts from a recipe of recipes/ (--recipe, default tiny-paper: the paper's hyperparameters on the demo's model) and
+applies each `--set FLAG=VALUE` (train.py flag names without `--`; `true`/`false` for switches such as koleo-global).
+Runs at a fixed step count with a generous wall-clock cap, so runs compare at equal steps however busy the CPU is.
+Appends one JSON line per run to `runs/sweep/log.jsonl`: name, recipe and changes, steps, wall time, tokens/s, final
+losses, pooled xsim error, the fitted schedule if any, the git commit.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pipeline.training.metrics import read_metrics
-from scripts.common import REFERENCE, StageError, eval_cmd, export_cmd, run_stage, train_cmd
+from scripts.common import StageError, eval_cmd, export_cmd, read_stamp, recipe_settings, run_stage, train_cmd
 from scripts.report import load_results, pooled, training_summary
 
 
@@ -45,8 +45,8 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
-def run_one(name: str, recipe: dict, args: argparse.Namespace) -> dict:
-    """Train + export + evaluate one recipe under args.root/name; -> the log record.
+def run_one(name: str, recipe: str, overrides: dict, args: argparse.Namespace) -> dict:
+    """Train + export + evaluate one recipe (+ overrides: flag -> value) under args.root/name; -> the log record.
 
     args.reuse keeps a finished training / export of an earlier call (e.g. to evaluate again on other --langs)."""
     root = Path(args.root) / name
@@ -61,6 +61,7 @@ def run_one(name: str, recipe: dict, args: argparse.Namespace) -> dict:
                 args.data,
                 root / "train",
                 recipe,
+                overrides,
                 steps=args.steps,
                 minutes=args.minutes,
                 seed=args.seed,
@@ -76,9 +77,14 @@ def run_one(name: str, recipe: dict, args: argparse.Namespace) -> dict:
     run_stage(f"{name}: eval", eval_cmd(str(root / "hf"), args.flores, ev, langs), root / "eval.log", echo=False)
     summary = training_summary(read_metrics(root / "train"))
     res = load_results(ev)
+    config = read_stamp(root / "train" / "config.json") or {}
     return {
         "name": name,
         "recipe": recipe,
+        "overrides": overrides,
+        "flags": recipe_settings(recipe, overrides),
+        "git_sha": (read_stamp(root / "train" / "run_info.json") or {}).get("git_sha"),
+        "schedule": config.get("resolved", {}).get("schedule"),
         "seed": args.seed,
         "procs": args.procs,
         "pairs_per_step": args.pairs,
@@ -95,15 +101,15 @@ def run_one(name: str, recipe: dict, args: argparse.Namespace) -> dict:
 
 
 def table(root: Path) -> str:
-    """Markdown of every record in root/log.jsonl: the settings that differ from the reference, steps, losses
-    (KoLeo at the first and last 10 steps: rising = the embeddings collapse), pooled error."""
+    """Markdown of every record in root/log.jsonl: recipe and the flags changed, steps, losses (KoLeo at the first
+    and last 10 steps: rising = the embeddings collapse), pooled error."""
     lines = [
-        "| run | settings (vs reference) | steps | mlm | cls | koleo first -> last 10 | langs | pooled error % |",
+        "| run | recipe + changes | steps | mlm | cls | koleo first -> last 10 | langs | pooled error % |",
         "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for line in (root / "log.jsonl").read_text().splitlines():
         r = json.loads(line)
-        diff = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if REFERENCE.get(k) != v) or "reference"
+        diff = " ".join([r["recipe"], *(f"{k}={v}" for k, v in r.get("overrides", {}).items())])
         koleo = [m["koleo_loss"] for m in read_metrics(root / r["name"] / "train")]
         first, last = sum(koleo[:10]) / 10, sum(koleo[-10:]) / 10
         langs = r.get("langs", "all")
@@ -119,12 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--table"]:
         print(table(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/sweep")))
         return 0
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python scripts/sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("name", help="run name: runs/sweep/NAME/{train,hf,eval}; `--table [ROOT]` prints the log instead")
-    p.add_argument("--set", dest="sets", action="append", default=[], help="FLAG=VALUE over the reference recipe")
+    p.add_argument("--recipe", default="tiny-paper", help="recipe of recipes/ (or a JSON file) to start from")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="FLAG=VALUE over the recipe")
     p.add_argument("--steps", type=int, default=150, help="optimizer steps (the schedule's length)")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock cap (a safety net, not the budget)")
-    p.add_argument("--pairs", type=int, default=32, help="pairs per optimizer step, all ranks together")
+    p.add_argument("--pairs", type=int, default=None, help="pairs per optimizer step, all ranks together (default: "
+                   "the recipe's)")  # fmt: skip
     p.add_argument("--procs", type=int, default=2, help="training processes (ZeRO-2 ranks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="data/prepared")
@@ -134,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true", help="keep a finished training/export of this NAME")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py flags, verbatim (last)")
     args = p.parse_args(argv)
-    recipe = {**REFERENCE, **parse_sets(args.sets)}
     try:
-        record = run_one(args.name, recipe, args)
+        record = run_one(args.name, args.recipe, parse_sets(args.sets), args)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

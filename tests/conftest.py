@@ -1,4 +1,4 @@
-"""Shared test set-up: fresh but reproducible random inputs for every test (STYLE.md #3)."""
+"""Shared test set-up: fresh but reproducible random inputs for every test."""
 
 import os
 import random

@@ -12,7 +12,8 @@ Baselines, in this order: `torch.nn.attention.varlen.varlen_attn` (FlashAttentio
 in torch; CUDA fp16/bf16 only, skipped elsewhere with a note) on the same packed (T, H, D) stream;
 Flex and padded SDPA get their inputs in their own layout, prepared outside the timed region: padded SDPA a
 (n_seqs, H, L_pad, D) batch (L_max rounded up to 16) with a key-padding mask (the fastest SDPA backend
-that accepts it), Flex a (1, H, T, D) stream and a BlockMask built once per batch (torch.compile'd).
+that accepts it), Flex a (1, H, T, D) stream and a BlockMask built once per batch, flex_attention compiled
+once per head shape (a new token count recompiles it: `--tokens` with one value compiles it once per head shape).
 
 Run: PYTHONPATH=. python kernels/bench/bench_block_diag_attention.py [--data DIR] [--csv out.csv]
 Without CUDA it prints a message and exits 0; `--smoke` (with TRITON_INTERPRET=1) runs a tiny CPU
@@ -105,17 +106,26 @@ def method_varlen(q, k, v, cu, lens):
     return lambda q, k, v: varlen_attn(q, k, v, cu, cu, max_len, max_len), (q, k, v)
 
 
+_FLEX: dict = {}  # (n_heads, head_dim) -> compiled flex_attention: compiled once per head shape
+_MASKS: dict = {}  # batch lengths -> BlockMask: built once per batch, shared by the head shapes
+
+
 def method_flex(q, k, v, cu, lens):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    doc = torch.repeat_interleave(torch.arange(len(lens), device=q.device), torch.tensor(lens, device=q.device))
+    T, n_heads, head_dim = q.shape
+    key = (tuple(lens), str(q.device))
+    if key not in _MASKS:
+        doc = torch.repeat_interleave(torch.arange(len(lens), device=q.device), torch.tensor(lens, device=q.device))
 
-    def document(b, h, q_idx, kv_idx):
-        return doc[q_idx] == doc[kv_idx]
+        def document(b, h, q_idx, kv_idx):
+            return doc[q_idx] == doc[kv_idx]
 
-    T = q.shape[0]
-    mask = torch.compile(create_block_mask)(document, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
-    flex = torch.compile(flex_attention, dynamic=False)
+        build = torch.compile(create_block_mask)
+        _MASKS[key] = build(document, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
+    if (n_heads, head_dim) not in _FLEX:
+        _FLEX[n_heads, head_dim] = torch.compile(flex_attention, dynamic=False)
+    flex, mask = _FLEX[n_heads, head_dim], _MASKS[key]
     to_bhtd = lambda t: t.transpose(0, 1).unsqueeze(0).contiguous()  # (T, H, D) -> (1, H, T, D)
     return lambda q, k, v: flex(q, k, v, block_mask=mask), tuple(to_bhtd(t) for t in (q, k, v))
 
@@ -200,8 +210,9 @@ def tiles_env(tiles):
             os.environ["MEXMA_ATTN_TILES"] = saved
 
 
-def bench_config(dist, lens, n_heads, head_dim, dtype, device, opts):
-    """All methods on one packed batch; opts: smoke, skip_reference, tiles. Returns table rows."""
+def bench_config(dist, lens, n_heads, head_dim, dtype, device, opts, on_row=lambda row: None):
+    """All methods on one packed batch; opts: smoke, skip_reference, tiles. Returns table rows, each also handed to
+    on_row as soon as it is measured (the CSV then holds every finished row of a run stopped midway)."""
     q, k, v, do, cu = _packed_inputs(lens, n_heads, head_dim, dtype, device)
     check_agreement(q, k, v, cu, lens)
     flops_fwd = 4 * sum(L * L for L in lens) * n_heads * head_dim
@@ -230,11 +241,16 @@ def bench_config(dist, lens, n_heads, head_dim, dtype, device, opts):
             "fwd_TFLOPs": flops_fwd / ms_fwd / 1e9, "fwd+bwd_TFLOPs": 3.5 * flops_fwd / ms_both / 1e9,
             "peak_MiB": mib,
         })  # fmt: skip
+        on_row(rows[-1])
     return rows
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python kernels/bench/bench_block_diag_attention.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default="data/prepared", help="prepared dataset dir for the real length mix (if present)")
     p.add_argument("--tokens", type=int, nargs="+", default=[8192, 16384, 32768, 65536], help="tokens per batch")
     p.add_argument("--heads", nargs="+", type=_heads, default=[(16, 64), (8, 128)], help="N_HEADSxHEAD_DIM")
@@ -265,11 +281,17 @@ def main(argv=None):
     if args.smoke:
         print(NOT_A_FIGURE + "\n")
     rows = []
+
+    def on_row(row):
+        rows.append(row)
+        if args.csv:
+            write_csv(args.csv, rows, env, quiet=True)
+
     for dist, pool in pools.items():
         for n_tokens in tokens:
             lens = pack(pool, n_tokens, rng)
             for n_heads, head_dim in heads:
-                rows += bench_config(dist, lens, n_heads, head_dim, dtype, device, args)
+                bench_config(dist, lens, n_heads, head_dim, dtype, device, args, on_row)
     print_table(rows, list(rows[0]))
     for note in args.notes:
         print(f"note: {note}")

@@ -70,7 +70,11 @@ def bench_row(B, D, dtype, precision, device, smoke):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python kernels/bench/bench_koleo.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="rows B")
     p.add_argument("--dim", type=int, default=1024, help="row width D")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])

@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: environment stamp, timing, peak memory, tables (STYLE.md #5).
+"""Shared benchmark plumbing: environment stamp, timing, peak memory, tables.
 
 Every row carries the device, versions and git SHA so a pasted table stays attributable.
 """
@@ -77,7 +77,7 @@ def print_table(rows, columns):
         print("| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |")
 
 
-def write_csv(path, rows, env):
+def write_csv(path, rows, env, quiet=False):
     """Rows with the environment columns appended (device, versions, git SHA, date)."""
     if not rows:
         return
@@ -87,7 +87,8 @@ def write_csv(path, rows, env):
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, **env})
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
 
 
 def print_header(title, env, command):

@@ -121,7 +121,11 @@ def run(archs, quick):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python kernels/bench/compile_report.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
     p.add_argument("--quick", action="store_true", help="bf16 and fp32 at D=128 and the KoLeo kernels only")
     args = p.parse_args(argv)

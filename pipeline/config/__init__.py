@@ -1,4 +1,4 @@
-"""One typed training config, split by concern (STYLE.md #6):
+"""One typed training config, split by concern:
 
 - `schema.py`: the dataclasses (`TrainConfig` = data + optim + run + the model's `ModelConfig`), a help text per
   field (`pipeline.fields.opt`), range checks that name the flag;

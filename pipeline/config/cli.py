@@ -2,7 +2,8 @@
 
 Precedence: built-in default < `--config FILE` < command-line flag. One flag per leaf field, its help read from the
 field's metadata (`pipeline.fields.opt`); `flag_table()` renders the same help as the Markdown table in
-docs/training.md (`python -m pipeline.config --markdown`), and a test keeps the two equal.
+docs/training.md (`python -m pipeline.config --markdown`), and a test keeps the two equal. `--recipe` (recipes.py)
+sits under the file: default < recipe < file < flag.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import typing
 from pathlib import Path
 
+from pipeline.config.recipes import load_recipe
 from pipeline.config.schema import (
     SECTIONS,
     ConfigError,
@@ -33,7 +35,8 @@ def _help(f) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """One flag per leaf field; defaults are SUPPRESSed so that only the flags a user typed override the file."""
     p = argparse.ArgumentParser(
-        description="Train a MEXMA encoder with DeepSpeed ZeRO-2 (deepspeed/torchrun/python).",
+        prog="deepspeed pipeline/train.py",
+        description="Train a MEXMA encoder with DeepSpeed ZeRO-2 (launched by deepspeed, torchrun or python).",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", help="YAML or JSON file with sections data/optim/run/model (flags override it)")
@@ -140,4 +143,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for key, value in ns.items():
         section, name = key.split(".", 1)
         values.setdefault(section, {})[name] = value
+    recipe = values.get("run", {}).get("recipe")
+    if recipe:  # under the file and the flags
+        for section, given in load_recipe(recipe).items():
+            values[section] = {**given, **values.get(section, {})}
     return config_from_dict(values)

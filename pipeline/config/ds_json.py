@@ -1,6 +1,6 @@
 """The DeepSpeed JSON: load and check a `ds_configs/*.json`, fill its "auto" values from the typed config, and the
 batch arithmetic (micro batch x gradient accumulation x world size = `train_batch_size`), checked in one place with a
-message that spells it out (STYLE.md #6)."""
+message that spells it out."""
 
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ def load_ds_config(path: str) -> dict:
             f"--ds-config {path}: bf16.check_grad_overflow must stay true: a non-finite loss is skipped through "
             "ZeRO's overflow check (pipeline/training/trainer.py), without it NaN gradients would reach the weights"
         )
+    if ds.get("fp16", {}).get("enabled"):
+        raise ConfigError(
+            f"--ds-config {path}: fp16 is not supported: the chunked cross-entropy writes its gradients (softmax x "
+            "token weight, ~1e-4 x p) in the forward, before DeepSpeed's loss scale applies, and fp16 flushes them "
+            'to zero; use bf16 ("bf16": {"enabled": true}, ds_configs/zero2_bf16.json)'
+        )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         raise ConfigError(
@@ -56,6 +62,8 @@ def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int, previous: dic
     """Fill the DeepSpeed JSON's "auto" values from `cfg` and check micro x accumulation x world = global batch.
 
     Precedence of the micro batch and the accumulation: flag/config file > a number in the JSON > reference default.
+    On a resume only an explicit --grad-accum must keep the global batch as given; the JSON's
+    gradient_accumulation_steps is a default (as the flag's absence is) and is rescaled to the new world size.
     previous: the resumed checkpoint's `batch_record` ({micro, gas, world_size}). A resume keeps the global batch
     through the accumulation (gas' = W x gas / W'); on another world size DeepSpeed loads a universal checkpoint
     (ZeRO state re-partitioned, pipeline/training/checkpoint.py). ConfigError when W x gas / W' is not an integer or the
@@ -64,9 +72,11 @@ def resolve_ds_config(cfg: TrainConfig, ds: dict, world_size: int, previous: dic
     path = cfg.run.ds_config
     out = copy.deepcopy(ds)
     micro = cfg.data.batch_pairs or _int_or_auto(ds, "train_micro_batch_size_per_gpu", path) or REFERENCE_MICRO_BATCH
-    gas = cfg.optim.grad_accum or _int_or_auto(ds, "gradient_accumulation_steps", path)
+    json_gas = _int_or_auto(ds, "gradient_accumulation_steps", path)
+    gas = cfg.optim.grad_accum or json_gas
     if previous is not None:  # a resume keeps the global batch (the sampler's plan is in global micro batches)
-        gas = _gas_for_new_world(previous, micro, gas, world_size)
+        # Only --grad-accum binds a resume; the JSON's number is a default like the flag's, rescaled with the world.
+        gas = _gas_for_new_world(previous, micro, cfg.optim.grad_accum, world_size)
         if int(previous["world_size"]) != world_size:
             out["checkpoint"] = {**out.get("checkpoint", {}), "load_universal": True}
     total = _int_or_auto(ds, "train_batch_size", path)

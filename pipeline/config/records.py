@@ -1,4 +1,4 @@
-"""Run records: what is written beside the checkpoints so a run is reproducible from its folder (STYLE.md #10)."""
+"""Run records: what is written beside the checkpoints so a run is reproducible from its folder."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def git_sha(repo: str | Path = ".") -> str:
 def write_run_files(record: dict, ds_config: dict, output_dir: str | Path, tokenizer: str | Path | None = None) -> None:
     """OUTPUT/config.json (the resolved config of `record`, with the schedule's real --max-steps), ds_config.json
     (resolved DeepSpeed JSON), run_info.json (git SHA, data path, manifest sha256, world size, max_steps) and
-    tokenizer/ (a copy of the data's): enough to reproduce the run from its folder (STYLE.md #10).
+    tokenizer/ (a copy of the data's): enough to reproduce the run from its folder.
 
     Called by rank 0 only after the relaunch checks passed (pipeline/training/runrecord.py). Each file is replaced
     atomically (tmp + os.replace); the tokenizer is copied to a temporary directory and swapped in, so a reader (export)

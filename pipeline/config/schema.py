@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.fields import opt
 from pipeline.model.mexma import PRESETS, ModelConfig, ModelConfigError
+from runtime.hub import HubUnreachableError, check_hub_name
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,11 @@ class RunConfig:
     """The run: length, checkpoints, evaluation, logging, launcher-independent settings."""
 
     output_dir: str = opt("", "output directory: checkpoints, metrics.jsonl, resolved config")
+    recipe: str = opt(
+        "",
+        "training recipe: a name in recipes/ (e.g. tiny-cpu, paper) or a JSON file of flags; --config and the flags "
+        "given override its values (pipeline/config/recipes.py)",
+    )
     ds_config: str = opt("ds_configs/zero2_cpu_fp32.json", "DeepSpeed JSON (ds_configs/*.json)")
     max_steps: int = opt(0, "optimizer steps; 0 = --epochs over the train split")
     epochs: float = opt(3.0, "epochs when --max-steps is 0 (the reference: 3)")
@@ -120,6 +126,7 @@ class RunConfig:
     dist_timeout: float = opt(30.0, "process-group timeout in minutes (a rank waiting longer on a collective fails)")
     wandb: str = opt("offline", "Weights & Biases mode", choices=("off", "offline", "online"))
     wandb_project: str = opt("mexma", "wandb project")
+    verbose: bool = opt(False, "also print wandb's and DeepSpeed's own console lines (wandb logs to its files anyway)")
     run_name: str = opt("", "run name (wandb); default: the output directory's name")
 
 
@@ -231,6 +238,11 @@ def _validate_run(r: RunConfig) -> None:
     _check(r.max_minutes >= 0, "max-minutes", f"must be >= 0, got {r.max_minutes}")
     _check(not r.fit_to_minutes or r.max_minutes > 0, "fit-to-minutes", "needs --max-minutes > 0 (the budget to fit)")
     _check(r.fit_after >= 5, "fit-after", f"must be >= 5 (3 untimed steps + at least 2 timed), got {r.fit_after}")
+    _check(
+        not r.fit_to_minutes or r.max_steps == 0 or r.max_steps > r.fit_after,
+        "fit-to-minutes",
+        fit_refusal(r.max_steps, r.fit_after),
+    )
     _check(r.save_every >= 0, "save-every", f"must be >= 0, got {r.save_every}")
     _check(r.keep_checkpoints >= 1, "keep-checkpoints", f"must be >= 1, got {r.keep_checkpoints}")
     _check(0 <= r.seed < 2**32, "seed", f"must lie in [0, 2**32), got {r.seed}")
@@ -242,6 +254,14 @@ def _validate_run(r: RunConfig) -> None:
     _check(r.dist_timeout > 0, "dist-timeout", f"must be > 0 minutes, got {r.dist_timeout}")
 
 
+def fit_refusal(max_steps: int, fit_after: int) -> str:
+    return (
+        f"--max-steps {max_steps} is not above --fit-after {fit_after}: the schedule would be fitted after the last "
+        "step, and every step would train at the warmup's first lr; raise --max-steps (the upper bound of the fit) or "
+        "lower --fit-after"
+    )
+
+
 def _validate_model(cfg: TrainConfig) -> None:
     name = cfg.model.model
     if name not in PRESETS and _looks_like_path(name) and not Path(name).expanduser().exists():
@@ -249,6 +269,13 @@ def _validate_model(cfg: TrainConfig) -> None:
             f"--model {name}: the path does not exist (give an existing local model directory, a hub name such "
             f"as xlm-roberta-large, or a preset: {', '.join(PRESETS)})"
         )
+    if name not in PRESETS and not _looks_like_path(name):
+        try:
+            check_hub_name(
+                name, "--model", f"--model DIR (a local HF model dir) or a preset, random init: {', '.join(PRESETS)}"
+            )
+        except HubUnreachableError as e:
+            raise ConfigError(str(e)) from e
     try:
         cfg.model.validate()
     except ModelConfigError as e:

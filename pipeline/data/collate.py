@@ -13,7 +13,7 @@ clean trg (B) are concatenated into one token stream with FlashAttention-style `
 
 Everything that decides a shape in the model's forward is computed here, on the CPU, and shipped with the batch
 (python ints stay ints, index tensors travel to the device with the rest), so the forward makes no host sync
-and has no data-dependent shape (DESIGN "The GPU path"; issue #10 part 2): `head_tokens` (the 2B masked views'
+and has no data-dependent shape: `head_tokens` (the 2B masked views'
 length of the stream), `mlm_positions` (flat indices of the masked tokens in it, src first), their
 `mlm_labels` and `mlm_weights` (each side's mean, then the mean of both sides), and the counts `n_masked`,
 `n_masked_src`, `n_masked_trg`, `max_seqlen`, `max_masked` (most masked tokens in one sequence).

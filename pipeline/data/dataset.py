@@ -149,7 +149,18 @@ def load_split(data_dir: str | Path, split: str, manifest: dict | None = None) -
         expected = sum(s["rows"] for s in manifest["shards"] if s["split"] == split)
         if len(ds) != expected:
             raise DataError(f"{path}: {len(ds)} rows, manifest shards of split {split!r} say {expected}")
+        if split != "train":  # train's largest id is in its sampling record (`sampling_tables`); the others are small
+            _check_ids(path, _max_id(ds), manifest)
     return ds
+
+
+def _max_id(ds: datasets.Dataset) -> int:
+    """The largest token id of a split, computed in Arrow (-1 when empty)."""
+    table = ds.with_format("arrow")[:] if len(ds) else None
+    if table is None:
+        return -1
+    found = [pc.max(pc.list_flatten(table.column(c))).as_py() for c in ("src_ids", "trg_ids")]
+    return max([-1] + [int(m) for m in found if m is not None])
 
 
 def pair_lengths(ds: datasets.Dataset, max_length: int) -> np.ndarray:
@@ -177,28 +188,48 @@ def _truncate(ids: list[int], max_length: int) -> list[int]:
 # -- batching ----------------------------------------------------------------------------------------------------
 def sampling_tables(data_dir: str | Path, split: str, manifest: dict, verify: str = "size", rank: int = 0) -> dict:
     """The split's shared, memory-mapped sampling files (data_prep/lengths.py): lengths (N, 2) uint16, pair_ids,
-    pair_index, pairs, counts. A dataset prepared before them gets them built once per node by its local rank 0
-    (logged; --data may be a node-local copy), the other ranks wait for every node's verdict; a record whose row
-    count differs from the manifest is rebuilt the same way. `rank` is unused (kept for callers)."""
+    pair_index, pairs, counts. Derived files are checked against the manifest's shards before they are trusted: local
+    rank 0 of every node runs the full check (`open_sampling_files(deep=True)`: record digest, source shards, ranges,
+    histogram, a sample of rows against the shards) and rebuilds the files when it fails or they are missing (logged;
+    --data may be a node-local copy); the other ranks wait for every node's verdict. The largest token id must lie
+    below the manifest's vocab_size. `rank` is unused (kept for callers)."""
     from data_prep import lengths as L
     from runtime import collectives
 
-    rows = sum(s["rows"] for s in manifest["shards"] if s["split"] == split)
+    shards = [s for s in manifest["shards"] if s["split"] == split]
+    rows = sum(s["rows"] for s in shards)
 
     def ensure() -> None:
         try:
-            L.open_sampling_files(data_dir, split, rows, verify)
+            L.open_sampling_files(data_dir, split, rows, verify, shards, deep=True)
         except (L.LengthsError, OSError, ValueError) as e:
             log.info("building %s for split %s (%s); once per dataset", L.sampling_dir(data_dir), split, e)
             error = _build_sampling(data_dir, split)
             if error is not None:
                 raise DataError(error) from e
+            try:
+                L.open_sampling_files(data_dir, split, rows, verify, shards, deep=True)
+            except (L.LengthsError, OSError, ValueError) as again:
+                raise DataError(
+                    f"{again}; the files were rebuilt from {Path(data_dir) / split} and still differ: re-run data_prep"
+                ) from again
 
     collectives.on_each_node(ensure, (DataError,))
     try:
-        return L.open_sampling_files(data_dir, split, rows, verify)
+        tables = L.open_sampling_files(data_dir, split, rows, verify, shards)
     except (L.LengthsError, OSError, ValueError) as e:
         raise DataError(f"{e}; re-run data_prep or delete {L.sampling_dir(data_dir)}") from e
+    _check_ids(Path(data_dir) / split, tables["meta"]["max_id"], manifest)
+    return tables
+
+
+def _check_ids(where: Path, max_id: int, manifest: dict) -> None:
+    vocab = int(manifest["tokenizer"]["vocab_size"])
+    if max_id >= vocab:
+        raise DataError(
+            f"{where}: token id {max_id} in the shards, but manifest.json's tokenizer.vocab_size is {vocab}: the "
+            "manifest does not describe these shards' tokenizer; re-run data_prep"
+        )
 
 
 def _build_sampling(data_dir: str | Path, split: str) -> str | None:

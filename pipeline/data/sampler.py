@@ -104,14 +104,21 @@ class PairTable:
 
 def pair_probabilities(counts: np.ndarray, alpha: float, overrides: dict[int, float] | None = None) -> np.ndarray:
     """p_i proportional to n_i ** alpha (pairs without rows get 0); `overrides` {pair code: weight} replace the
-    normalised alpha share of those pairs before renormalising. ValueError on a zero total."""
+    normalised alpha share of those pairs before renormalising. ValueError on a zero total.
+
+    Computed without overflow: n ** alpha in logs (alpha log n - max, then exp: 1000 ** 1000 is no inf), the weights
+    divided by their largest before summing (1e308 + 1e308 is no inf)."""
     counts = np.asarray(counts, dtype=np.float64)
-    w = np.where(counts > 0, np.power(counts, alpha, where=counts > 0, out=np.zeros_like(counts)), 0.0)
+    has = counts > 0
+    logw = np.where(has, alpha * np.log(np.where(has, counts, 1.0)), -np.inf)
+    w = np.exp(logw - logw[has].max()) if has.any() else np.zeros_like(counts)
     w = w / w.sum() if w.sum() > 0 else w
     for code, weight in (overrides or {}).items():
         w[code] = weight if counts[code] > 0 else 0.0
-    if not np.isfinite(w).all() or w.sum() <= 0:
+    top = w.max() if len(w) else 0.0
+    if not np.isfinite(w).all() or top <= 0:
         raise ValueError("the pair weights sum to zero (every weighted pair has no rows or weight 0)")
+    w = w / top
     return w / w.sum()
 
 
@@ -518,13 +525,24 @@ def make_train_sampler(cfg, manifest: dict, micro: int, grad_accum: int, rank: i
             c.epoch_pairs,
         )
     if rank == 0:
-        shares = " ".join(f"{k} {100 * v:.2f}%" for k, v in sampler.pair_shares().items())
         mode = "proportional to rows" if probs is None else f"alpha {c.lang_alpha}, weights {c.lang_weights or '-'}"
         logging.getLogger("pipeline.train").info(
             "sampling %d language pairs (%s), %d pairs per epoch: %s",
             len(pairs.names),
             mode,
             sampler.n_positions,
-            shares,
+            shares_summary(sampler.pair_shares()),
         )
     return sampler
+
+
+def shares_summary(shares: dict[str, float], shown: int = 4) -> str:
+    """The largest and smallest shares of a long list, for the console (config.json's resolved.pair_shares has all)."""
+    items = sorted(shares.items(), key=lambda kv: -kv[1])
+    fmt = lambda kv: f"{kv[0]} {100 * kv[1]:.2f}%"
+    if len(items) <= 2 * shown:
+        return " ".join(map(fmt, items))
+    return (
+        f"largest {' '.join(map(fmt, items[:shown]))} ... smallest {' '.join(map(fmt, items[-shown:]))} "
+        "(every share: config.json, resolved.pair_shares)"
+    )

@@ -45,7 +45,7 @@ def _fwd_bwd(fn, inputs, do):
 
 
 def check_attention_kernel(device, dtype, n_heads, head_dim, lengths) -> dict:
-    """Kernel forward and backward against the fp32 reference on the run's dtype and shapes (STYLE.md #3):
+    """Kernel forward and backward against the fp32 reference on the run's dtype and shapes:
     ok when its max error over o, dq, dk, dv is at most 2x the same-precision reference's error + 1e-3 (scaled)."""
     lens = _check_lengths(lengths)
     q, k, v, do, cu = _packed_qkv(device, dtype, n_heads, head_dim, lens)

@@ -28,6 +28,7 @@ from pipeline.fields import opt
 from pipeline.model import losses
 from pipeline.model.attention import ATTN_IMPLEMENTATION, packed_attention, varlen_layout
 from pipeline.model.backends import BACKENDS, Backends, select_backends
+from runtime.received import check_dir
 
 # Encoder shapes: layers, hidden, heads, FFN. large = xlm-roberta-large, base = xlm-roberta-base.
 PRESETS = {
@@ -79,7 +80,9 @@ class ModelConfig:
     )
     kernels: bool = opt(True, "False: KoLeo through its PyTorch reference too (as MEXMA_KERNELS=ref)")
     gradient_checkpointing: bool = opt(False, "recompute encoder and head layers in backward")
-    ce_chunk_bytes: int = opt(losses.DEFAULT_CHUNK_BYTES, "byte budget of one fp32 (rows, V) logits block")
+    ce_chunk_bytes: int = opt(
+        0, "byte budget of one fp32 (rows, V) logits block; 0 = by device (1/64 of a GPU's memory, 256 MiB on CPU)"
+    )
 
     def validate(self) -> ModelConfig:
         """Raise ModelConfigError (a ValueError) naming the field on any bad value; returns self."""
@@ -87,9 +90,11 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ModelConfigError(name, f"must be a positive int or None, got {value!r}")
-        for name in ("head_layers", "head_heads", "head_ffn", "max_positions", "ce_chunk_bytes"):
+        for name in ("head_layers", "head_heads", "head_ffn", "max_positions"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ModelConfigError(name, f"must be a positive int, got {getattr(self, name)!r}")
+        if not isinstance(self.ce_chunk_bytes, int) or self.ce_chunk_bytes < 0:
+            raise ModelConfigError("ce_chunk_bytes", f"must be an int >= 0 (0: by device), got {self.ce_chunk_bytes!r}")
         for name in ("attention_dropout", "head_dropout", "hidden_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
@@ -158,7 +163,8 @@ def build_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int = 1) -> XLMRobe
     overrides = {"attention_probs_dropout_prob": cfg.attention_dropout}
     if cfg.hidden_dropout is not None:
         overrides["hidden_dropout_prob"] = cfg.hidden_dropout
-    encoder = XLMRobertaModel.from_pretrained(cfg.model, add_pooling_layer=False, **overrides)
+    check_dir(cfg.model, "--model")  # a received directory never runs code (runtime/received.py)
+    encoder = XLMRobertaModel.from_pretrained(cfg.model, add_pooling_layer=False, trust_remote_code=False, **overrides)
     encoder.config._attn_implementation = ATTN_IMPLEMENTATION
     if encoder.config.vocab_size != vocab_size:
         raise ValueError(
@@ -226,8 +232,13 @@ class MexmaModel(nn.Module):
         return self.encoder.get_input_embeddings().weight  # (V, H), tied
 
     def enable_gradient_checkpointing(self) -> None:
-        """Non-reentrant activation checkpointing of every encoder and head layer."""
-        self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        """Non-reentrant activation checkpointing of every encoder and head layer. transformers 5.23 names it
+        `activation_checkpointing_enable` (the old name warns, deprecated); 5.17 has only `gradient_...`."""
+        enable = getattr(self.encoder, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         ckpt = lambda fn, *args, **kwargs: torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
         for layer in self.head.layer:
             layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, ckpt
@@ -367,7 +378,8 @@ class MexmaModel(nn.Module):
         head_in = hidden[: batch["head_tokens"]].index_copy(0, head_cu[:-1].long(), other_cls)  # (T_m, H)
         pos = batch["mlm_positions"]  # (N,) = (n_src + n_trg,)
         head_out = self._head_at(head_in, head_cu, max_seqlen, pos, n_src + n_trg, batch)  # (N, H)
-        rows = losses.chunk_rows(self.vocab_weight.shape[0], self.cfg.ce_chunk_bytes)
+        budget = self.cfg.ce_chunk_bytes or losses.device_chunk_bytes(head_out.device)
+        rows = losses.chunk_rows(losses.padded_vocab(self.vocab_weight.shape[0]), budget)
         mlm, ce = losses.linear_cross_entropy(
             head_out, self.vocab_weight, self.vocab_bias, batch["mlm_labels"], batch["mlm_weights"], rows
         )

@@ -154,7 +154,13 @@ class CheckpointManager:
         if self.rank == 0 and ckpt.exists():
             shutil.rmtree(ckpt)  # leftovers of a save that was killed: never mixed with new files
         collectives.barrier()
-        error = self._write(engine, tag, client_state)
+        space = self._space_error()
+        if not collectives.all_ok(space is None):  # agreed before DeepSpeed's collectives start; nothing written yet
+            raise space or CheckpointError(f"{ckpt}: another rank found no space for it; {self._kept()}")
+        error = self._write_engine(engine, tag, step)
+        if error is not None and collectives.world()[1] > 1:
+            self._abort_alone(ckpt, error)
+        error = error or self._write_client(tag, client_state)
         if not collectives.all_ok(error is None):
             self._abort(ckpt, error)
         collectives.barrier()
@@ -177,19 +183,46 @@ class CheckpointManager:
         parts = collectives.all_gather_object(own)
         self._hashes = {name: meta for part in parts for name, meta in part.items()}
 
-    def _write(self, engine, tag: str, client_state: dict) -> BaseException | None:
+    def _write_engine(self, engine, tag: str, step: int) -> BaseException | None:
+        """DeepSpeed's save: module states (rank 0) and this rank's optimizer partition; collectives inside."""
         try:
-            self._check_space()
-            engine.save_checkpoint(
-                str(self.root), tag=tag, client_state={"step": client_state.get("step")}, save_latest=False
-            )
-            data = _torch_bytes(client_state)
-            write_atomic(self.root / tag / f"client_rank{self.rank:05d}.pt", data)
-            if self.rank == 0 and "run_record" in client_state:  # what this checkpoint was trained with (readable)
-                write_atomic(self.root / tag / RUN_RECORD, json.dumps(client_state["run_record"], indent=1).encode())
+            engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": step}, save_latest=False)
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("... write failed")
             return e
         return None
+
+    def _write_client(self, tag: str, client_state: dict) -> BaseException | None:
+        """Ours, no collective: this rank's client state; rank 0 also the run record."""
+        try:
+            write_atomic(self.root / tag / f"client_rank{self.rank:05d}.pt", _torch_bytes(client_state))
+            if self.rank == 0 and "run_record" in client_state:  # what this checkpoint was trained with (readable)
+                write_atomic(self.root / tag / RUN_RECORD, json.dumps(client_state["run_record"], indent=1).encode())
+        except (OSError, RuntimeError) as e:
+            return e
+        return None
+
+    def _space_error(self) -> CheckpointError | None:
+        try:
+            self._check_space()
+        except CheckpointError as e:
+            return e
+        return None
+
+    def _kept(self) -> str:
+        kept = self.latest_marked()
+        return f"the previous complete checkpoint {kept} is intact" if kept else "no earlier checkpoint exists"
+
+    def _abort_alone(self, ckpt: Path, error: BaseException) -> None:
+        """DeepSpeed's save failed on this rank. Its peers may be waiting for it inside DeepSpeed's own collectives
+        (NCCL on GPUs), where a verdict over gloo never meets them: a hang until --dist-timeout. So this rank stops
+        with the error at once, and the launcher (deepspeed, torchrun) stops the others; a peer blocked on gloo gets
+        the closed connection. The partial files stay until the next save of this step or a resume removes them;
+        `latest` still names the previous complete checkpoint."""
+        raise CheckpointError(
+            f"rank {self.rank}: saving {ckpt} failed in DeepSpeed's save_checkpoint ({_failure(error, self.root)}); "
+            f"stopping every rank, as the others may wait for this one inside DeepSpeed's collectives; "
+            f"{self._kept()}. Fix the cause and relaunch the same command to resume"
+        ) from error
 
     def _check_space(self) -> None:
         """Refuse to start a save that cannot fit: the last complete checkpoint's size + 5% must be free."""
@@ -210,12 +243,8 @@ class CheckpointManager:
         collectives.barrier()
         if self.rank == 0 and ckpt.exists():
             shutil.rmtree(ckpt, ignore_errors=True)
-        if isinstance(error, CheckpointError):
-            raise error
-        kept = self.latest_marked()
-        kept_msg = f"the previous complete checkpoint {kept} is intact" if kept else "no earlier checkpoint exists"
         raise CheckpointError(
-            f"saving {ckpt} failed ({what}); the partial files were removed and {kept_msg}. "
+            f"saving {ckpt} failed ({what}); the partial files were removed and {self._kept()}. "
             "Free space / fix the disk and relaunch the same command to resume"
         ) from error
 
@@ -270,7 +299,7 @@ class CheckpointManager:
         return recorded | ({self.best_tag()} - {None})
 
     def best(self) -> dict | None:
-        """{tag, step, score, metric} of the best checkpoint so far (checkpoints/best.json), None before one."""
+        """{tag, step, score, metric, fingerprint} of the best checkpoint so far (checkpoints/best.json), or None."""
         try:
             return json.loads((self.root / BEST_JSON).read_text())
         except FileNotFoundError:
@@ -279,14 +308,16 @@ class CheckpointManager:
             log.warning("%s unreadable (%s): the next evaluation starts a new best", self.root / BEST_JSON, e)
             return None
 
-    def mark_best(self, tag: str, step: int, score: float, metric: str) -> None:
+    def mark_best(self, tag: str, step: int, score: float, metric: str, fingerprint: str = "") -> None:
         """Rank 0: record the complete checkpoint `tag` as `best` (best.json first, then the `best` marker, both
-        atomic); pruning then keeps it until a better one replaces it. No-op on other ranks."""
+        atomic); pruning then keeps it until a better one replaces it. `fingerprint`: the test set's content, which
+        a later score must share to be compared (eval/train_hook.py). No-op on other ranks."""
         if self.rank != 0:
             return
         if not (self.root / tag / COMPLETE).is_file():
             raise CheckpointError(f"{self.root / tag}: not a complete checkpoint, cannot mark it {BEST}")
         record = {"tag": tag, "step": step, "score": score, "metric": metric, "time": time.time()}
+        record["fingerprint"] = fingerprint
         write_atomic(self.root / BEST_JSON, (json.dumps(record, indent=1) + "\n").encode())
         write_atomic(self.root / BEST, tag.encode())
         self.prune()  # the previous best, if now outside the newest `keep`, goes
@@ -397,14 +428,32 @@ class CheckpointManager:
 
 
 def latest_batch_record(output_dir: str | Path) -> dict | None:
-    """The batch arithmetic ({micro, gas, world_size}) of the newest marked checkpoint's run record, or None; read
-    before the engine exists so that a relaunch on another world size keeps the global batch (ds_json.py)."""
-    root = Path(output_dir) / "checkpoints"
+    """The batch arithmetic ({micro, gas, world_size}) of the checkpoint a resume will pick (`resume_candidate`),
+    or None; read before the engine exists so that a relaunch on another world size keeps the global batch."""
+    tag = resume_candidate(output_dir)
+    if tag is None:
+        return None
     try:
-        tag = (root / LATEST).read_text().strip()
-        return json.loads((root / tag / RUN_RECORD).read_text()).get("batch")
+        return json.loads((Path(output_dir) / "checkpoints" / tag / RUN_RECORD).read_text()).get("batch")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def resume_candidate(output_dir: str | Path) -> str | None:
+    """The tag `find_resume` tries first: the one `latest` marks, else (the marker deleted or damaged) the newest
+    checkpoint with a COMPLETE.json. Cheap (no hashing); `Trainer.resume` checks that the checkpoint it loads is
+    the same one."""
+    root = Path(output_dir) / "checkpoints"
+    try:
+        marked = (root / LATEST).read_text().strip()
+    except OSError:
+        marked = ""
+    if TAG_RE.match(marked) and (root / marked / COMPLETE).is_file():
+        return marked
+    tags = sorted(
+        (p.name for p in root.glob("step_*") if TAG_RE.match(p.name) and (p / COMPLETE).is_file()), reverse=True
+    )
+    return tags[0] if tags else None
 
 
 def _fresh_rng(state: dict, rank: int) -> dict:

@@ -22,24 +22,27 @@ class HookContext:
     """step: optimizer steps done; model: the single-device module (ZeRO stages 0-2 keep every parameter whole on
     every rank) on `device`; write: the metrics sink (metrics.jsonl and wandb; every rank calls it, rank 0 writes);
     best: the best checkpoint's record so far ({"tag", "step", "score", ...}, read on rank 0, None elsewhere or
-    when there is none); save_best(score, metric): save this step's checkpoint and mark it `best` (collective: every
-    rank calls it; no second save when the step is saved already); elapsed: seconds of the run so far."""
+    when there is none); save_best(score, metric, fingerprint): save this step's checkpoint and mark it `best`, scored
+    on the test set `fingerprint` names (collective: every rank calls it; no second save when the step is saved
+    already); elapsed: seconds of the run so far."""
 
     step: int
     model: torch.nn.Module
     device: torch.device
     write: Callable[[dict], None]
     best: Callable[[], dict | None]
-    save_best: Callable[[float, str], str]
+    save_best: Callable[[float, str, str], str]
     elapsed: Callable[[], float]
 
 
 class Hook:
     """Base of a trainer hook. `every` and `tokens` let the --fit-to-minutes schedule budget for the hook: it runs
-    every `every` steps and once at the end, encoding about `tokens` tokens per rank each time."""
+    every `every` steps and once at the end, encoding about `tokens` tokens per rank each time. `record`: fields for
+    the run record, compared on a relaunch like the config (an evaluation set's content fingerprint)."""
 
     every: int = 0
     tokens: int = 0
+    record: dict = {}
 
     def after_step(self, ctx: HookContext) -> None:
         pass

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.training.console import Eta
+
 log = logging.getLogger("pipeline.train")
 METRICS = "metrics.jsonl"
 INT_KEYS = frozenset({"tokens", "pairs", "n_masked"})  # counts summed as float64 on the device, written as ints
@@ -49,10 +51,11 @@ class MetricsLogger:
         self.path = Path(output_dir) / METRICS
         self.enabled, self.log_every = rank == 0, log_every
         self._wandb = None
+        # wandb starts with the first record written: a relaunch of a finished run opens no wandb run
+        self._wandb_args = (output_dir, wandb_mode, project, run_name, config) if wandb_mode != "off" else None
         self._buffer: list[dict] = []  # records not yet written (their tensors not yet read)
         self._progress: list[tuple[dict, int]] = []  # progress lines due for buffered records
-        if self.enabled and wandb_mode != "off":
-            self._wandb = _start_wandb(output_dir, wandb_mode, project, run_name, config)
+        self._eta = Eta()
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps > step (an interrupted run's tail beyond its last checkpoint)."""
@@ -81,6 +84,8 @@ class MetricsLogger:
         records = [{k: _finite_or_none(v) for k, v in r.items()} for r in self._buffer]
         with open(self.path, "a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in records))
+        if self._wandb_args is not None:
+            self._wandb, self._wandb_args = _start_wandb(*self._wandb_args), None
         for record in records if self._wandb is not None else ():
             prefix = record.get("split", "train")
             self._wandb.log(
@@ -93,7 +98,10 @@ class MetricsLogger:
 
     def progress(self, r: dict, max_steps: int) -> None:
         """One line per --log-every steps, and for every skipped step (printed once the record is read)."""
-        if not self.enabled or (r["step"] % self.log_every and not r["skipped"] and r["step"] != max_steps):
+        if not self.enabled:
+            return
+        eta = self._eta(r["step"], r["time"], max_steps)  # the first call starts the clock
+        if r["step"] % self.log_every and not r["skipped"] and r["step"] != max_steps:
             return
         if _pending(r):
             self._progress.append((r, max_steps))
@@ -101,7 +109,7 @@ class MetricsLogger:
         skipped = f" SKIPPED (non-finite loss; {r['skipped_total']} so far)" if r["skipped"] else ""
         log.info(
             "step %d/%d ep %d | loss %.4f mlm %.4f cls %.4f koleo %.4f | lr %.3g | gnorm %.3f | "
-            "%.0f tok/s %.1f pairs/s%s",
+            "%.0f tok/s %.1f pairs/s | %s%s",
             r["step"],
             max_steps,
             r["epoch"],
@@ -113,6 +121,7 @@ class MetricsLogger:
             r["grad_norm"],
             r["tokens_per_s"],
             r["pairs_per_s"],
+            eta,
             skipped,
         )
 

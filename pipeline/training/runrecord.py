@@ -7,8 +7,9 @@ COMPLETE.json), so a relaunch is compared with what the checkpoint was trained w
 
 - never: the data (manifest sha256), the tokenizer, the model's shape, the seed. Refused: the weights, the data
   order or the vocabulary would no longer match.
-- change: optimizer and schedule settings, the data plan (batching, masking, sampling), the losses' weights and
-  dropouts. Refused unless --allow-config-change; then the new values are applied to the loaded optimizer.
+- change: optimizer and schedule settings, the data plan (batching, masking, sampling: the --lang-weights file by its
+  content's sha256, not its path), the losses' weights and dropouts, the xsim test set (by content: `best` is
+  compared only within one test set). Refused unless --allow-config-change; then the new values are applied.
 - extend: a larger --max-steps (or --epochs). Allowed: the cosine is recomputed over the new length and continues
   from the current step (the learning rate is a pure function of the applied step and the config).
 - free: logging, checkpoint and evaluation cadence, wall-clock budget, wandb, attention backend, world size and
@@ -41,8 +42,11 @@ NEVER = {
     **{f"model.{n}": f"--{n.replace('_', '-')}" for n in ("ffn_size", "max_positions", "head_layers", "head_heads")},
     "model.head_ffn": "--head-ffn",
 }
+# Files that change training, compared by content (sha256) in the "change" class: flag -> flattened record key.
+CONTENT = {"--lang-weights (its content)": "data.lang_weights_sha256", "--xsim-data (the test set)": "run.xsim_sha256"}
 FREE = {
     "data.path",  # the data's identity is its manifest sha256: a moved copy of the same dataset may resume
+    "data.lang_weights",  # compared by content: data.lang_weights_sha256
     "data.verify",
     "data.prefetch",
     "data.valid_batches",
@@ -59,7 +63,8 @@ FREE = {
     "run.fit_after",
     *(f"run.{n}" for n in ("allow_config_change", "trust_checkpoint", "log_every", "valid_every", "max_bad_steps")),
     *(f"run.{n}" for n in ("xsim_every", "xsim_data", "xsim_split", "xsim_langs", "xsim_target", "dist_timeout")),
-    *(f"run.{n}" for n in ("wandb", "wandb_project", "run_name")),
+    *(f"run.{n}" for n in ("wandb", "wandb_project", "run_name", "verbose")),
+    "run.recipe",  # where the values came from: the values themselves are compared
 }
 
 
@@ -67,8 +72,12 @@ class RelaunchError(RuntimeError):
     """A relaunch refused before anything on disk changed (lock held, config change); the message says what to do."""
 
 
-def run_record(cfg: TrainConfig, max_steps: int, manifest: dict, world_size: int, **resolved) -> dict:
-    """What a checkpoint was trained with: the config (run.max_steps = the schedule's resolved length), the data.
+def run_record(
+    cfg: TrainConfig, max_steps: int, manifest: dict, world_size: int, hook_fields: dict | None = None, **resolved
+) -> dict:
+    """What a checkpoint was trained with: the config (run.max_steps = the schedule's resolved length), the data, the
+    content of the files that change training (--lang-weights), and the hooks' fields (`Hook.record`: the xsim test
+    set's fingerprint).
 
     resolved: what start-up decided; `batch` (the batch arithmetic, read back by a relaunch on another world
     size), `pair_shares` (target share of each language pair), `backends` (the backend report). config.json shows
@@ -82,7 +91,9 @@ def run_record(cfg: TrainConfig, max_steps: int, manifest: dict, world_size: int
         "manifest_sha256": manifest_sha256(cfg.data.path),
         "tokenizer_sha256": tokenizer_sha256(cfg.data.path, manifest),
         "world_size": world_size,
+        "lang_weights_sha256": file_sha256(cfg.data.lang_weights),
     }
+    record.update(hook_fields or {})
     if "batch" in resolved:
         record["batch"] = resolved["batch"]
     if "pair_shares" in resolved:
@@ -96,6 +107,11 @@ def state_schedule(record: dict, schedule) -> None:
     record["max_steps"] = record["config"]["run"]["max_steps"] = schedule.length
     if schedule.fit is not None:
         record["schedule"] = record["resolved"]["schedule"] = schedule.fit
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's content ("" for no file): what a relaunch compares, not the path."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else ""
 
 
 def manifest_sha256(data_dir: str | Path) -> str:
@@ -121,12 +137,17 @@ def _flat(record: dict) -> dict[str, object]:
     flat = {f"{s}.{k}": v for s in SECTIONS for k, v in record["config"].get(s, {}).items()}
     flat["data.manifest_sha256"] = record.get("manifest_sha256")
     flat["data.tokenizer_sha256"] = record.get("tokenizer_sha256")
+    for key in CONTENT.values():  # absent in older records, or without --xsim-every: not compared
+        if key.split(".", 1)[1] in record:
+            flat[key] = record[key.split(".", 1)[1]]
     return flat
 
 
 def _flag(key: str) -> str:
     if key in NEVER:
         return NEVER[key]
+    if key in CONTENT.values():
+        return {v: k for k, v in CONTENT.items()}[key]
     section, name = key.split(".", 1)
     for f, _ in section_fields(section):
         if f.name == name:

@@ -1,4 +1,4 @@
-"""Checkpoint files loaded without running code from them (issue #13 item 11).
+"""Checkpoint files loaded without running code from them.
 
 `torch.load(weights_only=False)` unpickles arbitrary objects, so a checkpoint received from someone else could run
 code on resume, export or `python -m eval --model RUN`. `COMPLETE.json` is no protection: it sits beside the files

@@ -25,10 +25,12 @@ from deepspeed.accelerator import get_accelerator
 
 from pipeline.config import ConfigError, TrainConfig, resolve_ds_config, write_run_files
 from pipeline.config.ds_json import batch_record
+from pipeline.config.schema import fit_refusal
 from pipeline.data.prefetch import BatchStream, MicroBatch
 from pipeline.data.train_data import TrainData
 from pipeline.model.mexma import build_model
 from pipeline.training import schedule as lr
+from pipeline.training.backend_choice import choose_backends, timing_lengths
 from pipeline.training.checkpoint import CheckpointManager, latest_batch_record
 from pipeline.training.clock import RunClock
 from pipeline.training.engine import build_engine, run_dtype
@@ -51,7 +53,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, ds_config: dict, hooks: list[HookFactory] = ()):
         self.cfg, r = cfg, cfg.run
-        self.rank, self.world = collectives.init_training(r.dist_timeout)
+        self.rank, self.world = collectives.init_training(r.dist_timeout, r.verbose)
         self.out = Path(r.output_dir)
         shared_dir.check_shared_dir(self.out, error=ConfigError)  # rank 0 writes checkpoints, every node reads
         self.lock = take_output_lock(self.out, self.rank)  # before anything is written to --output-dir
@@ -66,14 +68,20 @@ class Trainer:
         upper = r.max_steps or max(1, int(r.epochs * len(self.data.sampler) / gas))
         # --fit-to-minutes: the lr holds at the warmup's start until the fit (pipeline/training/schedule.py)
         self.fit = lr.ScheduleFit(r.fit_after, 0) if r.fit_to_minutes else None
+        if self.fit and upper <= r.fit_after:  # --epochs resolved to too few steps to fit
+            raise ConfigError(fit_refusal(upper, r.fit_after) + f" (--epochs {r.epochs})")
         self.schedule = lr.Schedule(upper, hold=r.fit_after if self.fit else 0)
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=False)  # applied in build_engine only
-        model = build_model(model_cfg, self.data.vocab_size, self.data.specials["pad"])
-        backends = self._select_backends(model, micro)
+        try:
+            model = build_model(model_cfg, self.data.vocab_size, self.data.specials["pad"])
+        except (ValueError, OSError) as e:  # a --model directory that does not fit the data, or cannot be read
+            raise ConfigError(f"--model {cfg.model.model}: {e}") from e
+        backends = self._select_backends(model)
         self.engine = build_engine(cfg, model, self.ds_config, self.schedule)
         batch = batch_record(self.ds_config, self.world)
         shares = self.data.sampler.pair_shares()
-        self.record = run_record(cfg, upper, self.data.manifest, self.world, batch=batch, pair_shares=shares,
+        fields = {k: v for h in self.hooks for k, v in h.record.items()}
+        self.record = run_record(cfg, upper, self.data.manifest, self.world, fields, batch=batch, pair_shares=shares,
                                  backends=backends)  # fmt: skip
         torch.manual_seed(r.seed + 1 + self.rank)  # dropout: same init everywhere, distinct masks per rank
         self.data.make_collator(seed=r.seed + self.rank)
@@ -87,14 +95,18 @@ class Trainer:
     def step(self) -> int:
         return self.steps.step
 
-    def _select_backends(self, model, micro: int) -> dict:
-        """attention="auto" and the fused KoLeo, checked and timed on this device, dtype and a micro batch of this
-        run's rows (pipeline/model/backends.py); the report goes to the log and config.json's "resolved"."""
+    def _select_backends(self, model) -> dict:
+        """attention="auto" and the fused KoLeo: rank 0 checks and times them on this device and dtype with a micro
+        batch of random pairs, every rank adopts its choice (pipeline/training/backend_choice.py); the report goes
+        to the log and config.json's "resolved"."""
         device = devices.select_device(get_accelerator().device_name())  # this rank's, as init_training chose
-        report = model.select_backends(device, run_dtype(self.ds_config), self.data.lengths(micro))
+        s = self.data.sampler
+        lengths = timing_lengths(s.lengths, s.max_length, s.batch_pairs, s.batch_tokens, self.cfg.run.seed)
+        report = choose_backends(model, device, run_dtype(self.ds_config), lengths, self.rank)
         if self.rank == 0:
             for stack, r in report.items():
-                log.info("backend %s: %s (%s)", stack, r.get("backend"), r.get("reason", ""))
+                if stack != "timing_batch":
+                    log.info("backend %s: %s (%s)", stack, r.get("backend"), r.get("reason", ""))
         return report
 
     def _seed(self, seed: int) -> None:
@@ -149,9 +161,10 @@ class Trainer:
         self.schedule.apply(self.engine, self.cfg, self.steps.applied)
 
     def _use_schedule(self, schedule: lr.Schedule) -> None:
-        """Adopt a fitted schedule and state it in the run record; no second fit when it brings its length."""
+        """Adopt a fitted schedule and state it in the run record; no further fit when it brings its length, but the
+        one refit of a fit made in this launch (pipeline/training/schedule.py)."""
         self.schedule = schedule
-        if schedule.fitted_length:
+        if schedule.fitted_length and not (self.fit is not None and self.fit.refit_pending):
             self.fit = None
         state_schedule(self.record, schedule)
 
@@ -234,9 +247,9 @@ class Trainer:
     def _context(self) -> HookContext:
         """What a hook may use of this run (pipeline/training/hooks.py)."""
 
-        def save_best(score: float, metric: str) -> str:
+        def save_best(score: float, metric: str, fingerprint: str = "") -> str:
             tag = self.ckpt.save(self.engine, self.step, self.client_state())
-            self.ckpt.mark_best(tag, self.step, score, metric)
+            self.ckpt.mark_best(tag, self.step, score, metric, fingerprint=fingerprint)
             return tag
 
         best = lambda: self.ckpt.best() if self.rank == 0 else None  # noqa: E731

@@ -1,22 +1,30 @@
-"""The prep benchmark runs end to end on a tiny corpus and reports both rates from the same run."""
+"""The prep benchmark runs end to end on a tiny synthetic corpus and prints the per-stage table and the projection."""
 
 import re
 
+from data_prep import synth
 from data_prep.bench import main
-from tests.data_prep.helpers import sentence_pairs, write_mo
+from data_prep.readers import tsv_records
+from data_prep.records import Pair
 
 
-def test_bench_reports_prep_limit_ratio_and_memory(tmp_path, capsys):
-    pairs = sentence_pairs(300)
-    for locale in ("fr", "de"):
-        entries = [(en.encode(), f"{locale} {fr}".encode()) for fr, en in pairs]
-        write_mo(tmp_path / "locale" / locale / "LC_MESSAGES" / "app.mo", entries)
-    argv = ["--pairs", "1500", "--workers", "2", "--locale-root", str(tmp_path / "locale")]
-    assert main([*argv, "--keep", str(tmp_path / "work")]) == 0
+def test_synthetic_corpus_is_nllb_like(tmp_path):
+    files = synth.write_corpus(tmp_path, 3000, pairs_per_file=1000)
+    records = [r for f in files for r in tsv_records(f, ("", ""))]
+    pairs = [r for r in records if isinstance(r, Pair)]
+    assert len(files) == 3 and len(records) == 3000 and 2900 < len(pairs) < 3000  # a few broken lines
+    langs = {p.trg_lang for p in pairs}
+    assert 15 <= len(langs) <= 24 and {p.src_lang for p in pairs} == {"eng_Latn"}
+    assert len({(p.src, p.trg) for p in pairs}) < len(pairs)  # some duplicates
+    words = sorted(len(p.src.split()) for p in pairs)
+    assert 10 <= words[len(words) // 2] <= 20 and words[-1] > 30  # lognormal: median ~15, a long tail
+
+
+def test_bench_prints_stages_scaling_memory_and_projection(tmp_path, capsys):
+    argv = ["--pairs", "2000", "--workers", "1", "--keep", str(tmp_path), "--project-workers", "64"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    prep = float(re.search(r"prep   :\s+[\d.]+ s\s+(\d+) pairs/s", out).group(1))
-    limit = float(re.search(r"limit  :\s+[\d.]+ s\s+(\d+) pairs/s", out).group(1))
-    ratio = int(re.search(r"ratio  : (\d+)%", out).group(1))
-    assert prep > 0 and limit > 0 and abs(ratio - 100 * prep / limit) <= 1
-    assert re.search(r"largest process RSS \d+ MiB", out) and "tokenise" in out
-    assert "pairs 1500," in out  # 600 distinct catalogue pairs, repeated with a running number
+    for stage in ("read", "count", "dedup", "vocab", "encode", "merge"):
+        assert re.search(rf"\| 2,000 \| 1 \| {stage} \| [\d.]+ \| [\d,]+ \| [\d.]+x \|", out), stage
+    assert re.search(r"\| 2,000 \| 1 \| \d+ MiB \| \d+ \| \d+ \| \d+ \|", out)
+    assert "projection: 1e+09 pairs on 64 cores" in out and re.search(r"\| all \| \| \d+ \([\d.]+ min\) \|", out)

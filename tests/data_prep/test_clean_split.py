@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from data_prep import spool
 from data_prep.clean import Cleaner, overlap_key
 from data_prep.records import Pair
+from data_prep.stages.vocab import held_out_keys, in_sample, sample_rates, sample_thresholds
 from data_prep.testset import is_sentence
 
 
@@ -50,25 +50,30 @@ def test_overlap_key():
     assert overlap_key("%s files") != overlap_key("files")
 
 
-def test_split_dedups_first_occurrence_and_is_stable():
-    keys = np.array([5, 9, 5, 2**63, 1, 9], dtype=np.uint64)
-    splits = spool.assign_splits(keys, valid_fraction=0.25, min_valid=0)
-    assert splits.tolist() == [spool.VALID, spool.VALID, spool.DROP, spool.TRAIN, spool.VALID, spool.DROP]
-    more = np.concatenate([keys, np.array([2**62, 3], dtype=np.uint64)])  # new data does not move old pairs
-    assert spool.assign_splits(more, 0.25, 0)[: len(keys)].tolist() == splits.tolist()
-    forced = spool.assign_splits(np.array([2**63, 2**62, 2**61], dtype=np.uint64), 0.0, min_valid=5)
-    assert forced.tolist() == [spool.TRAIN, spool.VALID, spool.VALID]  # smallest keys, one pair left in train
+def test_min_valid_takes_the_smallest_keys_and_keeps_one_train_pair():
+    stats = [{"kept": 2, "valid": 0, "smallest": [2**62, 2**63]}, {"kept": 1, "valid": 0, "smallest": [2**61]}]
+    assert held_out_keys(stats, min_valid=5) == [2**61, 2**62]  # 3 pairs: the 2 smallest keys, 1 left in train
+    assert held_out_keys([{"kept": 10, "valid": 8, "smallest": [1, 2]}], min_valid=8) is None  # threshold enough
 
 
-def test_tokenizer_sample_is_uniform_and_skips_dropped_rows():
+def test_tokenizer_sample_rates_follow_the_training_temperature():
+    counts = {"a": 9000, "b": 900, "c": 100}
+    assert all(abs(r - 0.1) < 1e-12 for r in sample_rates(counts, 1.0, 2000).values())  # alpha 1: uniform
+    rates = sample_rates(counts, 0.0, 2000)  # 1000 pairs, the same share each: c whole, a and b split the rest
+    assert rates["c"] == 1.0 and abs(rates["b"] * 900 - 450) < 1e-6 and abs(rates["a"] * 9000 - 450) < 1e-6
+    assert sample_rates(counts, 0.3, None) == dict.fromkeys(counts, 1.0)
+
+
+def test_tokenizer_sample_is_a_hash_threshold_per_pair():
     rng = np.random.default_rng(0)
     keys = rng.integers(0, 2**63, size=20_000, dtype=np.uint64) * np.uint64(2)
-    splits = np.where(np.arange(20_000) % 10 == 0, spool.DROP, spool.TRAIN).astype(np.int8)
-    mask = spool.sample_mask(keys, splits, limit=4_000)
-    assert not (mask & (splits == spool.DROP)).any()
-    assert 1_800 < mask.sum() < 2_200  # ~limit / 2 pairs
+    pairs = np.where(np.arange(20_000) % 2 == 0, "a-x", "b-x").astype(object)
+    mask = in_sample(keys, pairs, sample_thresholds({"a-x": 10_000, "b-x": 10_000}, 1.0, 4_000))
+    assert 1_800 < mask.sum() < 2_200 and abs(mask[::2].sum() - mask[1::2].sum()) < 200  # ~limit / 2 pairs
     assert abs(mask[:10_000].sum() - mask[10_000:].sum()) < 200  # not the first rows only
-    assert spool.sample_mask(keys, splits, limit=None).sum() == 18_000
+    thresholds = {"a-x": sample_thresholds({"a-x": 10}, 1.0, 2)["a-x"], "b-x": None}
+    mask = in_sample(keys, pairs, thresholds)
+    assert mask[1::2].all() and 800 < mask[::2].sum() < 1200  # b whole, a about 1 in 10
 
 
 @pytest.mark.parametrize(

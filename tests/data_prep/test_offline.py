@@ -109,3 +109,24 @@ def test_real_catalogues_small_domain(tmp_path):
     assert counts["read"] == counts["kept"] + sum(counts["skipped"].values()) and counts["kept"] > 1000
     assert all(pair.startswith("eng_Latn-") for pair in manifest["language_pairs"])
     assert len(json.loads((tmp_path / "testset" / "manifest.json").read_text())["languages"]) >= 8
+
+
+def test_second_offline_run_into_the_same_out_is_refused(locale_tree, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import time; from pathlib import Path; from data_prep.lock import OutLock; "
+        f"OutLock(Path({str(tmp_path / 'testset')!r}), 'other').acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["--out", str(tmp_path), "--locale-root", str(locale_tree), "--min-langs", "4"]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err and not (tmp_path / "prepared").exists()
+    finally:
+        holder.kill()
+        holder.wait()

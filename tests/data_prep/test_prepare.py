@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
 def built(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "out"
     argv = ["--source", f"tsv:{corpus}", "--out", str(out), "--train-tokenizer", "200", "--workers", "2"]
-    argv += ["--chunk-rows", "64", "--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "-q"]
+    argv += ["--partitions", "3", "--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "-q"]
     assert main(argv) == 0
     return out
 
@@ -85,9 +85,9 @@ def test_rerun_is_a_no_op_and_force_rebuilds_identically(built, corpus, capsys):
     mtime = shard.stat().st_mtime_ns
     argv = ["--source", f"tsv:{corpus}", "--out", str(built), "--train-tokenizer", "200", "--workers", "1", "-q"]
     argv += ["--src-lang", "fra_Latn", "--trg-lang", "eng_Latn"]
-    assert main(argv) == 0  # workers/chunk size do not change the output, so the fingerprint matches
+    assert main(argv) == 0  # workers/partitions do not change the rows, so the fingerprint matches
     assert shard.stat().st_mtime_ns == mtime
-    assert main([*argv, "--force"]) == 0  # rebuilt on 1 process with other chunks: same bytes
+    assert main([*argv, "--force", "--partitions", "3"]) == 0  # rebuilt on 1 process: same bytes
     again = json.loads((built / "manifest.json").read_text())
     assert shard.stat().st_mtime_ns != mtime
     assert again["shards"] == manifest["shards"] and again["tokenizer"] == manifest["tokenizer"]
@@ -126,7 +126,8 @@ def test_refuses_foreign_dir_and_needs_one_tokenizer(corpus, tmp_path, capsys):
 
 def test_pretrained_tokenizer_gives_the_same_ids(built, corpus, tmp_path):
     argv = ["--source", f"tsv:{corpus}", "--out", str(tmp_path / "o"), "--tokenizer", str(built / "tokenizer")]
-    assert main([*argv, "--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "--workers", "1", "-q"]) == 0
+    argv += ["--src-lang", "fra_Latn", "--trg-lang", "eng_Latn", "--workers", "1", "--partitions", "3", "-q"]
+    assert main(argv) == 0
     ours, theirs = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "o", built))
     assert ours["tokenizer"]["name"] == str(built / "tokenizer")
     assert ours["tokenizer"]["special_ids"] == theirs["tokenizer"]["special_ids"]
@@ -160,3 +161,19 @@ def test_nothing_kept(built, tmp_path):
     counts = manifest["counts"]
     assert (counts["read"], counts["kept"], counts["skipped"]) == (1, 0, {"duplicate": 0, "identical": 1})
     assert len(datasets.load_from_disk(str(tmp_path / "p" / "train"))) == 0 and manifest["rows"]["train"] == 0
+
+
+def test_tokenizer_alpha_balances_the_sample_over_language_pairs(tmp_path):
+    pairs = sentence_pairs(330)
+    big = write_tsv(tmp_path / "big.tsv", pairs[:300])
+    small = write_tsv(tmp_path / "small.tsv", [(f"de {s}", t) for s, t in pairs[300:]], langs=("deu_Latn", "eng_Latn"))
+    drawn = {}
+    for alpha in (1.0, 0.0):
+        cfg = PrepConfig(sources=[f"tsv:{big}", f"tsv:{small}"], out=str(tmp_path / f"o{alpha}"), train_tokenizer=80,
+                         tokenizer_max_sentences=60, tokenizer_alpha=alpha, workers=1)  # fmt: skip
+        drawn[alpha] = prepare(cfg)["tokenizer"]["sample"]
+    assert drawn[1.0]["deu_Latn-eng_Latn"] < 8 < drawn[1.0]["fra_Latn-eng_Latn"]  # ~30 x 30/330 vs ~30 x 300/330
+    assert (
+        8 < drawn[0.0]["deu_Latn-eng_Latn"]
+        and abs(drawn[0.0]["deu_Latn-eng_Latn"] - drawn[0.0]["fra_Latn-eng_Latn"]) < 12
+    )

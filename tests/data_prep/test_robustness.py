@@ -1,4 +1,4 @@
-"""Bad inputs and interrupted builds (issue #13, items 13-18): every line accounted for, clear refusals, the old
+"""Bad inputs and interrupted builds: every line accounted for, clear refusals, the old
 output kept until a new one is complete, the tokenizer's contents in the fingerprint, skipped.jsonl."""
 
 from __future__ import annotations
@@ -201,12 +201,14 @@ def test_killed_rebuild_leaves_the_previous_output(first_build):
     corpus, out, before = first_build
     cmd = [sys.executable, "-m", "data_prep", "--source", f"tsv:{corpus}", "--out", str(out), "--train-tokenizer",
            "100", "--force", "--workers", "1", "-q"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not (workdir.work_dir(out) / ".work").exists() and proc.poll() is None and time.monotonic() < deadline:
+    started = workdir.work_dir(out) / "engine" / "read" / "completions"
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "the rebuild ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the build and the engine's processes
     proc.wait()
     assert _snapshot(out) == before  # the old output, whole; only the work dir is left over
     assert _prep("--source", f"tsv:{corpus}", "--out", str(out), "--train-tokenizer", "100", "--force") == 0
@@ -265,6 +267,6 @@ def test_skipped_jsonl_lists_every_skip(tmp_path):
     assert sorted(e["where"] for e in entries if e["reason"] == MALFORMED) == sorted(
         f"{path}:{n}" for n in range(54, 84)
     )
-    dup = next(e for e in entries if e["reason"] == "duplicate")
+    dup = next(e for e in entries if e["where"] == f"{path}:42")  # duplicates: by key partition, then input order
     assert dup == {"where": f"{path}:42", "reason": "duplicate", "detail": f"same pair as {path}:2"}
     assert all(len(v) <= 5 for v in manifest["skip_examples"].values()) and manifest["skipped_file"] == "skipped.jsonl"

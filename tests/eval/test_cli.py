@@ -70,7 +70,7 @@ def test_training_dir_is_exported_under_out(tiny_model, flores, tmp_path, monkey
 
 
 def test_model_dir_without_tokenizer_is_refused(tiny_model, flores, tmp_path, capsys):
-    """transformers would fall back to a tokenizer mapping every word to <unk> and score anyway (issue #13 #10)."""
+    """transformers would fall back to a tokenizer mapping every word to <unk> and score anyway."""
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):

@@ -73,3 +73,20 @@ def test_sentence_transformers_stack_matches_cls(tiny_model, tmp_path):
     sentences = ["the cat sees the dog 1", "a red car 2", "the old teacher reads a book 3"]
     st = load_encoder(str(st_dir), pooling="sentence-transformers").encode(sentences)
     np.testing.assert_allclose(st, HFEncoder(str(st_dir)).encode(sentences), atol=1e-5)
+
+
+def test_cls_pooling_runs_the_last_layer_at_the_cls_rows_only_with_the_same_embeddings(tiny_model):
+    """CLS pooling on an XLM-R directory runs the last layer at the <s> rows (CLSLastLayer), as the evaluation inside
+    training does: same embeddings as the whole model's last_hidden_state[:, 0], padded batches included."""
+    import torch
+    from transformers import AutoModel
+
+    sentences = ["the cat sees the dog 1", "a red car 2", "the old teacher reads a book in the morning 3", "x"]
+    enc = HFEncoder(str(tiny_model), batch_tokens=10_000)  # one padded batch of 4 lengths
+    assert enc.last_at_cls is not None and len(enc.model.encoder.layer) == 1  # of the model's 2 layers
+    full = AutoModel.from_pretrained(str(tiny_model)).eval()
+    batch = enc.tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        expected = full(**batch).last_hidden_state[:, 0].numpy()
+    np.testing.assert_allclose(enc.encode(sentences), expected, atol=2e-6, rtol=0)
+    assert HFEncoder(str(tiny_model), pooling="mean").last_at_cls is None  # mean pooling reads every row

@@ -1,9 +1,11 @@
 """xsim against hand-computed margins, LASER's tie rules and the two-search reference."""
 
+import sys
+
 import numpy as np
 import pytest
 
-from eval.xsim import count_errors, errtype_breakdown, nearest, nearest_ref, xsim, xsim_ref
+from eval.xsim import _normalized, count_errors, errtype_breakdown, nearest, nearest_ref, xsim, xsim_ref
 
 # Unit vectors with exact decimal cosines. S = X Y^T (rows x_i, columns y_j); y_1 is a hub:
 #        y0     y1     y2
@@ -128,3 +130,21 @@ def test_errtype_breakdown():
 def test_bad_arguments(x, y, kwargs, match):
     with pytest.raises(ValueError, match=match):
         xsim(x.astype(np.float32), y.astype(np.float32), **kwargs)
+
+
+@pytest.mark.parametrize("margin", ["ratio", "distance", "absolute"])
+def test_without_faiss_the_exact_scan_gives_the_same_answers(margin, monkeypatch):
+    # An offline node's wheelhouse carries no faiss: numpy normalisation + the blocked scan must agree with faiss.
+    n, d = 150, 16
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    y = np.concatenate([x + 0.3 * rng.standard_normal((n, d)), rng.standard_normal((20, d))]).astype(np.float32)
+    x[3] = 0  # a zero row stays zero, as with faiss.normalize_L2
+    want = nearest_ref(x, y, margin, 4)
+    normalised = _normalized(y)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    np.testing.assert_allclose(_normalized(y), normalised, rtol=0, atol=1e-6)
+    assert not _normalized(x)[3].any()
+    assert nearest(x, y, margin, 4).tolist() == want.tolist()
+    with pytest.raises(ImportError):
+        nearest_ref(x, y, margin, 4)  # the reference is LASER's two faiss searches: it needs faiss

@@ -1,10 +1,10 @@
-"""Shared numerical checks for kernel tests (STYLE.md #3, FlashAttention's tests/test_flash_attn.py)."""
+"""Shared numerical checks for kernel tests."""
 
 import pytest
 import torch
 
 # The kernels run on CUDA when there is one (the conftest makes it torch's default device), else through the
-# Triton interpreter on CPU, which has no bf16 (DESIGN "Running without a GPU").
+# Triton interpreter on CPU, which has no bf16.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float32, torch.float16]
 

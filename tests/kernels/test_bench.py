@@ -87,3 +87,40 @@ def test_padded_sdpa_baseline_matches_the_reference():
     out = fn(*inputs).transpose(1, 2)  # (S, L_pad, H, D), L_pad = 32: max length 30 rounded up to 16s
     valid = torch.arange(out.shape[1])[None, :] < torch.tensor(lens)[:, None]
     torch.testing.assert_close(out[valid], block_diag_attention_ref(q, k, v, cu), atol=1e-5, rtol=1e-5)
+
+
+def test_flex_is_compiled_once_per_head_shape_and_the_mask_once_per_batch(monkeypatch):
+    """A grid of head shapes over one batch compiles flex_attention once per head shape and builds one BlockMask
+    (torch.compile stubbed: the eager functions run, the calls are counted)."""
+    from kernels import block_diag_attention_ref
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn.__name__) or fn)
+    monkeypatch.setattr(bench_attn, "_FLEX", {})
+    monkeypatch.setattr(bench_attn, "_MASKS", {})
+    lens = [5, 17, 2, 40]
+    for n_heads, head_dim in ((2, 16), (1, 32), (2, 16)):
+        q, k, v, _, cu = bench_attn._packed_inputs(lens, n_heads, head_dim, torch.float32, "cpu")
+        fn, inputs = bench_attn.method_flex(q, k, v, cu, lens)
+        out = fn(*inputs)[0].transpose(0, 1)  # (1, H, T, D) -> (T, H, D)
+        torch.testing.assert_close(out, block_diag_attention_ref(q, k, v, cu), atol=1e-5, rtol=1e-5)
+    ours = sorted(n for n in compiled if n in ("create_block_mask", "flex_attention"))  # torch compiles helpers too
+    assert ours == ["create_block_mask", "flex_attention", "flex_attention"]
+
+
+def test_csv_holds_every_finished_row_while_the_run_goes_on(tmp_path, monkeypatch):
+    """bench_config hands each row over as soon as it is measured, so a run killed at a time limit leaves them."""
+    from kernels.bench.common import write_csv
+
+    seen = []
+    monkeypatch.setattr(bench_attn, "measure", lambda *a: (1.0, 2.0, 3.0, 4.0))
+    opts = type("Opts", (), {"smoke": True, "skip_reference": False, "tiles": [], "notes": []})()
+    path = tmp_path / "rows.csv"
+
+    def on_row(row):
+        seen.append(row)
+        write_csv(path, seen, {"device": "cpu"}, quiet=True)
+        assert path.read_text().count("\n") == len(seen) + 1  # header + the rows so far
+
+    rows = bench_attn.bench_config("l", [3, 5], 2, 16, torch.float32, "cpu", opts, on_row)
+    assert rows == seen and len(rows) >= 3

@@ -50,7 +50,7 @@ def _forbid_python_syncs(monkeypatch):
 
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
 def test_forward_and_backward_make_no_host_sync(monkeypatch, gradient_checkpointing):
-    """Issue #10 part 2: no .item() / int / bool / nonzero / boolean indexing in the model's forward + backward."""
+    """no .item() / int / bool / nonzero / boolean indexing in the model's forward + backward."""
     cfg = small_config(attention="sdpa", kernels=False, gradient_checkpointing=gradient_checkpointing)
     model = build_model(cfg, V)
     batch = MexmaCollator(SPECIAL, V)(make_rows(6, vocab=V))

@@ -1,4 +1,4 @@
-"""MexmaCollator: packed layout, masking rules (DESIGN.md step 1), determinism and resume of the generator."""
+"""MexmaCollator: packed layout, masking rules, determinism and resume of the generator."""
 
 import pytest
 import torch

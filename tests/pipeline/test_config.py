@@ -1,5 +1,5 @@
 """Typed config: flags, config files, errors naming the flag, batch arithmetic, every shipped ds_configs/*.json and
-every model preset (STYLE.md #6, #7)."""
+every model preset."""
 
 from __future__ import annotations
 
@@ -150,6 +150,13 @@ def test_every_ds_config_loads_and_validates(path):
     assert parsed.zero_optimization_stage == 2
     assert parsed.train_batch_size == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]
     assert parsed.gradient_clipping == 1.2
+
+
+def test_fp16_config_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "fp16.json"
+    path.write_text(json.dumps({"fp16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
+    with pytest.raises(ConfigError, match=r"fp16.json: fp16 is not supported: .* use bf16"):
+        load_ds_config(str(path))
 
 
 def test_expected_ds_configs_are_shipped():

@@ -1,4 +1,4 @@
-"""The docs' flag table is generated from the same help texts as `--help` (issue #11: one way to document a field)."""
+"""The docs' flag table is generated from the same help texts as `--help`."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_missing_model_path_is_named_before_preset_overrides():
 
 
 def test_config_json_records_the_resolved_backends_and_still_loads_as_config(tiny_run):
-    """Issue #10 part 4 / #11 part 1: the start-up choices go to config.json under "resolved", which `--config`
+    """the start-up choices go to config.json under "resolved", which `--config`
     skips, so `--config OUTPUT/config.json` still reproduces the run."""
     import json
 

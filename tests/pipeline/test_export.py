@@ -1,6 +1,6 @@
 """Export round trip: the HF directory gives the trained encoder's CLS embeddings, in transformers and in
 sentence-transformers; bad sources fail with a message naming the path, and refusals change nothing on disk
-(issue #13 items 8, 9, 11: OUT_DIR inside the run, unverified checkpoints, files that would run code)."""
+."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kernels on vs off (STYLE.md #9): attention through the Triton block-diagonal kernel and KoLeo through the fused
+"""Kernels on vs off: attention through the Triton block-diagonal kernel and KoLeo through the fused
 kernel give the losses and gradients of the padded reference. On CPU this needs TRITON_INTERPRET=1 (set by
 `make test`) before `kernels` is imported; the interpreter is slow, so the model is very small: hidden 32, 2 heads
 (head_dim 16), about 40 tokens.

@@ -1,4 +1,4 @@
-"""The output-directory lock (pipeline/training/lock.py `OutputLock`, issue #13 item 5): one training per
+"""The output-directory lock (pipeline/training/lock.py `OutputLock`): one training per
 --output-dir.
 
 Unit cases on the lock file (live holder, dead / zombie / reused pid, another host, release), then two real

@@ -2,6 +2,7 @@
 activation checkpointing, encoder export, and a smoke run of the step benchmark."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ from tests.pipeline.test_equivalence import SPECIAL, V, small_config
         ("mlm_weight", -1.0),
         ("attention", "flash"),
         ("head_init", "xavier"),
-        ("ce_chunk_bytes", 0),
+        ("ce_chunk_bytes", -1),
     ],
 )
 def test_config_errors_name_the_field(field, value):
@@ -117,6 +118,44 @@ def test_linear_cross_entropy_matches_full_logits(rows):
 def test_chunk_rows_budget():
     assert losses.chunk_rows(250002, 256 * 2**20) == 268  # 268 x 250002 x 4 B <= 256 MiB
     assert losses.chunk_rows(10**9, 1) == 1
+
+
+def test_chunk_budget_follows_the_device(monkeypatch):
+    """By default a logits block is 1/64 of the GPU's memory (>= 1 GiB on an 80 GB card), 256 MiB on CPUs."""
+    gib = 2**30
+    assert losses.device_chunk_bytes("cpu") == 256 * 2**20
+    for total, want in ((80e9, 80e9 // 64), (16e9, 256 * 2**20), (1e12, 4 * gib)):
+        props = SimpleNamespace(total_memory=int(total))
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, p=props: p)
+        assert losses.device_chunk_bytes("cuda:0") == int(want)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=int(80e9)))
+    budget = losses.device_chunk_bytes("cuda:0")
+    assert budget >= gib and losses.chunk_rows(losses.padded_vocab(250002), budget) == 1249  # was 268 rows
+
+
+def test_vocabulary_gemms_are_padded_to_128_and_the_gradients_keep_the_real_size(monkeypatch):
+    """Every GEMM of the cross-entropy sees V_pad = 250112 for V = 250002 (shapes recorded); the extra logits are
+    -inf, so loss and gradients equal the unpadded computation's and have the parameters' shapes."""
+    assert losses.padded_vocab(250002) == 250112 and losses.padded_vocab(256) == 256
+    h = torch.randn(9, 16, requires_grad=True)
+    w = torch.randn(300, 16, requires_grad=True)  # V = 300 -> 384
+    b = torch.randn(300, requires_grad=True)
+    y, tw = torch.randint(0, 300, (9,)), torch.rand(9)
+    loss, ce = losses.linear_cross_entropy(h, w, b, y, tw, 4)
+    ref_ce = F.cross_entropy(h @ w.t() + b, y, reduction="none")
+    torch.testing.assert_close(ce, ref_ce.detach())
+    grads = torch.autograd.grad(loss, (h, w, b))
+    assert [tuple(g.shape) for g in grads] == [(9, 16), (300, 16), (300,)]
+    for g, r in zip(grads, torch.autograd.grad((ref_ce * tw).sum(), (h, w, b))):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    w_pad, b_pad = losses._padded_operands(w, b, torch.float32)
+    assert w_pad.shape == (384, 16) and not w_pad[300:].any() and torch.isinf(b_pad[300:]).all()
+
+
+def test_fp16_is_refused_with_the_reason():
+    h, w, b = torch.randn(3, 8).half(), torch.randn(20, 8).half(), torch.randn(20).half()
+    with pytest.raises(ValueError, match="fp16 GEMMs would flush its gradients"):
+        losses.linear_cross_entropy(h, w, b, torch.tensor([1, 2, 3]), torch.ones(3), 2)
 
 
 def test_koleo_edge_cases():
@@ -242,7 +281,7 @@ def test_koleo_global_batch_over_two_ranks(tmp_path):
 
 
 def test_bench_step_original_shapes():
-    """--shapes original: vocabulary 8000 and a 2-layer 4-head head with FFN 3072 (issue #12); both report."""
+    """--shapes original: vocabulary 8000 and a 2-layer 4-head head with FFN 3072; both report."""
     args = bench_step.parse_args(
         ["--pairs", "2", "--warmup", "0", "--steps", "1", "--batches", "1", "--threads", "1", "--shapes", "both"]
     )

@@ -1,4 +1,4 @@
-"""Issue #12 part 3: the encoder's last layer at the masked views' rows + the clean views' CLS rows only, the head's
+"""the encoder's last layer at the masked views' rows + the clean views' CLS rows only, the head's
 last layer at the masked positions only. Same losses, metrics and gradients as every layer over every row
 (`MexmaModel.skip_unread_rows = False`, the computation before): to 1e-9 in float64, to rounding in float32."""
 

@@ -1,4 +1,4 @@
-"""Relaunch semantics and run records (issue #13 items 1-4, 6, 7; the lock of item 5 is in test_lock.py).
+"""Relaunch semantics and run records.
 
 Unit cases: the classification of config differences, AdamW's two parameter groups, refusals when no checkpoint
 verifies, --no-resume moving the old run aside, flag checks through `pipeline.train.main`. End-to-end (1-process CPU

@@ -13,8 +13,9 @@ import json
 
 import pytest
 
+from pipeline.training import schedule as schedule_fit
 from pipeline.training.metrics import read_metrics
-from pipeline.training.schedule import WarmupCosine, evaluations, fitted_steps
+from pipeline.training.schedule import ScheduleFit, WarmupCosine, evaluations, fitted_steps
 from tests.pipeline.conftest import run_train, train_cmd
 
 
@@ -44,29 +45,62 @@ def _lrs(run):
     return {r["step"]: r["lr"] for r in read_metrics(run)}
 
 
+def test_the_refit_from_later_steps_ends_the_run_at_its_budget(monkeypatch):
+    """Steps 4-10 slower than the rest (1.0 s against 0.8 s), evaluations every 50 steps costing 3 s against the
+    first fit's estimate of 6 s: the first fit alone stops ~20% of the budget early; the refit from the steps since
+    then ends the simulated run within a step and an evaluation of the budget less its reserve."""
+    clock = [0.0]
+    monkeypatch.setattr(schedule_fit.time, "time", lambda: clock[0])
+    budget, every, step, fit = 600.0, 50, 0, ScheduleFit(10, 0)
+    xsim_tokens = 6.0 / schedule_fit.XSIM_COST * 100 / 1.0  # the estimate: 6 s per evaluation at 1.0 s/step
+    fitted = []
+    while not fitted or step < fitted[-1]["max_steps"]:
+        step += 1
+        clock[0] += 1.0 if step <= 10 else 0.8
+        clock[0] += 3.0 if step % every == 0 else 0.0  # the in-run evaluation, before the fit looks at the step
+        if fit.observe(step, 200):  # 200 global tokens a step on 2 ranks: 100 per rank
+            kw = dict(upper=100_000, budget_s=budget, spent_s=clock[0], world=2, xsim_every=every)
+            fitted.append(fit.decide(step=step, applied=step, xsim_tokens=int(xsim_tokens), **kw))
+    first, refit = fitted
+    assert (first["fitted_at_step"], first["s_per_step"], first["xsim_s_estimate"]) == (10, 1.0, 6.0)
+    timed = round(schedule_fit.REFIT_FRACTION * (first["max_steps"] - 10))
+    assert (refit["hold"], refit["first_fit"]["max_steps"], refit["timed_steps"]) == (10, first["max_steps"], timed)
+    ran = (10 + timed) // every  # evaluations among the timed steps: real 3 s each, counted at the 6 s estimate
+    assert refit["fitted_at_step"] == 10 + timed
+    assert refit["s_per_step"] == pytest.approx((0.8 * timed + ran * (3.0 - 6.0)) / timed, abs=1e-4)
+    assert refit["max_steps"] > 1.2 * first["max_steps"] and not fit.refit_pending
+    end = clock[0] + (3.0 if step % every else 0.0)  # the final evaluation off the cadence
+    assert budget - refit["reserve_s"] - 0.8 - 3.0 <= end <= budget - refit["reserve_s"]
+
+
 def test_fit_to_minutes_sizes_holds_and_survives_a_relaunch(prepared, tmp_path):
     run, lr = tmp_path / "fit", 1e-4
     flags = ["--max-steps", "100000", "--fit-to-minutes", "--fit-after", "6", "--save-every", "0"]
     run_train(train_cmd(prepared, run, *flags, "--max-minutes", "0.1", "--valid-every", "-1", "--lr", str(lr)))
     schedule = json.loads((run / "config.json").read_text())["resolved"]["schedule"]
     total = schedule["max_steps"]
-    assert (schedule["hold"], schedule["fitted_at_step"], schedule["upper_bound"]) == (6, 6, 100000)
+    lrs, fits = _lrs(run), read_metrics(run, "schedule")  # the fit, and the refit when the run got that far
+    assert (schedule["hold"], fits[0]["fitted_at_step"], schedule["upper_bound"]) == (6, 6, 100000)
+    assert schedule["fitted_at_step"] == fits[-1]["fitted_at_step"]  # the record holds the last fit (6, or the refit's)
     assert 7 <= total < 100000 and schedule["s_per_step"] > 0
     assert json.loads((run / "config.json").read_text())["run"]["max_steps"] == total
-    assert read_metrics(run, "schedule")[0]["max_steps"] == total
-    lrs = _lrs(run)
+    assert fits[-1]["max_steps"] == total
     assert all(lrs[s] == pytest.approx(0.1 * lr) for s in range(1, 8))  # held (steps 1-6), then warmup's start
     reached = max(lrs)
-    assert reached <= total
-    expected = WarmupCosine(total, 0.3, 0.1, 0.0, hold=6)
-    assert all(lrs[s] == pytest.approx(lr * expected(s - 1), rel=1e-6) for s in lrs)  # step s ran at factor(s - 1)
+    assert reached <= total and len(fits) in (1, 2) and fits[-1]["max_steps"] == total
+
+    def expected(s):  # step s ran at factor(s - 1) of the schedule fitted last before it
+        length = [f["max_steps"] for f in fits if f["fitted_at_step"] < s or f is fits[0]][-1]
+        return lr * WarmupCosine(length, 0.3, 0.1, 0.0, hold=6)(s - 1)
+
+    assert all(lrs[s] == pytest.approx(expected(s), rel=1e-6) for s in lrs)
 
     # The same flags with a larger budget: the fitted length stands (no second fit, no run to the upper bound).
     run_train(train_cmd(prepared, run, *flags, "--max-minutes", "5", "--valid-every", "-1", "--lr", str(lr)))
     lrs = _lrs(run)
     assert max(lrs) == total
     assert json.loads((run / "config.json").read_text())["resolved"]["schedule"]["max_steps"] == total
-    assert len(read_metrics(run, "schedule")) == 1
+    assert len(read_metrics(run, "schedule")) == len(fits)
 
 
 def test_schedule_object_holds_its_hold_and_length():

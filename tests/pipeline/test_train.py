@@ -77,7 +77,7 @@ def test_overfit_loss_falls(prepared, tmp_path):
 
 
 def test_reference_path_gives_the_same_losses(prepared, tiny_run, tmp_path):
-    """System-level opt-out check (STYLE.md #4, #9): MEXMA_KERNELS=ref (reference attention and KoLeo everywhere)
+    """System-level opt-out check: MEXMA_KERNELS=ref (reference attention and KoLeo everywhere)
     reproduces the default CPU path's 8-step run (same flags as the tiny_run fixture) to fp32 tolerance."""
     out = tmp_path / "ref"
     run_train(train_cmd(prepared, out, *"--max-steps 8 --save-every 0 --valid-every 4".split()), MEXMA_KERNELS="ref")

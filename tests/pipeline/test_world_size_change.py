@@ -1,4 +1,4 @@
-"""Resuming on another number of ranks (issue #11 part 3): 2 ranks for 10 steps, 1 rank with --grad-accum 2 for 10,
+"""Resuming on another number of ranks: 2 ranks for 10 steps, 1 rank with --grad-accum 2 for 10,
 2 ranks again for 10, against an uninterrupted 2-rank run of 30 steps (16 steps per epoch: crosses an epoch).
 
 Same rows per step by construction (the sampler's global plan, tested exactly in test_sampler.py) and the same

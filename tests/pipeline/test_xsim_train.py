@@ -224,13 +224,14 @@ def test_xsimpp_is_recorded_when_the_augmented_files_exist(prepared, tmp_path):
 def test_resumed_best_so_far_is_kept(prepared, flores, tmp_path):
     """The hook ranks against checkpoints/best.json, so a relaunch (or any later evaluation) keeps a better best."""
     mgr = C.CheckpointManager(tmp_path, keep=1)
-    mgr.mark_best(_save(mgr, 2), 2, -1.0, METRIC)  # a best no model can beat: -1% error
+    ev = evaluator(prepared, flores)
+    mgr.mark_best(_save(mgr, 2), 2, -1.0, METRIC, fingerprint=ev.fingerprint)  # a best no model can beat: -1% error
     written, saved = [], []
     ctx = HookContext(
         step=4, model=tiny_model(prepared), device=torch.device("cpu"), write=written.append, best=mgr.best,
-        save_best=lambda score, metric: saved.append(score), elapsed=lambda: 1.5,
+        save_best=lambda score, metric, fingerprint: saved.append(score), elapsed=lambda: 1.5,
     )  # fmt: skip
-    record = XsimHook(evaluator(prepared, flores), every=2).evaluate(ctx)
+    record = XsimHook(ev, every=2).evaluate(ctx)
     assert not record["is_best"] and (record["best_step"], record[f"best_{METRIC}"]) == (2, -1.0)
     assert mgr.best()["step"] == 2 and saved == [] and mgr.tags() == ["step_00000002"]  # no forced save
     assert written == [record] and (record["step"], record["elapsed_s"]) == (4, 1.5)

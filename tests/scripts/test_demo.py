@@ -1,5 +1,6 @@
-"""The demo's pieces that need no full training: the untrained model is training's initialisation, the recipe
-flags reach train.py, the sweep's --set parsing, and bad command lines are refused with the flag named."""
+"""The demo's pieces that need no full training: the untrained model is training's initialisation, the recipe files
+reach train.py through --recipe, the ablation's variants, the sweep's --set parsing, one training with the whole
+budget, and bad command lines are refused with the flag named."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 from transformers import XLMRobertaModel
 
 from pipeline.config import parse_args
-from scripts import demo
-from scripts.common import REFERENCE, build_untrained, recipe_flags, train_cmd
+from scripts import ablation, demo
+from scripts.common import build_untrained, recipe_flags, recipe_settings, train_cmd
 from scripts.sweep import parse_sets
 from tests.pipeline.conftest import TINY_MODEL_FLAGS, run_train
 from tests.pipeline.conftest import train_cmd as tiny_train_cmd
@@ -21,49 +22,58 @@ def test_untrained_model_is_the_training_initialisation(prepared, tmp_path):
     """One optimizer step at lr 0 (warmup from factor 0) leaves training's init weights: export == build_untrained."""
     from pipeline.export import export_checkpoint
 
-    recipe = {**demo.DEMO, "warmup-start-factor": 0.0, "warmup-fraction": 0.9}  # round(0.9 x 1) = 1 warmup step
+    recipe = tmp_path / "lr0.json"  # the demo's recipe with lr 0 at the first step: round(0.9 x 1) = 1 warmup step
+    flags = {**recipe_settings(demo.RECIPE), "warmup-start-factor": 0.0, "warmup-fraction": 0.9}
+    recipe.write_text(json.dumps({"description": "demo recipe at lr 0", "flags": flags}))
     run = tmp_path / "lr0"
-    run_train(
-        tiny_train_cmd(prepared, run, "--max-steps", "1", "--seed", "3", "--valid-every", "-1", *recipe_flags(recipe))
-    )
+    argv = ["--max-steps", "1", "--seed", "3", "--valid-every", "-1", "--recipe", str(recipe), *TINY_MODEL_FLAGS]
+    run_train(tiny_train_cmd(prepared, run, *argv))
     load = lambda path: XLMRobertaModel.from_pretrained(path, add_pooling_layer=False)  # noqa: E731
     trained = load(export_checkpoint(str(run), str(tmp_path / "lr0-hf")))
-    built = load(build_untrained(str(prepared), tmp_path / "untrained", recipe, seed=3, extra=TINY_MODEL_FLAGS[2:]))
+    built = load(build_untrained(str(prepared), tmp_path / "untrained", str(recipe), seed=3, extra=TINY_MODEL_FLAGS))
     want, got = trained.state_dict(), built.state_dict()
     assert want.keys() == got.keys()
     for name, tensor in want.items():
         assert torch.equal(tensor, got[name]), name
-    other = load(build_untrained(str(prepared), tmp_path / "seed4", recipe, seed=4, extra=TINY_MODEL_FLAGS[2:]))
+    other = load(build_untrained(str(prepared), tmp_path / "seed4", str(recipe), seed=4, extra=TINY_MODEL_FLAGS))
     assert not torch.equal(other.embeddings.word_embeddings.weight, built.embeddings.word_embeddings.weight)
 
 
-def test_recipes_parse_as_train_flags(tmp_path):
-    for recipe in (REFERENCE, demo.DEMO, demo.REFERENCE_RUN):
-        cmd = train_cmd("data/prepared", tmp_path / "r", recipe, steps=400, minutes=5.0, seed=1)
-        assert cmd[1:3] == ["--num_gpus", "2"] and "pipeline/train.py" in cmd
-        cfg = parse_args(cmd[cmd.index("pipeline/train.py") + 1 :])
-        assert (cfg.optim.lr, cfg.model.koleo_weight) == (recipe["lr"], recipe["koleo-weight"])
-        assert (cfg.data.batch_pairs, cfg.run.max_steps, cfg.run.max_minutes, cfg.run.seed) == (16, 400, 5.0, 1)
-        assert cfg.model.koleo_global == recipe.get("koleo-global", False)
-        shape = (recipe.get("head-layers", 6), recipe.get("head-ffn", 3072))
-        assert (cfg.model.head_layers, cfg.model.head_ffn) == shape
-    # both demo trainings share the model; the reference run keeps the reference's dropout, the demo recipe drops it
-    assert {k: demo.REFERENCE_RUN[k] for k in demo.DEMO_MODEL} == {k: demo.DEMO[k] for k in demo.DEMO_MODEL}
-    assert demo.REFERENCE_RUN["hidden-dropout"] == 0.1 and demo.DEMO["hidden-dropout"] == 0.0
-    flags = train_cmd("d", tmp_path, demo.REFERENCE_RUN, steps=1, minutes=1)
-    ref = parse_args(flags[flags.index("pipeline/train.py") + 1 :])
-    default = parse_args(["--data", "d", "--output-dir", str(tmp_path)])
-    assert default.model.hidden_dropout is None  # None = the preset's 0.1 (pipeline/model/mexma.py encoder_config)
-    assert (ref.model.hidden_dropout, ref.model.head_dropout, ref.model.koleo_global) == (
-        0.1,
-        default.model.head_dropout,
-        default.model.koleo_global,
-    )  # spelled out, yet the defaults
+@pytest.mark.parametrize("recipe", ["tiny-cpu", "tiny-paper"])
+def test_recipes_reach_train_py_with_the_scripts_overrides(tmp_path, recipe):
+    flags = recipe_settings(recipe)
+    cmd = train_cmd("data/prepared", tmp_path / "r", recipe, {"koleo-weight": 0.0}, steps=400, minutes=5.0, seed=1)
+    assert cmd[1:3] == ["--num_gpus", "2"] and "pipeline/train.py" in cmd
+    cfg = parse_args(cmd[cmd.index("pipeline/train.py") + 1 :])
+    assert (cfg.run.recipe, cfg.optim.lr, cfg.model.koleo_weight) == (recipe, flags["lr"], 0.0)
+    assert (cfg.run.max_steps, cfg.run.max_minutes, cfg.run.seed) == (400, 5.0, 1)
+    assert (cfg.data.batch_pairs, cfg.optim.grad_accum) == (flags["batch-pairs"], flags["grad-accum"])
+    assert (cfg.model.koleo_global, cfg.model.head_layers) == (flags["koleo-global"], flags["head-layers"])
+    cmd = train_cmd("d", tmp_path, recipe, steps=1, minutes=1, pairs_per_step=64)  # --pairs: 2 ranks x 32
+    cfg = parse_args(cmd[cmd.index("pipeline/train.py") + 1 :])
+    assert (cfg.data.batch_pairs, cfg.optim.grad_accum) == (32, 1)
     with pytest.raises(ValueError, match="pairs per step 33 is not divisible by 2"):
-        train_cmd("d", tmp_path, REFERENCE, steps=1, minutes=1, pairs_per_step=33)
+        train_cmd("d", tmp_path, recipe, steps=1, minutes=1, pairs_per_step=33)
 
 
-def test_sweep_sets_override_the_reference():
+def test_the_ablation_varies_the_demo_recipe_and_trains_the_papers_hyperparameters():
+    assert {name: recipe for name, (recipe, _) in ablation.VARIANTS.items()} == {
+        "alignment only": "tiny-cpu",
+        "+ cross-unmasking": "tiny-cpu",
+        "+ KoLeo (demo recipe)": "tiny-cpu",
+        "paper's hyperparameters": "tiny-paper",
+    }
+    assert ablation.VARIANTS["alignment only"][1] == {"mlm-weight": 0.0, "koleo-weight": 0.0}
+    paper = recipe_settings("tiny-paper")
+    assert (paper["lr"], paper["warmup-fraction"], paper["koleo-weight"], paper["hidden-dropout"]) == (
+        1e-4,
+        0.3,
+        0.01,
+        0.1,
+    )
+
+
+def test_sweep_sets_override_the_recipe():
     sets = parse_sets(["lr=5e-4", "koleo-global=true", "src-mask-prob=0.2", "head-layers=2"])
     assert sets == {"lr": 5e-4, "koleo-global": True, "src-mask-prob": 0.2, "head-layers": 2}
     assert recipe_flags({"koleo-global": False, "lr": 0.001}) == ["--no-koleo-global", "--lr", "0.001"]
@@ -82,9 +92,9 @@ def test_demo_refuses_bad_flags(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_demo_trainings_score_xsim_on_the_dev_split(tmp_path, monkeypatch):
-    """Both trainings get --xsim-every on data/testset's dev split; the baselines are also scored on dev (the curves'
-    levels) while the final table stays on devtest."""
+def test_the_demo_trains_one_model_with_the_whole_budget_scoring_xsim_on_dev(tmp_path, monkeypatch):
+    """One training (the demo recipe) gets every minute the target leaves and --xsim-every on data/testset's dev
+    split; the baselines are also scored on dev (the curves' levels) while the final table stays on devtest."""
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     (tmp_path / "data" / "prepared" / "manifest.json").write_text("{}")
     cmds = []
@@ -92,17 +102,19 @@ def test_demo_trainings_score_xsim_on_the_dev_split(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "build_untrained", lambda *a, **kw: None)
     argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--stages", "untrained,char3gram,trained"]
     assert demo.main(argv) == 0
-    train = next(c for c in cmds if "pipeline/train.py" in c)
-    cfg = parse_args(train[train.index("pipeline/train.py") + 1 :])
+    trainings = [c for c in cmds if "pipeline/train.py" in c]
+    assert len(trainings) == 1
+    cfg = parse_args(trainings[0][trainings[0].index("pipeline/train.py") + 1 :])
+    assert cfg.run.recipe == demo.RECIPE and cfg.optim.lr == recipe_settings(demo.RECIPE)["lr"]
     assert (cfg.run.xsim_every, cfg.run.xsim_split) == (demo.XSIM_EVERY, "dev") == (50, "dev")
     assert cfg.run.xsim_data == str(tmp_path / "data" / "testset")
     evals = {c[c.index("--out") + 1]: c[c.index("--split") + 1] for c in cmds if c[1:3] == ["-m", "eval"]}
     out = tmp_path / "out"
-    # The budget: what --total-minutes leaves (nothing ran for real here) after two start-ups, exports and evaluations
+    # The budget: what --total-minutes leaves (nothing ran for real here) after a start-up, an export and an evaluation
     budget = json.loads((out / "budget.json").read_text())
     assert cfg.run.fit_to_minutes and cfg.run.max_minutes == budget["minutes"] and cfg.run.max_steps == demo.STEPS
-    overhead = 2 * (demo.START_S + demo.EXPORT_S + budget["eval_s"]) + demo.REPORT_S
-    assert budget["minutes"] == pytest.approx((demo.TOTAL_MINUTES * 60 - overhead) / 2 / 60, abs=0.02)
+    overhead = demo.START_S + demo.EXPORT_S + budget["eval_s"] + demo.REPORT_S
+    assert budget["minutes"] == pytest.approx((demo.TOTAL_MINUTES * 60 - overhead) / 60, abs=0.02)
     assert evals == {
         str(out / "untrained"): "devtest",
         str(out / "untrained-dev"): "dev",
@@ -123,7 +135,9 @@ def test_demo_budget_is_kept_for_a_rerun_and_has_a_floor(tmp_path, monkeypatch, 
     assert "the floor: the demo will run past 1.0 min" in capsys.readouterr().out
     assert json.loads((out / "budget.json").read_text())["minutes"] == demo.MIN_MINUTES
     (out / "budget.json").write_text(json.dumps({"total_minutes": 1.0, "minutes": 3.5}))  # as an earlier run left it
-    assert demo.main([*argv, "--stages", "trained,reference"]) == 0
+    assert demo.main(argv) == 0
     minutes = [c[c.index("--max-minutes") + 1] for c in cmds if "pipeline/train.py" in c]
-    assert minutes == ["2.0", "3.5", "3.5"]  # a rerun keeps the kept budget (same command: training resumes)
-    assert demo.main([*argv, "--minutes", "4"]) == 0 and cmds[-3][cmds[-3].index("--max-minutes") + 1] == "4.0"
+    assert minutes == ["2.0", "3.5"]  # a rerun keeps the kept budget (same command: training resumes)
+    assert demo.main([*argv, "--minutes", "4"]) == 0
+    train = [c for c in cmds if "pipeline/train.py" in c][-1]
+    assert train[train.index("--max-minutes") + 1] == "4.0"

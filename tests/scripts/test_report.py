@@ -118,6 +118,13 @@ def test_demo_report_has_tables_and_pictures(demo_dir, tmp_path):
                              {g: demo_dir / g for g in ("untrained", "trained")}, settings).read_text()  # fmt: skip
     assert "Steps each run got: trained 30 of 30 (schedule fitted to 2.0 min at 1.23 s/step, measured over steps " \
         "4-10)." in fitted  # fmt: skip
+    refit = {**schedule, "max_steps": 34, "s_per_step": 1.1, "fitted_at_step": 20, "timed_steps": 10,
+             "first_fit": {"max_steps": 30, "s_per_step": 1.234, "fitted_at_step": 10, "timed_steps": 7}}  # fmt: skip
+    (demo_dir / "train" / "config.json").write_text(json.dumps({"resolved": {"schedule": refit}}))
+    refitted = write_demo_report(demo_dir, fake_manifest(tmp_path / "manifest3.json"), {"trained": demo_dir / "train"},
+                                 {g: demo_dir / g for g in ("untrained", "trained")}, settings).read_text()  # fmt: skip
+    assert "trained 30 of 34, stopped by the wall-clock cap (schedule fitted to 2.0 min at 1.10 s/step, measured " \
+        "over steps 11-20; first fit 30 steps at 1.23 s/step)." in refitted  # fmt: skip
     assert "| step | trained | reference |" in text and "| 10 | 95.00 | 99.00 |" in text
     assert "| 30 | 85.00 |  |" in text  # the reference stopped at 25: no evaluation at 30
     assert "Levels on the same split: untrained 92.00, char3gram 60.00." in text
@@ -139,6 +146,13 @@ def test_cli_rebuilds_from_what_exists(demo_dir, tmp_path, capsys):
     assert f"report: {demo_dir / 'report.md'}" in capsys.readouterr().out
     text = (demo_dir / "report.md").read_text()
     assert "| run | steps |" in text and "Levels on the same split: untrained 92.00, char3gram 60.00." in text
+    assert "trained by `make ablation`: `runs/ablation/report.md`" in text and "Its pooled" not in text
+    ablation = tmp_path / "ablation"
+    ablation.mkdir()
+    (ablation / "results.json").write_text(json.dumps({"errors": {"paper's hyperparameters": [96.0, 97.0]}}))
+    assert main([str(demo_dir), "--manifest", str(manifest), "--ablation", str(ablation / "report.md")]) == 0
+    text = (demo_dir / "report.md").read_text()
+    assert "Its pooled devtest errors here (mean over seeds): paper's hyperparameters 96.50%." in text
 
 
 def test_runs_without_xsim_records_have_no_curve_section(tmp_path):
@@ -170,3 +184,17 @@ def test_tables_keep_missing_languages_blank_and_spread():
     spread = seed_table({"v": [10.0, 14.0], "w": [5.0]})
     assert "| v | 2 | 10.00, 14.00 | 12.00 | 2.83 | 4.00 |" in spread  # sample std of (10, 14) = 2.83
     assert "| w | 1 | 5.00 | 5.00 | 0.00 | 0.00 |" in spread
+
+
+def test_a_plain_training_run_gets_its_curves_not_a_crash(tmp_path, capsys):
+    run = fake_run(tmp_path / "train")
+    assert main([str(run)]) == 0
+    assert "python -m pipeline.plot" in capsys.readouterr().out
+    png = run / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_a_dir_with_nothing_to_report_is_an_error_not_an_empty_picture(tmp_path, capsys):
+    assert main([str(tmp_path), "--manifest", str(fake_manifest(tmp_path / "m.json"))]) == 2
+    assert "python -m pipeline.plot RUN" in capsys.readouterr().err
+    assert not (tmp_path / "losses.png").exists()
