@@ -16,11 +16,12 @@ import torch
 
 from pipeline.config import ConfigError, load_ds_config, parse_args, resolve_ds_config
 from pipeline.data.sampler import pair_probabilities
+from pipeline.data.synthetic import word_tokenizer
 from pipeline.training import checkpoint as C
 from pipeline.training.hooks import HookContext
 from pipeline.training.runrecord import RelaunchError, check_relaunch, run_record
 from runtime.received import RemoteCodeError, check_dir, load_tokenizer
-from tests.pipeline.conftest import ROOT, TINY_MODEL_FLAGS, _tokenizer
+from tests.pipeline.conftest import ROOT, TINY_MODEL_FLAGS
 
 
 # -- a received file never runs code --------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path):
     from eval.encode import ModelError, check_vocabulary
     from runtime.received import tokenizer_fingerprint
 
-    tok = _tokenizer(["a", "b", "c"], tmp_path / "tok")
+    tok = word_tokenizer(["a", "b", "c"], tmp_path / "tok")
     with pytest.raises(ModelError, match=r"has \d+ ids, the model's embedding table 4 rows"):
         check_vocabulary(str(tmp_path), tok, 4, "--tokenizer x")
     (tmp_path / "mexma_export.json").write_text(json.dumps({"tokenizer_fingerprint": "0" * 64}))
