@@ -8,14 +8,14 @@
 - the lr: a `Schedule` (pipeline/training/schedule.py) the trainer replaces when it is fitted, never edits;
 - checkpoints, run records, the output lock, metrics, validation: pipeline/training/;
 - in-training evaluation: hooks (pipeline/training/hooks.py) that pipeline/train.py passes in;
-- elapsed time: pipeline/training/clock.py; processes and collectives: runtime/.
+- elapsed time: pipeline/training/clock.py; stop signals and the wall-clock budget: pipeline/training/stop.py;
+- processes and collectives: runtime/.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from pipeline.training.lock import take_output_lock
 from pipeline.training.metrics import MetricsLogger, log
 from pipeline.training.runrecord import RUN_FILES, check_relaunch_on_rank0, read_record, run_record, state_schedule
 from pipeline.training.step import OptimizerStep
+from pipeline.training.stop import StopRequests
 from pipeline.training.validate import Validator
 from runtime import collectives, devices, shared_dir
 from runtime.rng import rng_state, set_rng_state
@@ -89,6 +90,7 @@ class Trainer:
         self.metrics: MetricsLogger | None = None  # started by resume(), after the relaunch checks (wandb id)
         self.steps = OptimizerStep(self.engine, gas, self.world)
         self.clock = RunClock()
+        self.stops = StopRequests(self.clock, r.max_minutes, self.rank)
         self.batches: BatchStream | None = None  # started by the first step (after resume)
 
     @property
@@ -190,11 +192,9 @@ class Trainer:
     def train(self) -> int:
         """Run to the schedule's length (or the wall-clock budget, or a stop signal); returns the last step.
         Checkpoints at the end; validates and runs the hooks' at_end unless stopped by a signal (preemption: save
-        first, fast)."""
+        first, fast; pipeline/training/stop.py)."""
         self.clock.start()
-        self.stop_signal = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
+        self.stops.install()
         self.resume()
         if self.step >= self.schedule.length:
             log.info("%s already holds a finished run (step %d of %d); --no-resume starts over", self.out, self.step,
@@ -205,7 +205,7 @@ class Trainer:
             record = self.train_step()
             self._after_step(record)
             self._fit_schedule(record)
-            stop = self._should_stop(self.cfg.run.max_minutes * 60)
+            stop = self.stops.poll(self.step)
         every = self.cfg.run.valid_every
         if stop != "signal" and (every == 0 or (every > 0 and self.step % every)):
             self.validate()
@@ -255,23 +255,6 @@ class Trainer:
         best = lambda: self.ckpt.best() if self.rank == 0 else None  # noqa: E731
         return HookContext(self.step, self.engine.module, self.engine.device, self.metrics.write, best, save_best,
                            self.clock.elapsed)  # fmt: skip
-
-    def _on_signal(self, signum, frame) -> None:
-        self.stop_signal = signum
-
-    def _should_stop(self, budget_s: float) -> str | None:
-        """Stop on SIGTERM/SIGUSR1 (any rank: a scheduler's preemption notice) or rank 0's wall-clock budget.
-
-        One MAX all-reduce of host integers per step (gloo: no device sync), so every rank leaves the loop at the
-        same step and checkpoints it."""
-        over = self.rank == 0 and budget_s > 0 and self.clock.launch() > budget_s
-        over, signum = collectives.max_flags([int(over), self.stop_signal or 0])
-        if over and self.rank == 0:
-            log.info("wall-clock budget --max-minutes %s spent at step %d", self.cfg.run.max_minutes, self.step)
-        if signum and self.rank == 0:
-            name = signal.Signals(signum).name
-            log.info("stopping on signal %s at step %d: checkpointing, relaunch to resume", name, self.step)
-        return "signal" if signum else "budget" if over else None
 
     def _settle(self) -> None:
         """Before a checkpoint: stop the prefetch thread, rewinding sampler and collator to the batches consumed,
