@@ -33,11 +33,6 @@ class TrainData:
         self.collator = MexmaCollator(self.specials, self.vocab_size, c.src_mask_prob, c.trg_mask_prob, seed=seed)
         return self.collator
 
-    def lengths(self, pairs: int) -> list[int]:
-        """Token counts of the four views of the first `pairs` rows (the start-up backend selection's batch)."""
-        rows = D.fetch_rows(self.train, range(min(pairs, len(self.train))), self.cfg.data.max_length)
-        return [len(r[k]) for _ in range(2) for r in rows for k in ("src_ids", "trg_ids")]
-
     def read_rows(self, idx) -> list[dict]:
         """Rows of the micro batch the sampler just returned, the collator keyed to it (BatchStream calls this right
         before the collator)."""

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels import kernels_forced_ref
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # one (rows, V) fp32 logits block off CUDA; 256 MiB = 268 rows at V = 250k
 MAX_CHUNK_BYTES = 4 * 2**30
@@ -157,8 +156,10 @@ def gather_for_koleo(x: torch.Tensor, global_batch: bool) -> torch.Tensor:
 
 
 def koleo(x: torch.Tensor, eps: float = 1e-8, use_kernel: bool = True) -> torch.Tensor:
-    """KoLeo of (B, D) rows in fp32; zero (connected to the graph) when B < 2, where no neighbour exists."""
+    """KoLeo of (B, D) rows in fp32; zero (connected to the graph) when B < 2, where no neighbour exists.
+
+    use_kernel: the model's resolved choice (`Backends.koleo`, pipeline/model/backends.py)."""
     if x.shape[0] < 2:
         return (x.sum() * 0.0).float()
-    fn = kernels.koleo_loss if use_kernel and not kernels_forced_ref() else kernels.koleo_loss_ref
+    fn = kernels.koleo_loss if use_kernel else kernels.koleo_loss_ref
     return fn(x.float(), eps=eps)

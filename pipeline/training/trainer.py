@@ -224,11 +224,9 @@ class Trainer:
     def _after_step(self, record: dict) -> None:
         """Log, stop on too many bad steps, validate and checkpoint on their cadence, then the hooks."""
         r = self.cfg.run
-        if self.step % r.log_every == 0:
-            sampler = self.data.sampler  # the consumed batches' state: the prefetch thread runs ahead
-            record["pair_counts"] = self.data.pairs.since_last(
-                self.batches.consumed[0] if self.batches is not None else sampler.state_dict()
-            )
+        if self.step % r.log_every == 0:  # as of the consumed batches: the prefetch thread runs ahead
+            consumed = self.batches.consumed[0] if self.batches is not None else None
+            record["pair_counts"] = self.data.pairs.since_last(consumed)
         self.metrics.write(record)
         self.metrics.progress(record, self.schedule.length)
         if self.steps.bad_in_row >= r.max_bad_steps:
