@@ -44,7 +44,7 @@ def _write_csv(path: Path, pairs, bad_line: int | None = None, bad: str = '"open
     return path
 
 
-# -- item 13: one unterminated quote costs one record, not the rest of the file --------------------------------
+# -- one unterminated quote costs one record, not the rest of the file -----------------------------------------
 
 
 def test_unclosed_quote_at_end_of_file_is_reported_where_it_opened(tmp_path):
@@ -94,7 +94,7 @@ def test_quote_state_machine_agrees_with_csv(line, open_after):
         assert len(list(csv.reader([line]))) == 1
 
 
-# -- item 14: shifted columns, unknown languages, same-language pairs ------------------------------------------
+# -- shifted columns, unknown languages, same-language pairs ---------------------------------------------------
 
 
 def test_tsv_extra_fields_unknown_and_same_languages_are_skipped_by_reason(tmp_path):
@@ -128,7 +128,7 @@ def test_bad_language_flag_is_refused(tmp_path, capsys):
     assert "--src-lang 'French'" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
-# -- item 15: directories given as files, compressed inputs ----------------------------------------------------
+# -- directories given as files, compressed inputs -------------------------------------------------------------
 
 
 def test_directory_as_file_source_is_a_clear_error(tmp_path, capsys):
@@ -170,7 +170,7 @@ def test_truncated_compressed_file_names_the_file_and_line(tmp_path):
         list(readers.tsv_records(bad, LANGS))
 
 
-# -- item 16: the previous output survives a failed or killed rebuild -----------------------------------------
+# -- the previous output survives a failed or killed rebuild --------------------------------------------------
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def test_crash_between_the_two_renames_is_repaired(tmp_path):
     assert (out / "manifest.json").read_text() == "{}" and (out / "NOTES.txt").exists() and not old.exists()
 
 
-# -- item 17: the tokenizer's files are in the fingerprint ----------------------------------------------------
+# -- the tokenizer's files are in the fingerprint -------------------------------------------------------------
 
 
 def test_changed_tokenizer_files_rebuild(first_build, tmp_path):
@@ -250,7 +250,7 @@ def test_changed_tokenizer_files_rebuild(first_build, tmp_path):
     assert again["tokenizer"]["vocab_size"] != manifest["tokenizer"]["vocab_size"]
 
 
-# -- item 18: every skipped line in skipped.jsonl ------------------------------------------------------------
+# -- every skipped line in skipped.jsonl ---------------------------------------------------------------------
 
 
 def test_skipped_jsonl_lists_every_skip(tmp_path):

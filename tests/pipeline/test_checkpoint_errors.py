@@ -1,4 +1,4 @@
-"""Checkpoint save errors as the user reads them and loads that run no code (item 11).
+"""Checkpoint save errors as the user reads them and loads that run no code.
 
 torch.save's C++ writer reports a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs
 598" (no errno): the first save of a run (no earlier checkpoint, so no up-front space check) must still say "no space

@@ -126,7 +126,7 @@ def test_export_refuses_a_foreign_non_empty_dir(run_copy, tmp_path):
 
 
 def test_overwritten_run_config_is_explained(run_copy):
-    (run_copy / "config.json").write_text('{"model_type": "xlm-roberta"}')  # what an export into RUN used to leave
+    (run_copy / "config.json").write_text('{"model_type": "xlm-roberta"}')  # e.g. an HF export written into RUN
     with pytest.raises(ExportError, match=r"config.json: not a training config \(no 'model' section"):
         load_trained_model(run_copy)
 

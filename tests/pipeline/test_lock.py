@@ -84,8 +84,7 @@ def test_release_leaves_another_process_lock_alone(tmp_path):
 
 def test_second_launch_into_a_running_output_dir_is_refused(prepared, tmp_path):
     """Two real trainings into one --output-dir: the second exits 2 naming the first's pid and changes nothing; the
-    first, stopped by SIGTERM afterwards, has each step logged once (before: interleaved records and a
-    FileNotFoundError on COMPLETE.json.tmp)."""
+    first, stopped by SIGTERM afterwards, exits 0 with each step logged once, and releases the lock."""
     out = tmp_path / "shared"
     cmd = train_cmd(prepared, out, "--max-steps", "100000", "--save-every", "0", "--valid-every", "-1")
     first = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

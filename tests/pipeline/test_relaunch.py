@@ -2,7 +2,7 @@
 
 Unit cases: the classification of config differences, AdamW's two parameter groups, refusals when no checkpoint
 verifies, --no-resume moving the old run aside, flag checks through `pipeline.train.main`. End-to-end (1-process CPU
-runs on copies of the session's finished 8-step `tiny_run`): a longer --max-steps continues the cosine over the new
+runs on copies of the session-scoped finished 8-step `tiny_run`): a longer --max-steps continues the cosine over the new
 length; a new --lr is refused unless --allow-config-change, and then used; another seed / model shape / data set is
 refused naming each field; damaged checkpoints are refused listing each one; a refusal changes nothing on disk.
 """
@@ -99,11 +99,11 @@ def test_check_relaunch_refuses_never_always_and_change_without_the_flag(tmp_pat
     assert check_relaunch(tmp_path, old, _record(optim__lr=2e-4), allow_change=True).change
     assert check_relaunch(tmp_path, old, _record(top__max_steps=80), allow_change=False).extend
     with pytest.raises(RelaunchError, match=r"holds no run_record.json: .*older version.*--no-resume"):
-        check_relaunch(tmp_path, None, old, allow_change=True)  # before: a warning, then a traceback in the load
+        check_relaunch(tmp_path, None, old, allow_change=True)  # refused up front, not in the load
 
 
 def test_weight_decay_only_on_matrices():
-    """The original's grouping: >= 2-dim parameters decayed, biases and LayerNorm weights not (item 7)."""
+    """The original's grouping: >= 2-dim parameters decayed, biases and LayerNorm weights not."""
     from pipeline.model.mexma import ModelConfig, build_model
 
     cfg = ModelConfig(
@@ -147,7 +147,7 @@ def test_after_a_load_the_lr_and_optimizer_settings_are_the_configs():
 
 
 def test_no_checkpoint_that_verifies_is_refused_listing_each(tmp_path):
-    """Item 2: checkpoints were completed but none verifies -> refuse (was: a silent fresh start)."""
+    """Checkpoints were completed but none verifies -> refused (never a silent fresh start)."""
     mgr = C.CheckpointManager(tmp_path, keep=3)
     _save(mgr, 1)
     _save(mgr, 2)
@@ -167,7 +167,7 @@ def test_a_first_save_killed_before_its_commit_is_a_fresh_start(tmp_path):
 
 
 def test_no_resume_moves_the_old_run_aside_whole(tmp_path):
-    """Item 4: checkpoints, metrics, wandb id and records go into one OUTPUT/replaced-<time>/ folder."""
+    """--no-resume: checkpoints, metrics, wandb id and records go into one OUTPUT/replaced-<time>/ folder."""
     from pipeline.training.metrics import _run_id
 
     mgr = C.CheckpointManager(tmp_path, keep=3)
@@ -195,7 +195,7 @@ def test_no_resume_moves_the_old_run_aside_whole(tmp_path):
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(prepared, tmp_path, caplog, flag, value, expected):
-    """Item 6: each refused through pipeline/train.py's main, before any output exists."""
+    """Each refused through pipeline/train.py's main, before any output exists."""
     from pipeline.train import main
 
     out = tmp_path / "never"
@@ -216,8 +216,8 @@ def _copy(run: Path, dst: Path) -> Path:
 
 
 def test_longer_max_steps_continues_the_cosine_over_the_new_length(prepared, tiny_run, tmp_path):
-    """Item 1: relaunching a finished 8-step run with --max-steps 16 trains steps 9-16 at
-    lr = WarmupCosine(16)(step - 1) x lr (before: lr 0 from the restored 8-step schedule)."""
+    """Relaunching a finished 8-step run with --max-steps 16 trains steps 9-16 at
+    lr = WarmupCosine(16)(step - 1) x lr, not the restored 8-step schedule's lr 0."""
     out = _copy(tiny_run, tmp_path / "longer")
     proc = run_train(train_cmd(prepared, out, "--max-steps", "16", "--save-every", "2", "--valid-every", "4"))
     assert "resumed from" in proc.stderr
@@ -233,8 +233,8 @@ def test_longer_max_steps_continues_the_cosine_over_the_new_length(prepared, tin
 
 
 def test_changed_lr_is_refused_then_accepted_with_the_flag(prepared, tiny_run, tmp_path):
-    """Item 1: a new --lr is refused (exit 2, nothing changed) unless --allow-config-change; then it is the lr in
-    use (before: the checkpoint's LambdaLR kept the old one while config.json said the new one)."""
+    """A new --lr is refused (exit 2, nothing changed) unless --allow-config-change; then it is the lr in
+    use, in the optimizer as in config.json."""
     out = _copy(tiny_run, tmp_path / "new_lr")
     before = _snapshot(out)
     flags = ("--max-steps", "12", "--save-every", "0", "--valid-every", "-1", "--lr", "2e-4", "--weight-decay", "0.1")
@@ -254,12 +254,12 @@ def test_changed_lr_is_refused_then_accepted_with_the_flag(prepared, tiny_run, t
         map_location="cpu",
         weights_only=False,
     )["optimizer_state_dict"]["base_optimizer_state"]
-    assert [g["weight_decay"] for g in optim["param_groups"]] == [0.1, 0.0]  # item 7: two groups, matrices only
+    assert [g["weight_decay"] for g in optim["param_groups"]] == [0.1, 0.0]  # two groups, matrices only
 
 
 def test_what_cannot_change_is_refused_naming_each_field(prepared, tiny_run, tmp_path):
-    """Item 3: another seed, model shape and data set, refused before config.json, run_info.json or tokenizer/ is
-    rewritten (before: all three were replaced, then the run failed or trained on)."""
+    """Another seed, model shape and data set, refused before config.json, run_info.json or tokenizer/ is
+    rewritten."""
     out = _copy(tiny_run, tmp_path / "other")
     other = make_prepared(tmp_path / "other_data", seed=1)
     before = _snapshot(out)
@@ -274,7 +274,7 @@ def test_what_cannot_change_is_refused_naming_each_field(prepared, tiny_run, tmp
 
 
 def test_damaged_checkpoints_are_refused_then_no_resume_starts_over(prepared, tiny_run, tmp_path):
-    """Item 2 + 4 end to end: only the optimizer partitions damaged -> exit 2 listing each checkpoint, nothing
+    """End to end: only the optimizer partitions damaged -> exit 2 listing each checkpoint, nothing
     touched; --no-resume then moves the old run (checkpoints, metrics, records) aside and starts at step 1."""
     out = _copy(tiny_run, tmp_path / "damaged")
     for part in (out / "checkpoints").glob("step_*/zero_pp_rank_0_mp_rank_00_optim_states.pt"):
