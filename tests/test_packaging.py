@@ -46,6 +46,57 @@ def test_metadata_lists_every_package_and_the_commands(dist_info):
     assert "Name: mexma-pipeline" in meta and "Requires-Dist: torch>=2.11" in meta
 
 
-def test_installed_metadata_keeps_transformers_from_importing_our_kernels(dist_info):
+def test_installed_metadata_keeps_transformers_from_importing_our_kernels(dist_info, tmp_path):
     assert not _probe(dist_info.parent, ROOT)  # what `pip install -e .` gives
-    assert _probe(ROOT), "without the metadata the probe imports kernels/: the clash the install avoids"
+    bare = tmp_path / "bare"  # the packages without any metadata (`make setup` leaves an .egg-info in the root)
+    bare.mkdir()
+    for package in PACKAGES:
+        (bare / package).symlink_to(ROOT / package, target_is_directory=True)
+    assert _probe(bare), "without the metadata the probe imports kernels/: the clash the install avoids"
+
+
+# Imported, yet not a dependency: pip and its vendored packaging (scripts/wheelhouse.py runs under a node's pip);
+# tests/, whose fixtures scripts/gpu_check.py uses from a checkout of the repository.
+NOT_DEPENDENCIES = {"pip", "packaging", "tests"}
+
+
+def _third_party_imports() -> dict[str, str]:
+    """Top-level name of every absolute import in the packages that is neither stdlib nor ours -> one file using it."""
+    import ast
+
+    found = {}
+    for package in sorted(PACKAGES):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for top in {n.split(".")[0] for n in names} - PACKAGES - set(sys.stdlib_module_names):
+                    found.setdefault(top, path.relative_to(ROOT).as_posix())
+    return found
+
+
+def test_every_imported_distribution_is_a_dependency(dist_info):
+    """pip install -e . brings everything the code imports: each import resolves (through the installed metadata)
+    to a distribution named in Requires-Dist, an extra's included."""
+    import importlib.metadata as md
+    import re
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    meta = (dist_info / "METADATA").read_text()
+    required = {norm(re.split(r"[\s;<>=!~\[(]", line.split(":", 1)[1].strip())[0])
+                for line in meta.splitlines() if line.startswith("Requires-Dist:")}  # fmt: skip
+    owners = md.packages_distributions()
+    missing = []
+    for name, where in sorted(_third_party_imports().items()):
+        if name in NOT_DEPENDENCIES:
+            continue
+        dists = {norm(d) for d in owners.get(name, [name])}
+        if not dists & required:
+            missing.append(f"{name} ({where}; distribution {', '.join(sorted(dists))})")
+    assert not missing, "imported but not in pyproject.toml's dependencies: " + "; ".join(missing)
