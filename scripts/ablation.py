@@ -24,9 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from scripts.common import StageError, recipe_settings
 from scripts.demo import RECIPE
 from scripts.report import seed_table

@@ -46,7 +46,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # a bare GPU node runs this file on its own python, the project not installed
 
 from scripts.gpu_figures import (  # noqa: E402
     StageError,
