@@ -166,7 +166,7 @@ def measure(fn, inputs, do_like, smoke):
 
 
 def _best_sdpa(q, k, v, cu, lens, smoke):
-    """The fastest SDPA backend that accepts a boolean mask on this device (the issue's 'best backend')."""
+    """The fastest SDPA backend that accepts a boolean mask on this device."""
     from torch.nn.attention import SDPBackend
 
     best = None
@@ -302,7 +302,7 @@ def main(argv=None):
 
 
 def print_speedups(rows):
-    """Baseline fwd+bwd ms / kernel fwd+bwd ms per batch, the issue's goals (>= 1.3x Flex, >= 2x padded SDPA)."""
+    """Baseline fwd+bwd ms / kernel fwd+bwd ms per batch; goals: >= 1.3x Flex, >= 2x padded SDPA."""
     ours = {_batch_key(r): r["fwd+bwd_ms"] for r in rows if r["method"] == "block_diag_attention (triton)"}
     print("\nfwd+bwd speed-up of block_diag_attention (baseline ms / kernel ms):")
     for row in rows:

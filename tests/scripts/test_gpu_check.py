@@ -1,7 +1,7 @@
 """scripts/gpu_check.py: the --dry-run runs every stage on CPU (so the GPU check cannot rot), stages run in the order
 of their value, a failed or timed-out stage never stops the next one and summary.json is written after each, the
 wheelhouse is installed into a temporary path the stages see, the real mode refuses a machine without CUDA in one
-line, and the figures it reports are computed as the issue's targets read."""
+line, and the figures it reports are computed as their targets define them."""
 
 import json
 import subprocess
