@@ -107,7 +107,7 @@ def test_load_refuses_deepspeed_files_that_would_run_code(tmp_path):
         mgr.load(engine, tag)
     assert not marker.exists() and not engine.loaded  # refused before DeepSpeed unpickled anything
     engine_state = mgr.load(engine, tag, trust=True)
-    assert marker.exists() and engine.loaded and engine_state["step"] == 1  # --trust-checkpoint: the old behaviour
+    assert marker.exists() and engine.loaded and engine_state["step"] == 1  # --trust-checkpoint: DeepSpeed unpickles it
 
 
 def test_client_state_round_trips_weights_only(tmp_path):

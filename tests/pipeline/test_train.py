@@ -70,8 +70,8 @@ def test_overfit_loss_falls(prepared, tmp_path):
     assert len(losses) == 120 and all(map(math.isfinite, losses))
     # MLM starts at ln(85) = 4.44 (uniform over the vocabulary); each side uses 40 words, so learning which words
     # occur brings it towards ln(40) = 3.69 within a few epochs of the 256 pairs (16 batches per epoch). At 60 steps
-    # the drop was 0.25-0.40 depending on the seed's data order (old and new sampler alike); at 120 steps it is
-    # 0.81-0.87 for seeds 0-2, so 0.4 holds with margin.
+    # the drop is 0.25-0.40 depending on the seed's data order; at 120 steps it is 0.81-0.87 for seeds 0-2, so 0.4
+    # holds with margin.
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.4, f"loss did not fall: first 5 mean {first:.3f}, last 5 mean {last:.3f}"
 
