@@ -22,6 +22,7 @@ from pipeline.training.console import configure_logging, env_rank, log_summary, 
 from pipeline.training.lock import OutputLockedError
 from pipeline.training.runrecord import RelaunchError
 from pipeline.training.trainer import Trainer, TrainingStoppedError
+from runtime import collectives
 from runtime.env import apply_defaults
 
 REFUSALS = (ConfigError, DataError, RelaunchError, OutputLockedError, NoUsableCheckpointError)
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.train()
         if trainer.rank == 0:
             log_summary(trainer.out, logging.getLogger("pipeline.train"))
+        collectives.finish()  # every rank got here: the group's threads end before the interpreter tears down
     except (*REFUSALS, CheckpointError, TrainingStoppedError) as e:
         logging.getLogger("pipeline.train").error("%s", e)
         return 2 if isinstance(e, REFUSALS) else 1
