@@ -1,7 +1,8 @@
 """`python -m data_prep`: build a prepared dataset directory (see docs/data_prep.md).
 
 One machine: `--workers N` processes. Several machines on a shared file system: the same command on each, with
-`--machines M --machine-rank R`. A Slurm cluster: `--executor slurm --slurm-partition P`."""
+`--machines M --machine-rank R`. A Slurm cluster: `--executor slurm --slurm-partition P`. SIGTERM or Ctrl-C ends the
+engine's processes with the command (data_prep/signals.py) and keeps the work directory: exit 128 + the signal."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from runtime.hub import check_hub_name
 from .lock import LockError
 from .prepare import PrepConfig, prepare
 from .readers import UNKNOWN_LANG, SourceError
+from .signals import Stopped, stop_on_signals
 from .sources import FORMATS, ReadOptions
 
 OFFLINE_TOKENIZERS = "--train-tokenizer N (one trained on the corpus) or --tokenizer DIR (a local tokenizer dir)"
@@ -148,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.tokenizer:
             check_hub_name(args.tokenizer, "--tokenizer", OFFLINE_TOKENIZERS)
-        manifest = prepare(config_from_args(args))
+        with stop_on_signals():
+            manifest = prepare(config_from_args(args))
     except (SourceError, ValueError, FileNotFoundError, FileExistsError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"{args.out}: stopped by {e}; the same command resumes the build", file=sys.stderr)
+        return 128 + e.signum
     if "submitted" in manifest:
         print(f"{args.out}: submitted; the last Slurm job ({manifest['submitted']}) puts the output in place")
         return 0

@@ -24,6 +24,7 @@ from .gettext_reader import catalogue_files
 from .lock import LockError, OutLock
 from .output import file_sha256
 from .prepare import PrepConfig, prepare
+from .signals import Stopped, stop_on_signals
 from .sources import ReadOptions
 from .testset import collect, select, write_flores
 
@@ -102,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     domains = tuple(d for d in args.domains.split(",") if d)
     out, start = Path(args.out), time.perf_counter()
     try:
-        with OutLock(out / "testset", "offline"):  # held until the training corpus is built from this test set
+        with stop_on_signals(), OutLock(out / "testset", "offline"):  # held until the corpus is built from it
             manifest = _build(roots, domains, out, args, start)
     except (FileNotFoundError, ValueError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"{out}: stopped by {e}; the same command resumes the build", file=sys.stderr)
+        return 128 + e.signum
     c = manifest["counts"]
     print(f"prepared: {out / 'prepared'}: read {c['read']} messages, kept {c['kept']} pairs in "
           f"{len(manifest['language_pairs'])} language pairs, skipped {c['skipped']}; rows {manifest['rows']}; "

@@ -160,6 +160,38 @@ def test_killed_build_resumes_only_the_missing_tasks(tmp_path):
     assert sampling_of(tmp_path / "out") == sampling_of(clean)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.faults
+def test_sigterm_to_the_command_alone_ends_its_workers_and_the_rerun_resumes(tmp_path):
+    sources = make_corpus(tmp_path / "in", n=1500)
+    argv = prep_argv(sources, tmp_path / "out", "--partitions", "12", "--workers", "2")
+    cmd = [sys.executable, "-m", "data_prep", *argv]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not _completed(tmp_path / "out", "encode") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)  # the command's pid only, as `kill PID` does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == f"{tmp_path / 'out'}: stopped by SIGTERM; the same command resumes the build"
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 20
+    while _group_alive(proc.pid) and time.monotonic() < deadline:  # pool workers, forkserver, manager
+        time.sleep(0.05)
+    assert not _group_alive(proc.pid), "processes of the stopped build still run"
+    assert not (tmp_path / "out").exists() and workdir.work_dir(tmp_path / "out").is_dir()
+    assert main(argv) == 0
+    counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]
+    assert counts["read"] == counts["kept"] + sum(counts["skipped"].values()) == 1533
+
+
 # -- one run per --out ---------------------------------------------------------------------------------------------
 
 
