@@ -89,6 +89,10 @@ def test_both_hooks_record_and_mining_keeps_best(runs):
     run_record = json.loads((runs["both"] / "checkpoints" / "step_00000004" / "run_record.json").read_text())
     assert best["fingerprint"] == run_record["mine_sha256"] and len(run_record["xsim_sha256"]) == 64
     assert record["run"]["best_metric"] == "mine"
+    from pipeline.training.console import summary_lines
+
+    best_line = f"best in-training mining F1: {max(scores):.2f}% at step {best['step']}"
+    assert best_line in summary_lines(runs["both"])
 
 
 def test_another_mining_set_is_a_config_change(runs):
