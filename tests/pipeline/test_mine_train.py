@@ -1,5 +1,6 @@
-"""Mining F1 during training (--mine-every): same losses with and without it, records beside xsim's, `best` chosen by
---best-metric in the right direction with the mining set's fingerprint, relaunch rules, bad flags refused (exit 2)."""
+"""Mining F1 during training (--mine-every): same losses with and without it, records beside xsim's, 2 ranks, `best`
+chosen by --best-metric in the right direction with the mining set's fingerprint, relaunch rules, bad flags refused
+(exit 2)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pipeline.training import checkpoint as C
 from pipeline.training.hooks import Hook, HookContext, budget
 from pipeline.training.metrics import read_metrics
 from pipeline.training.runrecord import compare
-from tests.pipeline.conftest import run_train, train_cmd
+from tests.pipeline.conftest import deepspeed_launcher, run_train, train_cmd
 from tests.pipeline.test_checkpoint import _save
 from tests.pipeline.test_xsim_train import N_WORDS, make_flores, tiny_model, xsim_flags
 
@@ -93,6 +94,18 @@ def test_both_hooks_record_and_mining_keeps_best(runs):
 
     best_line = f"best in-training mining F1: {max(scores):.2f}% at step {best['step']}"
     assert best_line in summary_lines(runs["both"])
+
+
+def test_two_ranks_share_the_mining_and_save_best_together(prepared, mining_set, tmp_path):
+    """2 DeepSpeed ranks (gloo) with both hooks: each encodes a share, rank 0 mines, both save `best`."""
+    out, flores = tmp_path / "two", make_flores(tmp_path / "testset")
+    flags = ["--max-steps", "2", "--save-every", "0", "--valid-every", "-1", *mine_flags(mining_set)]
+    run_train(train_cmd(prepared, out, *flags, *xsim_flags(flores, every=2), "--best-metric", "mine",
+                        launcher=deepspeed_launcher(2)), timeout=600)  # fmt: skip
+    assert [(r["step"], r["is_best"]) for r in read_metrics(out, split="mine")] == [(2, True)]
+    assert [r["step"] for r in read_metrics(out, split="xsim")] == [2]
+    best = C.CheckpointManager(out).best()
+    assert best["metric"] == METRIC and (out / "checkpoints" / best["tag"] / "client_rank00001.pt").is_file()
 
 
 def test_another_mining_set_is_a_config_change(runs):
