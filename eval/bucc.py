@@ -70,23 +70,24 @@ def _read_tsv(path: Path, fields: int) -> list[list[str]]:
     return rows
 
 
-def read_split(root: str | Path, pair: str, split: str, need_gold: bool) -> BuccSplit:
-    root = Path(root)
+def read_split(root: str | Path, pair: str, split: str, need_gold: bool, flags: tuple[str, str] = ("--bucc", "--pair")):
+    """One split of one pair (a BuccSplit); `flags`: the directory's and the pair's flag, named in the messages."""
+    root, (root_flag, pair_flag) = Path(root), flags
     if not root.is_dir():
-        raise DataError(f"--bucc {root}: not a directory")
+        raise DataError(f"{root_flag} {root}: not a directory")
     langs = pair.split("-")
     if len(langs) != 2 or not all(langs):
-        raise DataError(f"--pair {pair}: expected SRC-TRG, e.g. de-en")
+        raise DataError(f"{pair_flag} {pair}: expected SRC-TRG, e.g. de-en")
     sides = []
     for lang in langs:
         path = find_file(root, pair, f"{pair}.{split}.{lang}")
         if path is None:
-            raise DataError(f"--bucc {root}: no {pair}.{split}.{lang} there or in {root / pair}")
+            raise DataError(f"{root_flag} {root}: no {pair}.{split}.{lang} there or in {root / pair}")
         rows = _read_tsv(path, 2)
         sides.append(([r[0].strip() for r in rows], [r[1] for r in rows]))
     gold_path = find_file(root, pair, f"{pair}.{split}.gold")
     if gold_path is None and need_gold:
-        raise DataError(f"--bucc {root}: no {pair}.{split}.gold (the threshold is chosen on a split with gold)")
+        raise DataError(f"{root_flag} {root}: no {pair}.{split}.gold (the threshold is chosen on a split with gold)")
     gold = None if gold_path is None else {(a.strip(), b.strip()) for a, b in _read_tsv(gold_path, 2)}
     return BuccSplit(pair, split, *sides[0], *sides[1], gold)
 

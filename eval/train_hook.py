@@ -13,14 +13,16 @@ The code of `python -m eval`, with the live weights instead of an export:
 - the python / numpy / torch / CUDA RNG states are saved before and restored after, and the model's train/eval mode
   is restored: a run with --xsim-every has the same losses as one without (tests/pipeline/test_xsim_train.py).
 
-Best checkpoint: when the pooled xsim error (the split's X -> target average; xsim++ is recorded, not ranked) is
-strictly below the best so far, the step's checkpoint is saved right away (no-op when --save-every saved it
-already) and marked `best` (checkpoints/best + best.json, `CheckpointManager.mark_best`); pruning never removes it.
-The best-so-far comes from best.json, so a resumed run keeps it and --no-resume (which sets checkpoints/ aside)
-starts a new one. Scores are compared only within one test set: best.json holds the test set's content fingerprint
-(`XsimEvaluator.fingerprint`: sha256 of the split, target, set names and every line), and an evaluation on another
-test set (another --xsim-data, or the same path with edited files) starts a new `best` lineage, said at WARNING.
-The fingerprint is also in the run record, so such a relaunch needs --allow-config-change.
+Best checkpoint (`EvalHook`, shared with the mining hook of eval/mine_hook.py; --best-metric says which hook keeps
+it, the other only records): when the pooled xsim error (the split's X -> target average; xsim++ is recorded, not
+ranked) is strictly below the best so far, the step's checkpoint is saved right away (no-op when --save-every saved
+it already) and marked `best` (checkpoints/best + best.json, `CheckpointManager.mark_best`); pruning never removes
+it. The best-so-far comes from best.json, so a resumed run keeps it and --no-resume (which sets checkpoints/ aside)
+starts a new one. Scores are compared only within one test set and metric: best.json holds the metric and the test
+set's content fingerprint (`XsimEvaluator.fingerprint`: sha256 of the split, target, set names and every line), and
+an evaluation on another test set (another --xsim-data, or the same path with edited files) or with another metric
+starts a new `best` lineage, said at WARNING. The fingerprint is also in the run record, so such a relaunch needs
+--allow-config-change.
 `python -m pipeline.export RUN OUT --tag best` exports it.
 
 The hook reads the live model from its `HookContext`: the engine's module, whole on every rank under ZeRO stages 0-2.
@@ -63,10 +65,10 @@ def preserved_rng():
         rng.set_rng_state(state)
 
 
-def load_tokenizer(data_dir: str | Path):
+def load_tokenizer(data_dir: str | Path, flag: str = "--xsim-every"):
     path = Path(data_dir) / "tokenizer"
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        raise ConfigError(f"--xsim-every: no tokenizer in {path} (data_prep writes it there)")
+        raise ConfigError(f"{flag}: no tokenizer in {path} (data_prep writes it there)")
     from runtime.received import RemoteCodeError
     from runtime.received import load_tokenizer as load_received
 
@@ -86,35 +88,15 @@ def test_set_fingerprint(split: str, target: str, texts: dict[str, list[str]], a
     return h.hexdigest()
 
 
-class XsimEvaluator:
-    """The test set of one run, checked and tokenised at start-up; `run(model, device)` scores the live model."""
+class LiveEncoder:
+    """Sentence sets tokenised once at start-up; `encode_share` encodes this rank's share with the live model."""
 
-    def __init__(self, run_cfg, tokenizer, max_length: int, pad_id: int, rank: int = 0, world: int = 1):
-        self.split, self.target, self.pad_id = run_cfg.xsim_split, run_cfg.xsim_target, pad_id
-        try:
-            self.langs, texts, self.aug = load_flores(
-                run_cfg.xsim_data, run_cfg.xsim_split, run_cfg.xsim_langs, run_cfg.xsim_target, flags=TRAINING_FLAGS
-            )
-        except DataError as e:  # a bad --xsim-* value or test-set file: refused like any bad flag (exit 2)
-            raise ConfigError(str(e)) from e
-        n = len(texts[self.target])
-        if n < Scorer().k:
-            raise ConfigError(f"--xsim-data {run_cfg.xsim_data}: {n} sentences per language, the margin needs >= 4")
-        self.texts = texts
-        self.fingerprint = test_set_fingerprint(run_cfg.xsim_split, self.target, texts, self.aug)
+    def _plan(self, texts: dict[str, list[str]], tokenizer, max_length: int, pad_id: int, rank: int, world: int):
         sizes = {name: sum(map(len, lines)) for name, lines in texts.items()}
         self.share = shares.plan(sizes, world)[rank]  # this rank's sentence sets, the same plan on every rank
         self.ids = {name: tokenize(tokenizer, texts[name], max_length) for name in self.share}
         self.tokens = sum(len(row) for rows in self.ids.values() for row in rows)  # encoded per evaluation
-        self.rank = rank
-
-    @classmethod
-    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimEvaluator | None:
-        """None without --xsim-every; else the evaluator, or ConfigError naming the flag / file at fault."""
-        if cfg.run.xsim_every <= 0:
-            return None
-        tokenizer = load_tokenizer(cfg.data.path)
-        return cls(cfg.run, tokenizer, cfg.data.max_length, specials["pad"], rank, world)
+        self.rank, self.pad_id = rank, pad_id
 
     def _embed_fn(self, model, device):
         def embed(rows: list[list[int]]) -> torch.Tensor:
@@ -137,6 +119,33 @@ class XsimEvaluator:
                 return {name: encode_ids(self.ids[name], embed, dim, BATCH_TOKENS) for name in self.share}
             finally:
                 model.train(was_training)
+
+
+class XsimEvaluator(LiveEncoder):
+    """The test set of one run, checked and tokenised at start-up; `run(model, device)` scores the live model."""
+
+    def __init__(self, run_cfg, tokenizer, max_length: int, pad_id: int, rank: int = 0, world: int = 1):
+        self.split, self.target = run_cfg.xsim_split, run_cfg.xsim_target
+        try:
+            self.langs, texts, self.aug = load_flores(
+                run_cfg.xsim_data, run_cfg.xsim_split, run_cfg.xsim_langs, run_cfg.xsim_target, flags=TRAINING_FLAGS
+            )
+        except DataError as e:  # a bad --xsim-* value or test-set file: refused like any bad flag (exit 2)
+            raise ConfigError(str(e)) from e
+        n = len(texts[self.target])
+        if n < Scorer().k:
+            raise ConfigError(f"--xsim-data {run_cfg.xsim_data}: {n} sentences per language, the margin needs >= 4")
+        self.texts = texts
+        self.fingerprint = test_set_fingerprint(run_cfg.xsim_split, self.target, texts, self.aug)
+        self._plan(texts, tokenizer, max_length, pad_id, rank, world)
+
+    @classmethod
+    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimEvaluator | None:
+        """None without --xsim-every; else the evaluator, or ConfigError naming the flag / file at fault."""
+        if cfg.run.xsim_every <= 0:
+            return None
+        tokenizer = load_tokenizer(cfg.data.path)
+        return cls(cfg.run, tokenizer, cfg.data.max_length, specials["pad"], rank, world)
 
     def run(self, model, device) -> dict:
         """Encode (every rank its share), score on rank 0 -> the same record on every rank (collective)."""
@@ -162,19 +171,24 @@ class XsimEvaluator:
         return record
 
 
-class XsimHook(Hook):
-    """The trainer's side: evaluate on the cadence, log, and keep the `best` checkpoint (module docstring). It sees
-    the run through a `HookContext` only (pipeline/training/hooks.py)."""
+def chooses_best(run_cfg, name: str) -> bool:
+    """--best-metric: `name` ("xsim" or "mine") keeps the `best` checkpoint; auto is xsim when it runs, else mine."""
+    if run_cfg.best_metric == "auto":
+        return name == ("xsim" if run_cfg.xsim_every > 0 else "mine")
+    return run_cfg.best_metric == name
 
-    def __init__(self, evaluator: XsimEvaluator, every: int):
-        self.evaluator, self.every = evaluator, every
+
+class EvalHook(Hook):
+    """Evaluate on the cadence, log, and, when this hook chooses `best`, keep the best checkpoint (module
+    docstring). It sees the run through a `HookContext` only (pipeline/training/hooks.py). Subclasses set `name`,
+    `metric` and `lower_is_better`, and an evaluator with `run(model, device)`, `tokens`, `rank` and `fingerprint`."""
+
+    name, metric, lower_is_better = "xsim", METRIC, True
+
+    def __init__(self, evaluator, every: int, keeps_best: bool = True):
+        self.evaluator, self.every, self.keeps_best = evaluator, every, keeps_best
         self.tokens = evaluator.tokens  # encoded per evaluation on this rank: the schedule fit's estimate
-        self.record = {"xsim_sha256": evaluator.fingerprint}  # a relaunch on another test set needs the flag
-
-    @classmethod
-    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimHook | None:
-        evaluator = XsimEvaluator.for_run(cfg, specials, rank, world)
-        return None if evaluator is None else cls(evaluator, cfg.run.xsim_every)
+        self.record = {f"{self.name}_sha256": evaluator.fingerprint}  # a relaunch on another set needs the flag
 
     def after_step(self, ctx: HookContext) -> None:
         if ctx.step % self.every == 0:
@@ -188,41 +202,62 @@ class XsimHook(Hook):
     def evaluate(self, ctx: HookContext) -> dict:
         record = self.evaluator.run(ctx.model, ctx.device)
         rank0 = self.evaluator.rank == 0
-        if rank0:
-            best = self._best_so_far(ctx.best())
-            improved = best is None or record[METRIC] < best["score"]
-            record["is_best"] = improved
-            record["best_" + METRIC] = record[METRIC] if improved else best["score"]
-            record["best_step"] = ctx.step if improved else best["step"]
-        record = collectives.broadcast_object(record)
-        if record["is_best"]:  # every rank: the save is collective
-            ctx.save_best(record[METRIC], METRIC, self.evaluator.fingerprint)
+        if self.keeps_best:
+            if rank0:
+                self._rank(record, self._best_so_far(ctx.best()), ctx.step)
+            record = collectives.broadcast_object(record)
+            if record["is_best"]:  # every rank: the save is collective
+                ctx.save_best(record[self.metric], self.metric, self.evaluator.fingerprint)
         record.update(step=ctx.step, time=time.time(), elapsed_s=ctx.elapsed())
         ctx.write(record)
         if rank0:
             self._log(record)
         return record
 
+    def _rank(self, record: dict, best: dict | None, step: int) -> None:
+        score = record[self.metric]
+        better = best is None or (score < best["score"] if self.lower_is_better else score > best["score"])
+        record["is_best"] = better
+        record["best_" + self.metric] = score if better else best["score"]
+        record["best_step"] = step if better else best["step"]
+
     def _best_so_far(self, best: dict | None) -> dict | None:
-        """best.json when it was scored on this test set; else None (a new lineage), said at WARNING."""
-        if best is None or best.get("fingerprint") == self.evaluator.fingerprint:
+        """best.json when it was scored on this set with this metric; else None (a new lineage), said at WARNING."""
+        if best is None or (best.get("fingerprint"), best.get("metric")) == (self.evaluator.fingerprint, self.metric):
             return best
         log.warning(
-            "xsim: the test set differs from the one `best` (%s, %.2f%% at step %s) was scored on (fingerprint %s, "
-            "now %s): its score is not comparable; a new `best` lineage starts with this evaluation",
+            "%s: `best` (%s, %s %.2f at step %s) was scored on another set or metric (fingerprint %s, now %s %s): "
+            "not comparable; a new `best` lineage starts with this evaluation",
+            self.name,
             best.get("tag"),
+            best.get("metric"),
             best.get("score", float("nan")),
             best.get("step"),
             str(best.get("fingerprint"))[:12],
+            self.metric,
             self.evaluator.fingerprint[:12],
         )
         return None
 
+    def _best_text(self, r: dict, unit: str = "%") -> str:
+        if not self.keeps_best:
+            return "`best` chosen by the other metric"
+        if r["is_best"]:
+            return "new best, saved as `best`"
+        return f"best {r['best_' + self.metric]:.2f}{unit} at step {r['best_step']}"
+
+
+class XsimHook(EvalHook):
+    """xsim / xsim++ on the cadence (module docstring)."""
+
+    @classmethod
+    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimHook | None:
+        evaluator = XsimEvaluator.for_run(cfg, specials, rank, world)
+        return None if evaluator is None else cls(evaluator, cfg.run.xsim_every, chooses_best(cfg.run, "xsim"))
+
     def _log(self, r: dict) -> None:
         pp = f" | xsim++ {r['xsimpp_error_pct']:.2f}%" if "xsimpp_error_pct" in r else ""
-        best = (
-            "new best, saved as `best`" if r["is_best"] else f"best {r['best_' + METRIC]:.2f}% at step {r['best_step']}"
-        )
+        best = self._best_text(r)
         log.info(
             "xsim step %d (%s, %d languages -> %s): pooled error %.2f%%%s | %s | %.1f s",
             r["step"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from eval.mine_hook import MineHook
 from eval.train_hook import XsimHook
 from pipeline.config import ConfigError, load_ds_config, parse_args
 from pipeline.data.dataset import DataError
@@ -33,7 +34,7 @@ def setup(argv: list[str] | None = None) -> Trainer:
     relaunch checks."""
     cfg = parse_args(argv)
     quiet_others(cfg.run.verbose)
-    return Trainer(cfg, load_ds_config(cfg.run.ds_config), hooks=[XsimHook.for_run])
+    return Trainer(cfg, load_ds_config(cfg.run.ds_config), hooks=[XsimHook.for_run, MineHook.for_run])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,9 @@ Stages (each prints its command and its progress; outputs under runs/demo/):
   4. trained    deepspeed --num_gpus 2 pipeline/train.py --recipe tiny-cpu (recipes/tiny-cpu.json: ZeRO-2 on 2 CPU
                 processes), scoring xsim on the dev split every XSIM_EVERY steps (--xsim-every) -> train/, export ->
                 trained-hf/, eval -> trained/
-  5. report     runs/demo/report.md + losses.png + errors.png + xsim.png (scripts/report.py)
+  5. mine       python -m scripts.mine_demo: bitext mining F1 on devtest's shuffled X and English sides, for the
+                untrained, trained and char3gram models -> mine-{untrained,trained,char3gram}/
+  6. report     runs/demo/report.md + losses.png + errors.png + xsim.png (scripts/report.py)
 
 Budget: the script aims to finish within --total-minutes (17; `make demo` adds the venv set-up, 1-3 min from a
 fresh clone). The one training gets every minute the target leaves after the stages before it, its start-up, export
@@ -62,7 +64,7 @@ TOTAL_MINUTES = 17.0  # this script's target; `make demo` adds the venv set-up (
 START_S, EXPORT_S, EVAL_S, REPORT_S = 40.0, 15.0, 120.0, 15.0  # EVAL_S: when the untrained eval was not timed here
 MIN_MINUTES = 2.0  # below this the training has no schedule to fit: the demo then runs over its target and says so
 MODEL_SHAPE_FLAGS = ("model", "num-layers", "hidden-size", "num-heads", "ffn-size", "max-positions")
-STAGES = ("prep", "untrained", "char3gram", "trained", "report")
+STAGES = ("prep", "untrained", "char3gram", "trained", "mine", "report")
 ABLATION_REPORT = "runs/ablation/report.md"  # `make ablation`: the paper's hyperparameters on this model, and more
 
 
@@ -179,6 +181,19 @@ class Demo:
         )
         self.evaluate(label, str(hf), self.out / label, {**key, "stage": "eval"})
 
+    def mine(self) -> None:
+        """Mining F1 of each model there is (scripts/mine_demo.py), skipped when its command and model are unchanged."""
+        models = {"untrained": self.out / "untrained-hf", "trained": self.out / "trained-hf", "char3gram": None}
+        for label, hf in models.items():
+            if hf is not None and not hf.is_dir():
+                print(f"\n==> [mine {label}] skipped: no {hf} (its stage has not run)", flush=True)
+                continue
+            out, log = self.out / f"mine-{label}", self.logs / f"mine_{label}.log"
+            cmd = [PY, "-m", "scripts.mine_demo", "--model", str(hf or label), "--flores", self.flores]
+            cmd += ["--out", str(out)]
+            key = self.key(cmd=cmd[1:], model=read_stamp(hf / ".stage.json") if hf else label)
+            self.cached(f"mine {label}", out, key, lambda c=cmd, n=f"mine {label}", lg=log: run_stage(n, c, lg))
+
     def report(self) -> Path:
         settings = {"trained": self.settings()}
         write_stamp(self.out / "demo_state.json", {"settings": settings, "stages": self.stages})
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "untrained": demo.untrained,
         "char3gram": lambda: demo.baseline("char3gram", "char3gram", demo.key(stage="c3")),
         "trained": demo.train,
+        "mine": demo.mine,
         "report": demo.report,
     }
     try:

@@ -4,7 +4,8 @@ Inputs are only files: the prepared dataset's `manifest.json` (data_prep), a run
 (pipeline/training/metrics.py: one record per optimizer step, and with --xsim-every one `"split": "xsim"` record per
 in-training evaluation) and each evaluation's `results.json` (python -m eval:
 `{"languages": {lang: {"errors", "n", "error_pct"}}, "average": {...}}`, the average pooled as
-100 x sum(errors) / sum(n)). So a report can be rebuilt after the fact: `python scripts/report.py runs/demo`.
+100 x sum(errors) / sum(n)), and the mining stage's `mine-{label}/mine.json` (scripts/mine_demo.py). So a report
+can be rebuilt after the fact: `python scripts/report.py runs/demo`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.training.metrics import read_metrics
+from scripts.mine_demo import mining_lines
 
 LOSS_KEYS = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
 XSIM_KEY = "xsim_error_pct"  # eval/train_hook.py METRIC: pooled X -> target error % of an in-training evaluation
@@ -338,6 +340,7 @@ def write_demo_report(
         "![error per language](errors.png)",
         "",
         *_xsim_section(curves, levels, out),
+        *mining_lines(out),
         *(notes or []),
         "## Loss curves",
         "",

@@ -122,6 +122,16 @@ class RunConfig:
     xsim_split: str = opt("dev", "split of --xsim-data scored during training", choices=("dev", "devtest"))
     xsim_langs: str = opt("all", "comma-separated languages of --xsim-data to score against the target, or all")
     xsim_target: str = opt("eng_Latn", "target language of --xsim-data (every other language is mined against it)")
+    mine_every: int = opt(0, "BUCC-style mining F1 on --mine-data every N optimizer steps (0 = never)")
+    mine_data: str = opt("", "BUCC-layout directory ({pair}.{split}.{xx,en}: id<TAB>sentence; {pair}.{split}.gold)")
+    mine_pair: str = opt("", "comma-separated pairs of --mine-data mined during training, e.g. de-en (pooled F1)")
+    mine_split: str = opt("sample", "split of --mine-data mined during training (its gold must exist)")
+    best_metric: str = opt(
+        "auto",
+        "what chooses the `best` checkpoint: xsim (lowest pooled xsim error), mine (highest pooled mining F1), or "
+        "auto (xsim when --xsim-every is on, else mine)",
+        choices=("auto", "xsim", "mine"),
+    )
     max_bad_steps: int = opt(5, "stop after this many non-finite-loss steps in a row")
     dist_timeout: float = opt(30.0, "process-group timeout in minutes (a rank waiting longer on a collective fails)")
     wandb: str = opt("offline", "Weights & Biases mode", choices=("off", "offline", "online"))
@@ -250,6 +260,11 @@ def _validate_run(r: RunConfig) -> None:
     _check(r.valid_every >= -1, "valid-every", f"must be >= -1, got {r.valid_every}")
     _check(r.xsim_every >= 0, "xsim-every", f"must be >= 0, got {r.xsim_every}")
     _check(r.xsim_every == 0 or bool(r.xsim_data), "xsim-data", "required with --xsim-every (a FLORES-layout dir)")
+    _check(r.mine_every >= 0, "mine-every", f"must be >= 0, got {r.mine_every}")
+    _check(r.mine_every == 0 or bool(r.mine_data), "mine-data", "required with --mine-every (a BUCC-layout dir)")
+    _check(r.mine_every == 0 or bool(r.mine_pair.strip(" ,")), "mine-pair", "required with --mine-every, e.g. de-en")
+    for metric, every in (("xsim", r.xsim_every), ("mine", r.mine_every)):
+        _check(r.best_metric != metric or every > 0, "best-metric", f"{metric} needs --{metric}-every > 0")
     _check(r.max_bad_steps >= 1, "max-bad-steps", f"must be >= 1, got {r.max_bad_steps}")
     _check(r.dist_timeout > 0, "dist-timeout", f"must be > 0 minutes, got {r.dist_timeout}")
 

@@ -6,8 +6,8 @@ summary that says where the run is and what to run next.
 - `quiet_others(verbose)`: without --verbose, wandb prints nothing (it still writes its files under OUTPUT/wandb) and
   DeepSpeed's loggers only warnings.
 - `Eta`: the remaining time of a step line, from this launch's own pace.
-- `summary_lines(output_dir)`: steps, time, final losses, best in-training xsim, the checkpoint, the export command;
-  read from the files the run leaves (metrics.jsonl, checkpoints/), so it holds for a resumed run too.
+- `summary_lines(output_dir)`: steps, time, final losses, best in-training xsim and mining F1, the checkpoint, the
+  export command; read from the files the run leaves (metrics.jsonl, checkpoints/), so it holds for a resumed run too.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOSSES = ("loss", "mlm_loss", "cls_loss", "koleo_loss")
 XSIM_KEY = "xsim_error_pct"  # the in-training evaluation's pooled error (eval/train_hook.py METRIC)
+MINE_KEY = "mine_f1_pct"  # the in-training mining's pooled F1 (eval/mine_hook.py METRIC)
 
 
 def env_rank() -> int:
@@ -105,6 +106,10 @@ def summary_lines(output_dir: str | Path, last: int = 10) -> list[str]:
     if xsim:
         best = min(xsim, key=lambda r: r[XSIM_KEY])
         lines.append(f"best in-training xsim error: {best[XSIM_KEY]:.2f}% at step {best['step']}")
+    mined = [r for r in records if r.get("split") == "mine" and isinstance(r.get(MINE_KEY), int | float)]
+    if mined:
+        best = max(mined, key=lambda r: r[MINE_KEY])
+        lines.append(f"best in-training mining F1: {best[MINE_KEY]:.2f}% at step {best['step']}")
     latest, best_tag = _checkpoint(out, "latest"), _checkpoint(out, "best")
     if latest:
         lines.append(f"checkpoint: {out / 'checkpoints' / latest}" + (f" (best: {best_tag})" if best_tag else ""))

@@ -53,3 +53,13 @@ class Hook:
 
 # (TrainConfig, special token ids, rank, world size) -> a hook, or None when its flags leave it off
 HookFactory = Callable[[object, dict, int, int], "Hook | None"]
+
+
+def budget(hooks: list[Hook]) -> tuple[int, int]:
+    """(every, tokens) of one hook standing for all of them in the --fit-to-minutes estimate: the shortest cadence,
+    and per evaluation the tokens every hook encodes over that many steps (its tokens x that cadence / its own)."""
+    active = [h for h in hooks if h.every > 0]
+    if not active:
+        return 0, 0
+    every = min(h.every for h in active)
+    return every, round(sum(h.tokens * every / h.every for h in active))

@@ -8,8 +8,9 @@ COMPLETE.json), so a relaunch is compared with what the checkpoint was trained w
 - never: the data (manifest sha256), the tokenizer, the model's shape, the seed. Refused: the weights, the data
   order or the vocabulary would no longer match.
 - change: optimizer and schedule settings, the data plan (batching, masking, sampling: the --lang-weights file by its
-  content's sha256, not its path), the losses' weights and dropouts, the xsim test set (by content: `best` is
-  compared only within one test set). Refused unless --allow-config-change; then the new values are applied.
+  content's sha256, not its path), the losses' weights and dropouts, the xsim test set and the mining set (by
+  content: `best` is compared only within one test set). Refused unless --allow-config-change; then the new values
+  are applied.
 - extend: a larger --max-steps (or --epochs). Allowed: the cosine is recomputed over the new length and continues
   from the current step (the learning rate is a pure function of the applied step and the config).
 - free: logging, checkpoint and evaluation cadence, wall-clock budget, wandb, attention backend, world size and
@@ -44,6 +45,7 @@ NEVER = {
 }
 # Files that change training, compared by content (sha256) in the "change" class: flag -> flattened record key.
 CONTENT = {"--lang-weights (its content)": "data.lang_weights_sha256", "--xsim-data (the test set)": "run.xsim_sha256"}
+CONTENT["--mine-data (the mining set)"] = "run.mine_sha256"
 FREE = {
     "data.path",  # the data's identity is its manifest sha256: a moved copy of the same dataset may resume
     "data.lang_weights",  # compared by content: data.lang_weights_sha256
@@ -64,6 +66,7 @@ FREE = {
     *(f"run.{n}" for n in ("allow_config_change", "trust_checkpoint", "log_every", "valid_every", "max_bad_steps")),
     *(f"run.{n}" for n in ("xsim_every", "xsim_data", "xsim_split", "xsim_langs", "xsim_target", "dist_timeout")),
     *(f"run.{n}" for n in ("wandb", "wandb_project", "run_name", "verbose")),
+    *(f"run.{n}" for n in ("mine_every", "mine_data", "mine_pair", "mine_split", "best_metric")),
     "run.recipe",  # where the values came from: the values themselves are compared
 }
 
@@ -137,7 +140,7 @@ def _flat(record: dict) -> dict[str, object]:
     flat = {f"{s}.{k}": v for s in SECTIONS for k, v in record["config"].get(s, {}).items()}
     flat["data.manifest_sha256"] = record.get("manifest_sha256")
     flat["data.tokenizer_sha256"] = record.get("tokenizer_sha256")
-    for key in CONTENT.values():  # absent in older records, or without --xsim-every: not compared
+    for key in CONTENT.values():  # absent in older records, or without its hook: not compared
         if key.split(".", 1)[1] in record:
             flat[key] = record[key.split(".", 1)[1]]
     return flat

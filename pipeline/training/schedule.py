@@ -14,7 +14,8 @@ rank 0 times them (the first UNTIMED are start-up: allocation, first gloo buffer
                 <= what is left of --max-minutes - a reserve for the final checkpoint,
 
 broadcast to every rank, and the warmup + cosine runs over the T - hold steps that remain. Evaluations are the
---xsim-every ones in (step, T] plus the final one; their cost is estimated from the tokens they encode against the
+--xsim-every (and --mine-every: the hooks are summed into one at the shortest cadence, `hooks.budget`) ones in
+(step, T] plus the final one; their cost is estimated from the tokens they encode against the
 tokens a step trains (XSIM_COST: about twice what the demo measured, for scoring and the `best` checkpoint
 save). The estimate is written with the fit, and the first evaluation's real
 seconds can be read beside it in metrics.jsonl. An overshoot is cheap: --max-minutes still stops the run, and the

@@ -34,7 +34,7 @@ from pipeline.training.backend_choice import choose_backends, timing_lengths
 from pipeline.training.checkpoint import CheckpointManager, latest_batch_record
 from pipeline.training.clock import RunClock
 from pipeline.training.engine import build_engine, run_dtype
-from pipeline.training.hooks import Hook, HookContext, HookFactory
+from pipeline.training.hooks import Hook, HookContext, HookFactory, budget
 from pipeline.training.lock import take_output_lock
 from pipeline.training.metrics import MetricsLogger, log
 from pipeline.training.runrecord import RUN_FILES, check_relaunch_on_rank0, read_record, run_record, state_schedule
@@ -174,12 +174,12 @@ class Trainer:
         """--fit-to-minutes, once its steps are timed: rank 0 sizes the schedule, every rank adopts it."""
         if self.fit is None or not self.fit.observe(self.step, record["tokens"]):
             return
-        entry, costly = None, next((h for h in self.hooks if h.every > 0), Hook())
+        entry, (every, tokens) = None, budget(self.hooks)
         if self.rank == 0:
             budget_s, upper = self.cfg.run.max_minutes * 60, self.schedule.length
             entry = self.fit.decide(step=self.step, applied=self.steps.applied, upper=upper, budget_s=budget_s,
-                                    spent_s=self.clock.launch(), world=self.world, xsim_every=costly.every,
-                                    xsim_tokens=costly.tokens)  # fmt: skip
+                                    spent_s=self.clock.launch(), world=self.world, xsim_every=every,
+                                    xsim_tokens=tokens)  # fmt: skip
         entry = collectives.broadcast_object(entry)
         self._use_schedule(lr.Schedule.from_fit(entry))
         self.schedule.apply(self.engine, self.cfg, self.steps.applied)
