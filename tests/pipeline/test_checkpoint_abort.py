@@ -15,14 +15,15 @@ DRIVER = r"""
 import errno, sys, torch
 from pipeline.config import load_ds_config, parse_args, resolve_ds_config
 from pipeline.training.checkpoint import CheckpointError, CheckpointManager
-from pipeline.training.trainer import build_engine
+from pipeline.training.engine import build_engine
+from pipeline.training.schedule import Schedule
 from runtime.collectives import init_training
 out, config = sys.argv[1], "ds_configs/zero2_cpu_fp32.json"
 rank, world = init_training(timeout_minutes=10)
 cfg = parse_args(["--data", "d", "--output-dir", out, "--ds-config", config, "--batch-pairs", "2", "--max-steps", "2"])
 ds = resolve_ds_config(cfg, load_ds_config(config), world_size=world)
 torch.manual_seed(0)
-engine = build_engine(cfg, torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)), ds, max_steps=2)
+engine = build_engine(cfg, torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)), ds, Schedule(2))
 engine.backward(engine(torch.randn(2, 8)).pow(2).mean())
 engine.step()
 mgr = CheckpointManager(out, rank=rank)

@@ -34,7 +34,8 @@ def test_bf16_config_uses_torch_fused_adamw():
 PROBE = r"""
 import json, os, sys, torch
 from pipeline.config import load_ds_config, parse_args, resolve_ds_config
-from pipeline.training.trainer import build_engine
+from pipeline.training.engine import build_engine
+from pipeline.training.schedule import Schedule
 from runtime.collectives import init_training
 path = sys.argv[1]
 init_training(timeout_minutes=5)  # a 1-rank gloo group, as `python pipeline/train.py` forms it
@@ -42,7 +43,7 @@ cfg = parse_args(["--data", "d", "--output-dir", "o", "--ds-config", path, "--ba
 ds = resolve_ds_config(cfg, load_ds_config(path), world_size=1)
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 1))
-engine = build_engine(cfg, model, ds, max_steps=2)
+engine = build_engine(cfg, model, ds, Schedule(2))
 before = [p.detach().float().clone() for p in engine.module.parameters()]
 for _ in range(ds["gradient_accumulation_steps"]):
     x = torch.randn(4, 16, dtype=torch.bfloat16)
