@@ -131,7 +131,6 @@ def _completed(out: Path, stage: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-@pytest.mark.faults
 def test_killed_build_resumes_only_the_missing_tasks(tmp_path):
     sources = make_corpus(tmp_path / "in", n=1500)
     argv = prep_argv(sources, tmp_path / "out", "--partitions", "12", "--workers", "1")
@@ -168,7 +167,6 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.mark.faults
 def test_sigterm_to_the_command_alone_ends_its_workers_and_the_rerun_resumes(tmp_path):
     sources = make_corpus(tmp_path / "in", n=1500)
     argv = prep_argv(sources, tmp_path / "out", "--partitions", "12", "--workers", "2")
