@@ -161,7 +161,7 @@ def fitted_steps(step: int, upper: int, left_s: float, s_per_step: float, every:
 
 class ScheduleFit:
     """Times this launch's steps from UNTIMED on; `observe` says when --fit-after steps ran, then when the refit is
-    due; `decide` -> the schedule entry (the first fit, then the refit)."""
+    due; `decide` (rank 0) -> the schedule entry (the first fit, then the refit), `adopt` (every rank) applies it."""
 
     def __init__(self, fit_after: int, launch_step: int):
         self.launch_step, self.due_step = launch_step, launch_step + fit_after
@@ -196,8 +196,8 @@ class ScheduleFit:
         reserve = max(RESERVE_FRACTION * budget_s, RESERVE_STEPS * s_per_step)
         left = budget_s - spent_s - reserve
         total = fitted_steps(step, upper, left, s_per_step, xsim_every, eval_s)
-        self.t_fit, self.due_step = time.time(), step + max(REFIT_MIN_STEPS, round(REFIT_FRACTION * (total - step)))
-        self.first = {
+        self.t_fit = time.time()
+        entry = {
             "max_steps": total,
             "hold": applied,
             "fitted_at_step": step,
@@ -210,18 +210,28 @@ class ScheduleFit:
             "xsim_s_estimate": round(eval_s, 2),
             "xsim_evaluations": evaluations(step, total, xsim_every),
         }
-        return self.first
+        self.adopt(entry)
+        return entry
+
+    def adopt(self, entry: dict) -> None:
+        """Every rank, with the entry rank 0 decided: the first fit sets the refit's step, the refit ends the fitting.
+        The refit is a collective (a broadcast), so every rank must see it due at the same step."""
+        if "first_fit" in entry:
+            self.due_step = float("inf")
+            return
+        self.first, step = entry, entry["fitted_at_step"]
+        self.due_step = step + max(REFIT_MIN_STEPS, round(REFIT_FRACTION * (entry["max_steps"] - step)))
 
     def _refit(self, step: int, budget_s: float, spent_s: float, xsim_every: int) -> dict:
         """The second fit: the speed of the steps since the first one; same hold, upper bound and estimates."""
-        first, self.due_step = self.first, float("inf")
+        first = self.first
         timed = step - first["fitted_at_step"]
         ran = evaluations(first["fitted_at_step"], step, xsim_every) - (1 if xsim_every and step % xsim_every else 0)
         eval_s = first["xsim_s_estimate"]
         s_per_step = max((time.time() - self.t_fit - ran * eval_s) / timed, 1e-3 * first["s_per_step"])
         reserve = max(RESERVE_FRACTION * budget_s, RESERVE_STEPS * s_per_step)
         total = fitted_steps(step, first["upper_bound"], budget_s - spent_s - reserve, s_per_step, xsim_every, eval_s)
-        return {
+        entry = {
             **first,
             "max_steps": total,
             "fitted_at_step": step,
@@ -232,6 +242,8 @@ class ScheduleFit:
             "xsim_evaluations": evaluations(step, total, xsim_every),
             "first_fit": {k: first[k] for k in ("max_steps", "fitted_at_step", "s_per_step", "timed_steps")},
         }
+        self.adopt(entry)
+        return entry
 
 
 def describe(entry: dict, step: int) -> str:

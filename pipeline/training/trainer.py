@@ -181,6 +181,7 @@ class Trainer:
                                     spent_s=self.clock.launch(), world=self.world, xsim_every=every,
                                     xsim_tokens=tokens)  # fmt: skip
         entry = collectives.broadcast_object(entry)
+        self.fit.adopt(entry)  # every rank: the refit, a broadcast too, comes due at the same step everywhere
         self._use_schedule(lr.Schedule.from_fit(entry))
         self.schedule.apply(self.engine, self.cfg, self.steps.applied)
         self.metrics.write({"split": "schedule", "step": self.step, "time": time.time(), **entry})

@@ -73,6 +73,27 @@ def test_the_refit_from_later_steps_ends_the_run_at_its_budget(monkeypatch):
     assert budget - refit["reserve_s"] - 0.8 - 3.0 <= end <= budget - refit["reserve_s"]
 
 
+def test_every_rank_sees_the_refit_due_at_the_same_step(monkeypatch):
+    """Rank 0 decides, the other ranks only adopt the broadcast entry: both must come to the refit (a broadcast) at
+    the same step and stop fitting together, or the ranks deadlock in the refit's collective."""
+    clock = [0.0]
+    monkeypatch.setattr(schedule_fit.time, "time", lambda: clock[0])
+    rank0, rank1 = ScheduleFit(10, 0), ScheduleFit(10, 0)
+    due = {0: [], 1: []}
+    for step in range(1, 2000):
+        clock[0] += 1.0
+        now = [rank0.observe(step, 100), rank1.observe(step, 100)]
+        assert now[0] == now[1], f"step {step}: rank 0 due {now[0]}, rank 1 due {now[1]}"
+        if now[0]:
+            entry = rank0.decide(step=step, applied=step, upper=10_000, budget_s=600.0, spent_s=clock[0], world=2)
+            rank1.adopt(entry)
+            due[0].append(step)
+            assert rank0.refit_pending == rank1.refit_pending
+            if not rank0.refit_pending:
+                break
+    assert len(due[0]) == 2 and due[0][1] > due[0][0] == 10  # the first fit, then exactly one refit
+
+
 def test_fit_to_minutes_sizes_holds_and_survives_a_relaunch(prepared, tmp_path):
     run, lr = tmp_path / "fit", 1e-4
     flags = ["--max-steps", "100000", "--fit-to-minutes", "--fit-after", "6", "--save-every", "0"]
