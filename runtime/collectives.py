@@ -177,14 +177,31 @@ def gather_object(obj, dst: int = 0) -> list | None:
     return parts
 
 
+class _AllGatherRows(torch.autograd.Function):
+    """Forward: every rank's (B, ...) rows in rank order (one all_gather). Backward: the gradient of the gathered
+    rows summed over ranks (one all_reduce, gloo and NCCL alike), this rank's slice returned."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def all_gather_autograd(x: torch.Tensor) -> torch.Tensor:
-    """(B, ...) rows of every rank concatenated, differentiable: the backward sums each rank's gradient into its
-    rows (KoLeo over the global batch)."""
+    """(B, ...) rows of every rank concatenated (every rank the same B), differentiable: the backward sums each
+    rank's gradient into its rows (KoLeo over the global batch). Written here instead of
+    torch.distributed.nn.functional.all_gather, which torch deprecates."""
     if not is_dist() or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _AllGatherRows.apply(x)
 
 
 # -- once-jobs on several nodes -----------------------------------------------------------------------------------
