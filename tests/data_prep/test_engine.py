@@ -17,7 +17,6 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from data_prep import lengths, workdir
 from data_prep.__main__ import main
