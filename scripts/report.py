@@ -175,6 +175,19 @@ def plot_errors(results: dict[str, dict], path: Path) -> Path:
     return Path(path)
 
 
+def baseline_line(results: dict[str, dict]) -> list[str]:
+    """One sentence: how far the trained model's pooled error is from the character 3-gram baseline's."""
+    if "trained" not in results or "char3gram" not in results:
+        return []
+    trained, grams = pooled(results["trained"]), pooled(results["char3gram"])
+    side = "below (better than)" if trained < grams else "above (worse than)"
+    return [
+        f"Pooled, the trained model is {abs(trained - grams):.2f} points {side} the character 3-gram baseline "
+        f"({trained:.2f}% against {grams:.2f}%); the dev-split curve below shows where its training stood.",
+        "",
+    ]
+
+
 def xsim_curves(runs: dict[str, Path]) -> dict[str, list[tuple[int, float]]]:
     """label -> [(step, pooled xsim error %)] of the run's in-training evaluations (empty without --xsim-every)."""
     return {
@@ -337,6 +350,7 @@ def write_demo_report(
         "",
         error_table(results),
         "",
+        *baseline_line(results),
         "![error per language](errors.png)",
         "",
         *_xsim_section(curves, levels, out),

@@ -130,6 +130,7 @@ def test_demo_report_has_tables_and_pictures(demo_dir, tmp_path):
     assert "Levels on the same split: untrained 92.00, char3gram 60.00." in text
     assert "| language | untrained | trained | reference | char3gram |" in text
     assert "| **pooled** | **91.33** | **28.00** | **98.67** | **60.67** |" in text
+    assert "the trained model is 32.67 points below (better than) the character 3-gram baseline (28.00% against" in text
     assert "| deu_Latn | 90.0 | 20.0 | 98.0 | 50.0 |" in text
     assert "110 train + 10 valid pairs in 2 language pairs (3 languages), 2,700 tokens" in text
     assert "| trained | 30 | 32 | 1.0 min | 500 |" in text
