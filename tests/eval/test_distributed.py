@@ -23,6 +23,10 @@ def _rank_main(rank: int, world: int, port: int, argv: list[str]) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     if main(argv) != 0:
         raise SystemExit(f"rank {rank} failed")
+    # The results are written and the group destroyed. A gloo thread still joinable at interpreter teardown
+    # intermittently aborts the process ("terminate called without an active exception", SIGABRT; root cause open,
+    # about one run in five on a loaded 2-core machine): leave without the teardown so the comparison is what is tested.
+    os._exit(0)
 
 
 def test_plan_balances_by_size():
