@@ -25,7 +25,7 @@ def _rank_main(rank: int, world: int, port: int, argv: list[str]) -> None:
         raise SystemExit(f"rank {rank} failed")
     # The results are written and the group destroyed. A gloo thread still joinable at interpreter teardown
     # intermittently aborts the process ("terminate called without an active exception", SIGABRT; root cause open,
-    # about one run in five on a loaded 2-core machine): leave without the teardown so the comparison is what is tested.
+    # seen in 2 of about 6 full-suite runs, two tests): leave without the teardown so the comparison is tested.
     os._exit(0)
 
 
