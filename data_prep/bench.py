@@ -128,12 +128,18 @@ def report(results: dict, sizes: list[int], workers: list[int]) -> None:
               f"{m['partitions']} |")  # fmt: skip
 
 
-def project(results: dict, n: int, workers: list[int], target: float, cores: int) -> None:
-    """Time at `target` pairs on `cores` workers. Parallel stages: each stage's best measured per-worker rate at
-    n pairs (on a shared machine the run whose workers got the most CPU). One-task stages: `count` reads one stats
-    file per read task (scaled by their number), `vocab` is the tokenizer (copied: fixed), `merge` is scaled
-    linearly in pairs (an upper bound: at 1e6 pairs its time is mostly fixed costs)."""
+def project(results: dict, sizes: list[int], workers: list[int], target: float, cores: int) -> None:
+    """Time at `target` pairs on `cores` workers, from the runs at the largest size n.
+
+    Parallel stages: each stage's best measured per-worker rate at n (on a shared machine, the run whose workers got
+    the most CPU). One-task stages: `vocab` is the tokenizer (copied: fixed); `count` reads one stats file per read
+    task (scaled by their number); `merge` is a fixed part plus a part linear in pairs (the sampling arrays, the
+    skipped lines), fitted on the two largest sizes when two were measured, else scaled linearly from n (an upper
+    bound: at 1e6 pairs its time is mostly fixed costs)."""
+    n = max(sizes)
     runs = [results[(n, w)] for w in workers]
+    fastest = {size: min((results[(size, w)] for w in workers), key=lambda r: r["manifest"]["seconds"]["merge"])
+               for size in sizes}  # fmt: skip
     total = 0.0
     print(f"\nprojection: {target:.0e} pairs on {cores} cores, from the rates at {n:,} pairs")
     print("| stage | per-worker rate (pairs/s) | projected seconds |")
@@ -148,9 +154,17 @@ def project(results: dict, n: int, workers: list[int], target: float, cores: int
             m = r["manifest"]
             input_bytes = sum(e["size"] or 0 for e in m["inputs"]) * target / n
             tasks_then = max(input_bytes / TASK_BYTES_MAX, 1)  # count reads one file per read task
-            scale = {"count": max(tasks_then / m["read_tasks"], 1.0), "vocab": 1.0}
-            t = m["seconds"][stage] * scale.get(stage, target / n)
-            print(f"| {stage} (one task) | - | {t:.0f} |")
+            if stage == "merge" and len(sizes) > 1:
+                small, big = sorted(sizes)[-2:]
+                t_small, t_big = (fastest[size]["manifest"]["seconds"]["merge"] for size in (small, big))
+                per_pair = max(t_big - t_small, 0.0) / (big - small)
+                t = max(t_big - per_pair * big, 0.0) + per_pair * target
+                print(f"| merge (one task: {t_big - per_pair * big:.1f} s + {per_pair * 1e9:.1f} ns a pair, "
+                      f"fitted on {small:,} and {big:,}) | - | {t:.0f} |")  # fmt: skip
+            else:
+                scale = {"count": max(tasks_then / m["read_tasks"], 1.0), "vocab": 1.0}
+                t = m["seconds"][stage] * scale.get(stage, target / n)
+                print(f"| {stage} (one task) | - | {t:.0f} |")
         total += t
     print(f"| all | | {total:.0f} ({total / 60:.1f} min) |")
 
@@ -183,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[(n, w)] = {"wall": wall, "rss": rss, "manifest": manifest}
                 print(f"pairs {n:,} workers {w}: {wall:.1f} s, read {manifest['counts']['read']:,}", flush=True)
         report(results, sizes, workers)
-        project(results, max(sizes), workers, args.project_pairs, args.project_workers)
+        project(results, sizes, workers, args.project_pairs, args.project_workers)
     return 0
 
 

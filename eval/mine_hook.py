@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import astuple
 
 import torch
 
-from eval import shares
 from eval.bucc import BuccSplit, bucc_f1, pooled, read_split, row_ids, unify
 from eval.data import DataError
-from eval.train_hook import EvalHook, LiveEncoder, chooses_best, load_tokenizer
+from eval.train_hook import EvalHook, LiveEncoder
 from pipeline.config import ConfigError
 from pipeline.training.metrics import log
-from runtime import collectives
 
 METRIC = "mine_f1_pct"  # pooled mining F1 %, higher is better
 K = 4  # margin neighbourhood (LASER's BUCC default)
@@ -70,6 +67,8 @@ def read_parts(run_cfg) -> dict[str, BuccSplit]:
 class MineEvaluator(LiveEncoder):
     """The mining set of one run, checked and tokenised at start-up; `run(model, device)` scores the live model."""
 
+    every, seconds = "mine_every", "mine_s"
+
     def __init__(self, run_cfg, tokenizer, max_length: int, pad_id: int, rank: int = 0, world: int = 1):
         self.split, self.parts = run_cfg.mine_split, read_parts(run_cfg)
         self.texts: dict[str, list[str]] = {}
@@ -82,24 +81,8 @@ class MineEvaluator(LiveEncoder):
         self.fingerprint = mining_set_fingerprint(self.split, self.parts)
         self._plan(self.texts, tokenizer, max_length, pad_id, rank, world)
 
-    @classmethod
-    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> MineEvaluator | None:
-        """None without --mine-every; else the evaluator, or ConfigError naming the flag / file at fault."""
-        if cfg.run.mine_every <= 0:
-            return None
-        tokenizer = load_tokenizer(cfg.data.path, "--mine-every")
-        return cls(cfg.run, tokenizer, cfg.data.max_length, specials["pad"], rank, world)
-
-    def run(self, model, device) -> dict:
-        """Encode (every rank its share), mine and score on rank 0 -> the same record on every rank (collective)."""
-        start = time.perf_counter()
-        emb = shares.gather(self.encode_share(model, device))
-        record = None
-        if self.rank == 0:
-            entries = {pair: self.score(emb, pair, torch.device(device)) for pair in self.parts}
-            record = self._record(entries)
-            record["mine_s"] = round(time.perf_counter() - start, 3)
-        return collectives.broadcast_object(record)
+    def _score(self, emb: dict, device: torch.device) -> dict:
+        return self._record({pair: self.score(emb, pair, device) for pair in self.parts})
 
     def score(self, emb: dict, pair: str, device) -> dict:
         src, trg = f"{pair}.src", f"{pair}.trg"
@@ -120,12 +103,7 @@ class MineEvaluator(LiveEncoder):
 class MineHook(EvalHook):
     """Mining F1 on the cadence; keeps `best` when --best-metric chooses it (module docstring)."""
 
-    name, metric, lower_is_better = "mine", METRIC, False
-
-    @classmethod
-    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> MineHook | None:
-        evaluator = MineEvaluator.for_run(cfg, specials, rank, world)
-        return None if evaluator is None else cls(evaluator, cfg.run.mine_every, chooses_best(cfg.run, "mine"))
+    name, metric, lower_is_better, evaluator_class = "mine", METRIC, False, MineEvaluator
 
     def _log(self, r: dict) -> None:
         log.info(

@@ -89,7 +89,32 @@ def test_set_fingerprint(split: str, target: str, texts: dict[str, list[str]], a
 
 
 class LiveEncoder:
-    """Sentence sets tokenised once at start-up; `encode_share` encodes this rank's share with the live model."""
+    """Sentence sets tokenised once at start-up; `encode_share` encodes this rank's share with the live model and
+    `run` scores it. A subclass names its cadence flag (`every`: the run config attribute, `xsim_every`) and the
+    record's timing field, tokenises its sets in `__init__` through `_plan`, and scores on rank 0 in `_score`."""
+
+    every, seconds = "", ""
+
+    @classmethod
+    def for_run(cls, cfg, specials: dict, rank: int, world: int):
+        """None when the cadence flag is off; else the evaluator, or ConfigError naming the flag / file at fault."""
+        if getattr(cfg.run, cls.every) <= 0:
+            return None
+        tokenizer = load_tokenizer(cfg.data.path, "--" + cls.every.replace("_", "-"))
+        return cls(cfg.run, tokenizer, cfg.data.max_length, specials["pad"], rank, world)
+
+    def run(self, model, device) -> dict:
+        """Encode (every rank its share), score on rank 0 -> the same record on every rank (collective)."""
+        start = time.perf_counter()
+        emb = shares.gather(self.encode_share(model, device))
+        record = None
+        if self.rank == 0:
+            record = self._score(emb, torch.device(device))
+            record[self.seconds] = round(time.perf_counter() - start, 3)
+        return collectives.broadcast_object(record)
+
+    def _score(self, emb: dict[str, np.ndarray], device: torch.device) -> dict:
+        raise NotImplementedError
 
     def _plan(self, texts: dict[str, list[str]], tokenizer, max_length: int, pad_id: int, rank: int, world: int):
         sizes = {name: sum(map(len, lines)) for name, lines in texts.items()}
@@ -124,6 +149,8 @@ class LiveEncoder:
 class XsimEvaluator(LiveEncoder):
     """The test set of one run, checked and tokenised at start-up; `run(model, device)` scores the live model."""
 
+    every, seconds = "xsim_every", "xsim_s"
+
     def __init__(self, run_cfg, tokenizer, max_length: int, pad_id: int, rank: int = 0, world: int = 1):
         self.split, self.target = run_cfg.xsim_split, run_cfg.xsim_target
         try:
@@ -139,24 +166,9 @@ class XsimEvaluator(LiveEncoder):
         self.fingerprint = test_set_fingerprint(run_cfg.xsim_split, self.target, texts, self.aug)
         self._plan(texts, tokenizer, max_length, pad_id, rank, world)
 
-    @classmethod
-    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimEvaluator | None:
-        """None without --xsim-every; else the evaluator, or ConfigError naming the flag / file at fault."""
-        if cfg.run.xsim_every <= 0:
-            return None
-        tokenizer = load_tokenizer(cfg.data.path)
-        return cls(cfg.run, tokenizer, cfg.data.max_length, specials["pad"], rank, world)
-
-    def run(self, model, device) -> dict:
-        """Encode (every rank its share), score on rank 0 -> the same record on every rank (collective)."""
-        start = time.perf_counter()
-        emb = shares.gather(self.encode_share(model, device))
-        record = None
-        if self.rank == 0:
-            scorer = Scorer(device=torch.device(device))  # rank 0's device; numpy's sgemm on the CPU (faiss's bits)
-            record = self._record(score_sets(scorer, emb, self.texts, self.langs, self.target, self.aug))
-            record["xsim_s"] = round(time.perf_counter() - start, 3)
-        return collectives.broadcast_object(record)
+    def _score(self, emb: dict[str, np.ndarray], device: torch.device) -> dict:
+        scorer = Scorer(device=device)  # rank 0's device; numpy's sgemm on the CPU (faiss's bits)
+        return self._record(score_sets(scorer, emb, self.texts, self.langs, self.target, self.aug))
 
     def _record(self, results: dict) -> dict:
         """Flat numbers for metrics.jsonl and wandb: pooled and per-language error %, xsim++ when present."""
@@ -183,7 +195,15 @@ class EvalHook(Hook):
     docstring). It sees the run through a `HookContext` only (pipeline/training/hooks.py). Subclasses set `name`,
     `metric` and `lower_is_better`, and an evaluator with `run(model, device)`, `tokens`, `rank` and `fingerprint`."""
 
-    name, metric, lower_is_better = "xsim", METRIC, True
+    name, metric, lower_is_better, evaluator_class = "xsim", METRIC, True, XsimEvaluator
+
+    @classmethod
+    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> EvalHook | None:
+        """None when the evaluator's cadence flag is off; --best-metric says whether this hook keeps `best`."""
+        evaluator = cls.evaluator_class.for_run(cfg, specials, rank, world)
+        if evaluator is None:
+            return None
+        return cls(evaluator, getattr(cfg.run, evaluator.every), chooses_best(cfg.run, cls.name))
 
     def __init__(self, evaluator, every: int, keeps_best: bool = True):
         self.evaluator, self.every, self.keeps_best = evaluator, every, keeps_best
@@ -249,11 +269,6 @@ class EvalHook(Hook):
 
 class XsimHook(EvalHook):
     """xsim / xsim++ on the cadence (module docstring)."""
-
-    @classmethod
-    def for_run(cls, cfg, specials: dict, rank: int, world: int) -> XsimHook | None:
-        evaluator = XsimEvaluator.for_run(cfg, specials, rank, world)
-        return None if evaluator is None else cls(evaluator, cfg.run.xsim_every, chooses_best(cfg.run, "xsim"))
 
     def _log(self, r: dict) -> None:
         pp = f" | xsim++ {r['xsimpp_error_pct']:.2f}%" if "xsimpp_error_pct" in r else ""

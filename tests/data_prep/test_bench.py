@@ -3,7 +3,7 @@
 import re
 
 from data_prep import synth
-from data_prep.bench import main
+from data_prep.bench import main, project
 from data_prep.readers import tsv_records
 from data_prep.records import Pair
 
@@ -28,3 +28,22 @@ def test_bench_prints_stages_scaling_memory_and_projection(tmp_path, capsys):
         assert re.search(rf"\| 2,000 \| 1 \| {stage} \| [\d.]+ \| [\d,]+ \| [\d.]+x \|", out), stage
     assert re.search(r"\| 2,000 \| 1 \| \d+ MiB \| \d+ \| \d+ \| \d+ \|", out)
     assert "projection: 1e+09 pairs on 64 cores" in out and re.search(r"\| all \| \| \d+ \([\d.]+ min\) \|", out)
+
+
+def _run(n: int, w: int, merge_s: float) -> dict:
+    seconds = {"read": n / 50_000 / w, "count": 0.1, "dedup": n / 400_000 / w, "vocab": 3.0, "encode": n / 5000 / w}
+    manifest = {"seconds": {**seconds, "merge": merge_s}, "inputs": [{"size": 300 * n}], "read_tasks": 40}
+    return {"wall": sum(seconds.values()) + merge_s, "rss": 100.0, "manifest": manifest}
+
+
+def test_projection_fits_the_merge_on_two_sizes(capsys):
+    """merge = fixed + per pair, fitted on two sizes: 0.5 s + 20 ns a pair -> 20.5 s at 1e9, not 1e9 / n x t."""
+    results = {(1_000_000, 1): _run(1_000_000, 1, 0.52), (10_000_000, 1): _run(10_000_000, 1, 0.70)}
+    project(results, [1_000_000, 10_000_000], [1], 1e9, 1000)
+    out = capsys.readouterr().out
+    assert "from the rates at 10,000,000 pairs" in out
+    fit = "| merge (one task: 0.5 s + 20.0 ns a pair, fitted on 1,000,000 and 10,000,000) | - | 20 |"
+    assert fit in out
+    assert "| encode | 5,000 | 200 |" in out and "| read | 50,000 | 20 |" in out
+    project({(1_000_000, 1): _run(1_000_000, 1, 0.7)}, [1_000_000], [1], 1e9, 1000)  # one size: linear, 700 s
+    assert "| merge (one task) | - | 700 |" in capsys.readouterr().out
