@@ -11,6 +11,12 @@ same for every model). A sentence that occurs on several lines of its side has n
 the candidates and the gold. English is encoded once. Output: OUT/mine.json (per language and pooled precision,
 recall, F1; micro-averaged over the languages) and OUT/mine.md.
 
+`--bucc-out DIR` writes the same shuffled sides in the BUCC 2018 layout instead of mining them (eval/bucc.py:
+`{X}-{target}.{split}.{X}` and `.{target}` with `id <tab> sentence` lines, `.gold` with the pairs of the same original
+line whose sentences are single on their side): a held-out mining set for `--mine-data` of a training, e.g. from the
+dev split so that the test split stays untouched. Mining these files as the training hook does gives the F1 this
+script prints for the same split, languages and seed.
+
 `mining_lines(demo_dir)` is the report's section (scripts/report.py), read from the `mine-{label}` directories.
 """
 
@@ -74,16 +80,44 @@ def mine_languages(encoder, texts: dict[str, list[str]], langs: list[str], targe
     return out
 
 
-def run(args) -> dict:
-    from eval.bucc import pooled
+def write_bucc(texts: dict[str, list[str]], langs: list[str], target: str, out: Path, split: str,
+               seed: int = SEED) -> list[str]:  # fmt: skip
+    """Each language's shuffled side against the shuffled target side, in the BUCC layout; returns the pair names."""
+    trg_rows, trg_order = shuffled(texts[target], [seed])
+    trg_ids = [f"{target}-{r:06d}" for r in range(len(trg_rows))]
+    trg_single = single_ids(trg_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i, lang in enumerate(langs, 1):  # the shuffles of mine_languages: the same seeds in the same order
+        src_rows, src_order = shuffled(texts[lang], [seed, i])
+        src_ids = [f"{lang}-{r:06d}" for r in range(len(src_rows))]
+        singles = gold_pairs(src_order, trg_order, single_ids(src_rows), trg_single)
+        gold = sorted((src_ids[int(a)], trg_ids[int(b)]) for a, b in singles)
+        pair = f"{lang}-{target}"
+        for side, ids, rows in ((lang, src_ids, src_rows), (target, trg_ids, trg_rows)):
+            lines = [f"{k}\t{row}\n" for k, row in zip(ids, rows)]
+            (out / f"{pair}.{split}.{side}").write_text("".join(lines), encoding="utf-8")
+        (out / f"{pair}.{split}.gold").write_text("".join(f"{a}\t{b}\n" for a, b in gold), encoding="utf-8")
+        pairs.append(pair)
+    return pairs
+
+
+def languages_of(args) -> tuple[list[str], dict[str, list[str]]]:
     from eval.data import DataError, load_flores
-    from eval.encode import load_encoder
 
     available, texts, _ = load_flores(args.flores, args.split, "all", args.target, xsimpp=False)
     langs = pick_languages(available, args.langs)
     missing = [lang for lang in langs if lang not in available]
     if missing or not langs:
         raise DataError(f"--langs {args.langs}: not in {args.flores}/{args.split}: {', '.join(missing) or 'none'}")
+    return langs, texts
+
+
+def run(args) -> dict:
+    from eval.bucc import pooled
+    from eval.encode import load_encoder
+
+    langs, texts = languages_of(args)
     start = time.perf_counter()
     encoder = load_encoder(args.model, device="cpu")
     languages = mine_languages(encoder, texts, langs, args.target, args.seed)
@@ -131,14 +165,19 @@ def mining_lines(demo_dir: Path) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scripts.mine_demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--model", required=True, help="exported model directory, or char3gram")
+    p.add_argument("--model", help="exported model directory, or char3gram (required unless --bucc-out)")
     p.add_argument("--flores", required=True, help="FLORES-layout test set (data/testset)")
     p.add_argument("--split", default="devtest", help="split of --flores (default devtest)")
     p.add_argument("--target", default="eng_Latn", help="the side every language is mined against")
     p.add_argument("--langs", default="every5", help="every5 (default), all, or comma-separated languages")
     p.add_argument("--seed", type=int, default=SEED, help="seed of the shuffles")
-    p.add_argument("--out", required=True, help="output directory: mine.json, mine.md")
-    return p.parse_args(argv)
+    p.add_argument("--out", help="output directory: mine.json, mine.md (required unless --bucc-out)")
+    p.add_argument("--bucc-out", help="write the shuffled sides and gold in the BUCC layout here instead of mining")
+    p.add_argument("--bucc-split", default="sample", help="split name of --bucc-out's files (default sample)")
+    args = p.parse_args(argv)
+    if args.bucc_out is None and (args.model is None or args.out is None):
+        p.error("--model and --out are required (or --bucc-out DIR to write a BUCC-layout mining set)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
+        if args.bucc_out is not None:
+            langs, texts = languages_of(args)
+            pairs = write_bucc(texts, langs, args.target, Path(args.bucc_out), args.bucc_split, args.seed)
+            flags = f"--mine-data {args.bucc_out} --mine-split {args.bucc_split} --mine-pair {','.join(pairs)}"
+            print(f"wrote {len(pairs)} pairs ({args.split} of {args.flores}) in the BUCC layout; train with {flags}")
+            return 0
         results = run(args)
     except (DataError, ModelError) as e:
         print(f"python -m scripts.mine_demo: error: {e}", file=sys.stderr)

@@ -84,3 +84,44 @@ def test_report_has_the_mining_line(tmp_path, capsys):
 @pytest.mark.parametrize("spec", ["all", "every5"])
 def test_language_choice_is_sorted(spec):
     assert pick_languages(["b", "a", "c"], spec) == (["a", "b", "c"] if spec == "all" else ["a"])
+
+
+def test_bucc_out_is_the_mining_set_the_training_hook_scores(tmp_path, capsys):
+    """--bucc-out writes the shuffled sides and gold; read back and scored as MineEvaluator scores them, they give the
+    F1 that mining the same split in the script gives (same shuffles, repeated sentences out of the gold)."""
+    from eval.bucc import bucc_f1, read_split, row_ids, unify
+    from eval.encode import load_encoder
+    from eval.mine_hook import mining_set_fingerprint
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i:02d}" for i in range(40)]
+    eng = [" ".join(rng.choice(words, size=int(rng.integers(3, 8)))) + f" n{i}" for i in range(40)]
+    texts = {"eng_Latn": eng, "fra_Latn": [s.replace("w", "v") + "e" for s in eng]}
+    deu = [" ".join(s.split()[:2][::-1]) for s in eng]  # two words of each line, no number: often ambiguous
+    texts["deu_Latn"] = [*deu[:-1], deu[5]]  # the last line repeats line 5: both out of the gold
+    root = tmp_path / "flores" / "dev"
+    root.mkdir(parents=True)
+    for lang, lines in texts.items():
+        (root / f"{lang}.dev").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = ["--flores", str(tmp_path / "flores"), "--split", "dev", "--langs", "all", "--bucc-out", str(tmp_path / "b")]
+    assert main(argv) == 0
+    assert "--mine-pair deu_Latn-eng_Latn,fra_Latn-eng_Latn" in capsys.readouterr().out
+    encoder = load_encoder("char3gram", device="cpu")
+    expected = mine_languages(encoder, texts, ["deu_Latn", "fra_Latn"], "eng_Latn")
+    parts = {}
+    for lang in ("deu_Latn", "fra_Latn"):
+        part = parts[lang] = read_split(tmp_path / "b", f"{lang}-eng_Latn", "sample", need_gold=True)
+        src, trg = unify(part.src_sents), unify(part.trg_sents)
+        ids = {
+            "src_ids": row_ids(part.src_ids, part.src_sents, src),
+            "trg_ids": row_ids(part.trg_ids, part.trg_sents, trg),
+        }
+        got = bucc_f1(encoder.encode(src), encoder.encode(trg), part.gold, k=4, device="cpu", **ids)
+        assert len(part.gold) == expected[lang]["gold"] == (38 if lang == "deu_Latn" else 40)
+        for key in ("f1", "precision", "recall", "threshold", "extracted"):
+            assert got[key] == expected[lang][key], (lang, key)
+    assert 0.0 < expected["deu_Latn"]["f1"] < 1.0  # a score that could differ, not a perfect one
+    assert len(mining_set_fingerprint("sample", parts)) == 64
+    with pytest.raises(SystemExit) as stop:  # neither a model to mine with nor --bucc-out
+        main(["--flores", str(tmp_path / "flores"), "--split", "dev"])
+    assert stop.value.code == 2 and "--model and --out are required" in capsys.readouterr().err
