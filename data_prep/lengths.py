@@ -196,8 +196,10 @@ def _write(root: Path, split: str, n: int, tmp: dict, tmp_meta: Path) -> dict:
     return _publish(root, split, tmp, tmp_meta, list(names), counts, max_id)
 
 
-def _publish(root: Path, split: str, tmp: dict, tmp_meta: Path, pairs: list[str], counts, max_id: int) -> dict:
-    """Move the arrays into place, then write the record (last: its presence means the arrays are complete)."""
+def _publish(root: Path, split: str, tmp: dict, tmp_meta: Path, pairs: list[str], counts, max_id: int,
+             sources: list[dict] | None = None) -> dict:  # fmt: skip
+    """Move the arrays into place, then write the record (last: its presence means the arrays are complete).
+    `sources`: the shards' {file, size, sha256} when known; else each shard is hashed here."""
     files = {}
     for s in SUFFIXES:
         final = _file(root, split, s)
@@ -205,7 +207,7 @@ def _publish(root: Path, split: str, tmp: dict, tmp_meta: Path, pairs: list[str]
         files[final.name] = {"size": final.stat().st_size, "sha256": _sha256(final)}
     n = int(np.asarray(counts).sum())
     meta = {"version": VERSION, "split": split, "rows": n, "pairs": pairs, "counts": np.asarray(counts).tolist()}
-    meta.update(max_id=max_id, source=shard_sources(root, split), files=files)
+    meta.update(max_id=max_id, source=shard_sources(root, split) if sources is None else sources, files=files)
     meta["digest"] = digest(meta)
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, meta_path(root, split))
@@ -347,8 +349,10 @@ def merge_sampling_files(data_dir: str | Path, split: str, shards: list[dict]) -
 
     shards: per shard {"rows", "lengths": (n, 2) uint16 .npy, "codes": (n,) uint16 .npy (pair code in the shard's
     first-appearance order), "index": (n,) .npy (rows grouped by code, ascending), "pairs": names in code order,
-    optional "max_id"}. Pair codes are renumbered by first appearance over the whole split, as a scan in row order
-    numbers them. DIR/split/state.json must already list the shards (the record names them with their sha256)."""
+    optional "max_id" (the largest token id), "file" (relative to DIR) and "sha256" (what its writer hashed)}; with
+    them no shard is read again (the record's `max_id` and `source` come from these fields). Pair codes are
+    renumbered by first appearance over the whole split, as a scan in row order numbers them. DIR/split/state.json
+    must already list the shards (the record names them with their sha256)."""
     root = Path(data_dir)
     out = sampling_dir(root)
     out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +398,17 @@ def _merge(root: Path, split: str, shards: list[dict], names: dict[str, int], n:
         max_id = max((int(s["max_id"]) for s in shards), default=-1)
     else:
         max_id = max((_max_id(b) for b in _record_batches(root / split)), default=-1)
-    return _publish(root, split, tmp, tmp_meta, list(names), counts, max_id)
+    return _publish(root, split, tmp, tmp_meta, list(names), counts, max_id, _known_sources(root, split, shards))
+
+
+def _known_sources(root: Path, split: str, shards: list[dict]) -> list[dict] | None:
+    """The record's `source` from the shards' own sha256, when they name exactly the files state.json lists."""
+    if not shards or not all("file" in s and "sha256" in s for s in shards):
+        return None
+    if [Path(s["file"]).name for s in shards] != _shard_files(root / split):
+        return None
+    return [{"file": f"{split}/{Path(s['file']).name}", "size": (root / s["file"]).stat().st_size,
+             "sha256": s["sha256"]} for s in shards]  # fmt: skip
 
 
 def _merge_index(path: Path, shards: list[dict], starts: list[int], names: dict[str, int], counts) -> None:

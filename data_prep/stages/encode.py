@@ -4,10 +4,10 @@ Each task splits its pairs into train and valid (vocab.py), tokenises both sides
 thread: parallelism is by task), `<s>` + at most `max_tokens - 2` ids + `</s>` as int32 (truncation counted), and
 writes `build/{train,valid}/data-PPPPP-of-NNNNN.arrow`: an Arrow stream with the `datasets` features in its schema
 metadata, the shard format `save_to_disk` writes. Beside it, `encode/P.json` (rows, truncations, token-length
-histograms, language pairs, the shard's sha256) and, for train, the shard's sampling arrays (lengths.py):
-`encode/P.train_lengths.npy` (uint16 (n, 2)), `P.train_codes.npy` (uint16: language-pair code in this shard's
-first-appearance order) and `P.train_index.npy` (rows grouped by code). The merge turns them into the dataset's
-sampling files without reading a shard again.
+histograms, language pairs, the largest token id, the shard's sha256) and, for train, the shard's sampling arrays
+(lengths.py): `encode/P.train_lengths.npy` (uint16 (n, 2)), `P.train_codes.npy` (uint16: language-pair code in
+this shard's first-appearance order) and `P.train_index.npy` (rows grouped by code). The merge turns them into the
+dataset's sampling files without reading a shard again.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class EncodeStep(Step):
         plan, work = self.plan, self.paths
         tok, bos, eos = _tokenizer(str(work.one("tokenizer.json")), self.plan_id)
         max_tokens = plan.config["max_tokens"]
-        stats = {"rows": rows.num_rows, "truncated": {"src": 0, "trg": 0}}
+        stats = {"rows": rows.num_rows, "truncated": {"src": 0, "trg": 0}, "max_id": -1}
         hist = {side: np.zeros(max_tokens + 1, dtype=np.int64) for side in ("src", "trg")}
         lengths = np.zeros((rows.num_rows, 2), dtype=np.uint16)
         path = work.build / shard_name(split, task, plan.partitions)
@@ -87,8 +87,9 @@ class EncodeStep(Step):
                 part = rows.slice(start, BATCH_ROWS)
                 cols = []
                 for j, side in enumerate(("src", "trg")):
-                    ids, n_long = _ids(tok, part.column(side).to_pylist(), max_tokens, bos, eos)
+                    ids, n_long, top = _ids(tok, part.column(side).to_pylist(), max_tokens, bos, eos)
                     stats["truncated"][side] += n_long
+                    stats["max_id"] = max(stats["max_id"], top)
                     lens = np.diff(ids.offsets.to_numpy())
                     hist[side] += np.bincount(lens, minlength=max_tokens + 1)
                     lengths[start : start + part.num_rows, j] = np.minimum(lens, 65535)
@@ -118,8 +119,8 @@ class EncodeStep(Step):
         return {str(uniq[i]): int(counts[rank[i]]) for i in order}
 
 
-def _ids(tok, texts: list[str], max_tokens: int, bos: int, eos: int) -> tuple[pa.ListArray, int]:
-    """(n,) list<int32> of `<s>` + ids + `</s>`, cut to max_tokens; and how many were cut."""
+def _ids(tok, texts: list[str], max_tokens: int, bos: int, eos: int) -> tuple[pa.ListArray, int, int]:
+    """(n,) list<int32> of `<s>` + ids + `</s>`, cut to max_tokens; how many were cut; the largest id (-1: none)."""
     body = max_tokens - 2
     flat: list[int] = []
     offsets = np.zeros(len(texts) + 1, dtype=np.int32)
@@ -131,4 +132,6 @@ def _ids(tok, texts: list[str], max_tokens: int, bos: int, eos: int) -> tuple[pa
         flat.extend(ids[:body])
         flat.append(eos)
         offsets[i + 1] = len(flat)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(flat, dtype=np.int32))), truncated
+    values = np.asarray(flat, dtype=np.int32)
+    top = int(values.max()) if len(values) else -1
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)), truncated, top

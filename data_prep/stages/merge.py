@@ -155,8 +155,11 @@ class MergeStep(Step):
 
     def _sampling_part(self, stats: dict) -> dict:
         work, p = self.paths, stats["index"]
+        part = {"rows": stats["rows"], "file": stats["file"], "sha256": stats["sha256"]}
+        if "max_id" in stats:  # encode stats written before the field: merge_sampling_files reads the shards instead
+            part["max_id"] = stats["max_id"]
         return {
-            "rows": stats["rows"],
+            **part,
             "lengths": work.file("encode", p, "train_lengths.npy"),
             "codes": work.file("encode", p, "train_codes.npy"),
             "index": work.file("encode", p, "train_index.npy"),

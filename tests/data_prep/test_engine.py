@@ -77,7 +77,8 @@ def rows_of(out: Path) -> dict[str, list]:
 def sampling_of(out: Path) -> dict:
     meta = json.loads((out / "sampling" / "train.json").read_text())
     arrays = {s: np.load(out / "sampling" / f"train_{s}.npy") for s in lengths.SUFFIXES}
-    return {"pairs": meta["pairs"], "counts": meta["counts"], **{k: v.tolist() for k, v in arrays.items()}}
+    record = {k: meta[k] for k in ("pairs", "counts", "max_id")}
+    return {**record, **{k: v.tolist() for k, v in arrays.items()}}
 
 
 def summary(out: Path) -> dict:
@@ -122,6 +123,8 @@ def test_same_rows_for_one_worker_two_workers_and_two_machines(tmp_path):
     shutil.rmtree(rebuilt / "sampling")
     lengths.write_sampling_files(rebuilt, "train")  # what the trainer would build by scanning the shards
     assert sampling_of(rebuilt) == expected_sampling
+    record = [json.loads((d / "sampling" / "train.json").read_text()) for d in (two, rebuilt)]
+    assert record[0]["source"] == record[1]["source"]  # the merge's shard list, sizes and sha256 read no shard
     assert not any(p.name.startswith(".") for d in (one, two, machines) for p in d.parent.iterdir() if "work" in p.name)
 
 
