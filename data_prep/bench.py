@@ -10,9 +10,9 @@ is its copy; `--train-tokenizer V` times training on the pair-balanced sample in
 Printed per stage: wall seconds, pairs per second per worker (N / seconds / W), the speed-up from the fewest to
 the most workers; per run: peak RSS of the largest process (a worker or the driver) and scratch bytes per pair.
 The projection to `--project-pairs` on `--project-workers` cores divides N by each parallel stage's per-worker
-rate times the cores, and scales the one-task stages (count, merge: linear in the shards and pairs; vocab:
-fixed) from their measured times; it assumes a shared file system that delivers the read and write bandwidth
-of the local disk to every core (see docs/data_prep.md).
+rate times the cores, and scales the one-task stages from their measured times (count: linear in the read tasks;
+vocab: fixed; merge: a fixed part plus a part per pair, fitted on the two largest sizes); it assumes a shared file
+system that delivers the read and write bandwidth of the local disk to every core (see docs/data_prep.md).
 """
 
 from __future__ import annotations
