@@ -39,6 +39,7 @@ from eval.mine_io import (
 )
 from eval.mining import MARGINS, MODES, RETRIEVALS, mine, row_cosines, score_aligned, search
 from runtime import collectives, devices
+from runtime.env import apply_defaults
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -215,6 +216,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_defaults()
     args = parse_args(argv)
     if args.bench:
         from eval.mine_bench import bench

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from runtime import env
 
 
@@ -75,3 +77,25 @@ def test_the_start_up_line_names_the_accelerator_and_its_source(monkeypatch):
         "process group cpu:gloo,cuda:nccl"  # fmt: skip
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     assert collectives.accelerator_line("cpu", "gloo", 2).startswith("accelerator cpu (DS_ACCELERATOR=cpu); 2 ")
+
+
+@pytest.mark.filterwarnings("ignore:Cannot enable progress bars")  # the hub's variable, read at its import, wins
+def test_hugging_face_progress_bars_are_off_even_after_their_libraries_were_imported(monkeypatch):
+    """The default reaches transformers' "Loading weights" bar when transformers / huggingface_hub were imported
+    before apply_defaults (they read the variable at import); a user's own value is left alone."""
+    import transformers.utils.logging as tl
+    from huggingface_hub import utils as hub
+
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "restore me")  # so that teardown restores the original state
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    tl.enable_progress_bar()
+    try:
+        env.apply_defaults()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+        assert not tl.is_progress_bar_enabled() and hub.are_progress_bars_disabled()
+        tl.enable_progress_bar()
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+        env.apply_defaults()
+        assert tl.is_progress_bar_enabled()  # the user's value wins
+    finally:
+        tl.enable_progress_bar()
