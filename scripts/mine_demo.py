@@ -63,18 +63,27 @@ def gold_pairs(src_order, trg_order, src_ids, trg_ids) -> set[tuple[str, str]]:
     return {p for p in pairs if None not in p}
 
 
+def shuffled_sides(texts: dict[str, list[str]], langs: list[str], target: str, seed: int = SEED):
+    """The target side shuffled once, each language's side with its own seed: (target rows, their single ids, and
+    per language (lang, rows, single ids, gold)); ids are row numbers, None for a sentence on several rows."""
+    trg_rows, trg_order = shuffled(texts[target], [seed])
+    trg_ids = single_ids(trg_rows)
+    sides = []
+    for i, lang in enumerate(langs, 1):
+        src_rows, src_order = shuffled(texts[lang], [seed, i])
+        src_ids = single_ids(src_rows)
+        sides.append((lang, src_rows, src_ids, gold_pairs(src_order, trg_order, src_ids, trg_ids)))
+    return trg_rows, trg_ids, sides
+
+
 def mine_languages(encoder, texts: dict[str, list[str]], langs: list[str], target: str, seed: int = SEED) -> dict:
     """Per language the `bucc_f1` entry of mining its shuffled side against the shuffled target side."""
     from eval.bucc import bucc_f1
 
-    trg_rows, trg_order = shuffled(texts[target], [seed])
-    trg_ids = single_ids(trg_rows)
+    trg_rows, trg_ids, sides = shuffled_sides(texts, langs, target, seed)
     trg_emb = encoder.encode(trg_rows)
     out = {}
-    for i, lang in enumerate(langs, 1):
-        src_rows, src_order = shuffled(texts[lang], [seed, i])
-        src_ids = single_ids(src_rows)
-        gold = gold_pairs(src_order, trg_order, src_ids, trg_ids)
+    for lang, src_rows, src_ids, gold in sides:
         entry = bucc_f1(encoder.encode(src_rows), trg_emb, gold, src_ids=src_ids, trg_ids=trg_ids, device="cpu")
         out[lang] = {**entry, "lines": len(src_rows)}
     return out
@@ -83,15 +92,12 @@ def mine_languages(encoder, texts: dict[str, list[str]], langs: list[str], targe
 def write_bucc(texts: dict[str, list[str]], langs: list[str], target: str, out: Path, split: str,
                seed: int = SEED) -> list[str]:  # fmt: skip
     """Each language's shuffled side against the shuffled target side, in the BUCC layout; returns the pair names."""
-    trg_rows, trg_order = shuffled(texts[target], [seed])
+    trg_rows, _, sides = shuffled_sides(texts, langs, target, seed)  # the shuffles and gold mine_languages scores
     trg_ids = [f"{target}-{r:06d}" for r in range(len(trg_rows))]
-    trg_single = single_ids(trg_rows)
     out.mkdir(parents=True, exist_ok=True)
     pairs = []
-    for i, lang in enumerate(langs, 1):  # the shuffles of mine_languages: the same seeds in the same order
-        src_rows, src_order = shuffled(texts[lang], [seed, i])
+    for lang, src_rows, _, singles in sides:
         src_ids = [f"{lang}-{r:06d}" for r in range(len(src_rows))]
-        singles = gold_pairs(src_order, trg_order, single_ids(src_rows), trg_single)
         gold = sorted((src_ids[int(a)], trg_ids[int(b)]) for a, b in singles)
         pair = f"{lang}-{target}"
         for side, ids, rows in ((lang, src_ids, src_rows), (target, trg_ids, trg_rows)):
