@@ -158,8 +158,9 @@ def project(results: dict, sizes: list[int], workers: list[int], target: float, 
                 small, big = sorted(sizes)[-2:]
                 t_small, t_big = (fastest[size]["manifest"]["seconds"]["merge"] for size in (small, big))
                 per_pair = max(t_big - t_small, 0.0) / (big - small)
-                t = max(t_big - per_pair * big, 0.0) + per_pair * target
-                print(f"| merge (one task: {t_big - per_pair * big:.1f} s + {per_pair * 1e9:.1f} ns a pair, "
+                fixed = max(t_big - per_pair * big, 0.0)
+                t = fixed + per_pair * target
+                print(f"| merge (one task: {fixed:.1f} s + {per_pair * 1e9:.1f} ns a pair, "
                       f"fitted on {small:,} and {big:,}) | - | {t:.0f} |")  # fmt: skip
             else:
                 scale = {"count": max(tasks_then / m["read_tasks"], 1.0), "vocab": 1.0}
