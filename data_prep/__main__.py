@@ -17,7 +17,7 @@ from runtime.hub import check_hub_name
 from .lock import LockError
 from .prepare import PrepConfig, prepare
 from .readers import UNKNOWN_LANG, SourceError
-from .signals import Stopped, stop_on_signals
+from .signals import Stopped, report_stop, stop_on_signals
 from .sources import FORMATS, ReadOptions
 
 OFFLINE_TOKENIZERS = "--train-tokenizer N (one trained on the corpus) or --tokenizer DIR (a local tokenizer dir)"
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
-        print(f"{args.out}: stopped by {e}; the same command resumes the build", file=sys.stderr)
-        return 128 + e.signum
+        return report_stop(args.out, e)
     if "submitted" in manifest:
         print(f"{args.out}: submitted; the last Slurm job ({manifest['submitted']}) puts the output in place")
         return 0

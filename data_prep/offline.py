@@ -24,7 +24,7 @@ from .gettext_reader import catalogue_files
 from .lock import LockError, OutLock
 from .output import file_sha256
 from .prepare import PrepConfig, prepare
-from .signals import Stopped, stop_on_signals
+from .signals import Stopped, report_stop, stop_on_signals
 from .sources import ReadOptions
 from .testset import collect, select, write_flores
 
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
-        print(f"{out}: stopped by {e}; the same command resumes the build", file=sys.stderr)
-        return 128 + e.signum
+        return report_stop(out, e)
     c = manifest["counts"]
     print(f"prepared: {out / 'prepared'}: read {c['read']} messages, kept {c['kept']} pairs in "
           f"{len(manifest['language_pairs'])} language pairs, skipped {c['skipped']}; rows {manifest['rows']}; "

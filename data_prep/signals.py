@@ -8,6 +8,7 @@ its workers and the manager shuts down, and the work directory is kept for the s
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,12 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def report_stop(out, stopped: Stopped) -> int:
+    """Say that the build at `out` was stopped and how to resume it; the exit status, 128 + the signal."""
+    print(f"{out}: stopped by {stopped}; the same command resumes the build", file=sys.stderr)
+    return 128 + stopped.signum
 
 
 def _stop(signum: int, _frame) -> None:
